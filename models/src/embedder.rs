@@ -1,0 +1,66 @@
+//! The seam between the network and the rest of AnimeLens.
+//!
+//! `index` and `web` only see [`Embedder`] and [`Prediction`], so they can be tested with a fake
+//! embedder and without a trained network.
+
+use serde::{Deserialize, Serialize};
+
+/// One candidate label of one head, with its softmax probability.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelScore {
+    /// The label (e.g. a character name).
+    pub label: String,
+    /// Softmax probability in [0, 1].
+    pub probability: f32,
+}
+
+/// The top-k labels of one head (one label level such as `character`, `work` or `style`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadPrediction {
+    /// Name of the label level this head predicts.
+    pub head: String,
+    /// Best labels first.
+    pub top: Vec<LabelScore>,
+}
+
+/// What the network says about one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// Top-k per head, in the model card's head order (the primary level first).
+    pub heads: Vec<HeadPrediction>,
+    /// The L2-normalised embedding (1024-d for GoogLeNet).
+    pub embedding: Vec<f32>,
+}
+
+/// Errors an embedder reports for one image.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The bytes are not a decodable image.
+    #[error("cannot decode image: {0}. Send a JPEG, PNG, WebP, GIF or BMP file")]
+    Decode(String),
+    /// The image is larger than the configured pixel limit.
+    #[error("image is {width}x{height} pixels, over the limit of {limit} pixels. Send a smaller image")]
+    TooLarge {
+        /// Width the header claims.
+        width: u32,
+        /// Height the header claims.
+        height: u32,
+        /// Maximum pixel count accepted.
+        limit: u64,
+    },
+    /// The network failed (a bug or out of memory).
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// Turns encoded images into predictions. Implementations must be usable from several threads.
+pub trait Embedder: Send + Sync {
+    /// Dimension of the embeddings this embedder returns.
+    fn dim(&self) -> usize;
+    /// Fingerprint of the weights (catalogues remember it and refuse a different model).
+    fn fingerprint(&self) -> String;
+    /// Names of the heads, primary level first.
+    fn heads(&self) -> Vec<String>;
+    /// Predicts a batch of encoded images; one result per input, in order.
+    fn predict_batch(&self, images: &[&[u8]], top_k: usize) -> Vec<Result<Prediction, EmbedError>>;
+}

@@ -1,0 +1,13 @@
+//! AnimeLens models: the GoogLeNet network (classifier + embedder), its CPU kernels,
+//! checkpoints, preprocessing, data readers, augmentation, training and evaluation.
+//!
+//! This crate knows nothing of sled, HNSW or HTTP; the rest of AnimeLens sees it through
+//! [`Embedder`] and [`Prediction`].
+
+pub mod embedder;
+pub mod googlenet;
+pub mod layers;
+pub mod ops;
+
+pub use embedder::{EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
+pub use googlenet::{GoogLeNet, HeadSpec, Output, EMBEDDING_DIM, LAYER_NAMES};
