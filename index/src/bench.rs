@@ -1,0 +1,344 @@
+//! Benchmarks of the catalogue on synthetic data, and retrieval-quality metrics on real embeddings.
+//!
+//! [`run`] builds a catalogue of seeded, clustered, normalised vectors in a scratch folder and
+//! measures ingest, graph build (open without a dump), reload (open with a dump), bytes per item,
+//! exact brute-force QPS, and recall@10 / QPS (one query thread, through [`Catalog::search_with_ef`],
+//! item records included) for several `ef`. [`retrieval_quality`] measures how well embeddings
+//! retrieve same-class items (leave-one-out recall@1 and mAP@10).
+
+use crate::ann::HnswParams;
+use crate::catalog::{Catalog, OpenOptions};
+use crate::error::{CatalogError, Result};
+use crate::filter::Filter;
+use crate::record::{ItemId, ModelTag, NewItem};
+use crate::vector::{dot, normalise};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::time::Instant;
+
+/// What to benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchConfig {
+    /// Items in the catalogue.
+    pub n: usize,
+    /// Embedding dimension.
+    pub dim: usize,
+    /// Number of clusters the items are drawn around.
+    pub clusters: usize,
+    /// Norm of the noise added to a cluster centre (1.0 gives cosine ≈ 0.7 to the centre).
+    pub spread: f32,
+    /// Number of query vectors (drawn like the items, not in the catalogue).
+    pub queries: usize,
+    /// Random seed.
+    pub seed: u64,
+    /// Search `ef` values to measure.
+    pub efs: Vec<usize>,
+    /// Graph parameters.
+    pub hnsw: HnswParams,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            n: 20_000,
+            dim: 1024,
+            clusters: 200,
+            spread: 1.0,
+            queries: 200,
+            seed: 42,
+            efs: vec![16, 32, 64, 128],
+            hnsw: HnswParams::default(),
+        }
+    }
+}
+
+/// Recall and speed at one `ef`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EfRow {
+    /// The search `ef`.
+    pub ef: usize,
+    /// Mean fraction of the exact top 10 found.
+    pub recall_at_10: f32,
+    /// Queries per second, one thread.
+    pub qps: f32,
+}
+
+/// Benchmark results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    /// The configuration measured.
+    pub config: BenchConfig,
+    /// Seconds to add every item (sled writes and incremental graph insertion).
+    pub ingest_secs: f32,
+    /// Seconds to open without a dump (store scan and parallel graph build).
+    pub build_secs: f32,
+    /// Seconds to open with a current dump.
+    pub reload_secs: f32,
+    /// Bytes on disk per item (store and dump).
+    pub bytes_per_item: f32,
+    /// Exact brute-force queries per second over in-memory vectors, one thread.
+    pub exact_qps: f32,
+    /// One row per `ef`.
+    pub rows: Vec<EfRow>,
+}
+
+impl BenchReport {
+    /// The report as a markdown table plus a summary line.
+    pub fn to_markdown(&self) -> String {
+        let c = &self.config;
+        let mut out = format!(
+            "n = {} × {}-d ({} clusters, spread {}), M = {}, ef_construction = {}, {} queries\n\n\
+             ingest {:.1} s · build (open without dump) {:.1} s · reload (open with dump) {:.2} s · \
+             {:.0} bytes/item · exact brute force {:.0} QPS\n\n\
+             | ef | recall@10 | QPS (1 thread) |\n|---:|---:|---:|\n",
+            c.n, c.dim, c.clusters, c.spread, c.hnsw.max_nb_connection, c.hnsw.ef_construction, c.queries,
+            self.ingest_secs, self.build_secs, self.reload_secs, self.bytes_per_item, self.exact_qps,
+        );
+        for r in &self.rows {
+            out.push_str(&format!(
+                "| {} | {:.4} | {:.0} |\n",
+                r.ef, r.recall_at_10, r.qps
+            ));
+        }
+        out
+    }
+}
+
+/// Standard normal sample (Box–Muller).
+fn gaussian(rng: &mut StdRng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
+/// `n` normalised vectors around `clusters` random centres (noise of norm ≈ `spread`), with the
+/// cluster index of each. Deterministic in `seed`.
+pub fn clustered_vectors(
+    n: usize,
+    dim: usize,
+    clusters: usize,
+    spread: f32,
+    seed: u64,
+) -> (Vec<Vec<f32>>, Vec<usize>) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let random_unit = |rng: &mut StdRng| loop {
+        let v: Vec<f32> = (0..dim).map(|_| gaussian(rng)).collect();
+        if let Some(u) = normalise(&v) {
+            return u;
+        }
+    };
+    let centres: Vec<Vec<f32>> = (0..clusters.max(1))
+        .map(|_| random_unit(&mut rng))
+        .collect();
+    let mut labels = Vec::with_capacity(n);
+    let vectors = (0..n)
+        .map(|_| {
+            let c = rng.random_range(0..centres.len());
+            labels.push(c);
+            let noise = random_unit(&mut rng);
+            let v: Vec<f32> = centres[c]
+                .iter()
+                .zip(&noise)
+                .map(|(a, b)| a + spread * b)
+                .collect();
+            normalise(&v).unwrap_or_else(|| centres[c].clone())
+        })
+        .collect();
+    (vectors, labels)
+}
+
+/// Indices of the exact top `k` of `q` among `vectors`.
+fn exact_top(q: &[f32], vectors: &[Vec<f32>], k: usize) -> Vec<usize> {
+    let mut scored: Vec<(usize, f32)> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i, dot(q, v)))
+        .collect();
+    let k = k.min(scored.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    scored.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+    scored.truncate(k);
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+    scored.into_iter().map(|(i, _)| i).collect()
+}
+
+/// Runs the benchmark in `dir`, which must not exist yet or be empty (it is left behind).
+pub fn run(dir: &Path, config: &BenchConfig) -> Result<BenchReport> {
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(CatalogError::invalid(
+            format!("benchmark folder {} is not empty", dir.display()),
+            "pass a new or empty scratch folder",
+        ));
+    }
+    let (vectors, _) = clustered_vectors(
+        config.n + config.queries,
+        config.dim,
+        config.clusters,
+        config.spread,
+        config.seed,
+    );
+    let (items, queries) = vectors.split_at(config.n);
+    let mut options = OpenOptions::new(ModelTag {
+        fingerprint: "bench".into(),
+        dim: config.dim,
+    });
+    options.hnsw = config.hnsw;
+    options.save_index_on_close = false;
+
+    let started = Instant::now();
+    let cat = Catalog::open(dir, options.clone())?;
+    let mut index_of: Vec<ItemId> = Vec::with_capacity(config.n);
+    for (chunk_no, chunk) in items.chunks(1000).enumerate() {
+        let batch = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, v)| NewItem {
+                source: format!("synthetic/{}", chunk_no * 1000 + i),
+                vector: v.clone(),
+                ..NewItem::default()
+            })
+            .collect();
+        index_of.extend(cat.add_batch(batch)?.into_iter().map(|o| o.id));
+    }
+    let ingest_secs = started.elapsed().as_secs_f32();
+    cat.save_index()?;
+    let bytes_per_item = cat.stats()?.bytes_on_disk as f32 / config.n.max(1) as f32;
+    drop(cat);
+
+    let started = Instant::now();
+    let cat = Catalog::open(dir, options.clone())?;
+    let reload_secs = started.elapsed().as_secs_f32();
+
+    let started = Instant::now();
+    let truth: Vec<Vec<usize>> = queries.iter().map(|q| exact_top(q, items, 10)).collect();
+    let exact_qps = queries.len() as f32 / started.elapsed().as_secs_f32();
+
+    let mut rows = Vec::new();
+    for &ef in &config.efs {
+        let started = Instant::now();
+        let mut found = 0usize;
+        for (q, want) in queries.iter().zip(&truth) {
+            let hits = cat.search_with_ef(q, 10, &Filter::any(), ef)?;
+            let got: HashSet<ItemId> = hits.iter().map(|h| h.id).collect();
+            found += want.iter().filter(|&&i| got.contains(&index_of[i])).count();
+        }
+        let secs = started.elapsed().as_secs_f32();
+        rows.push(EfRow {
+            ef,
+            recall_at_10: found as f32 / (10 * queries.len()).max(1) as f32,
+            qps: queries.len() as f32 / secs,
+        });
+    }
+    drop(cat);
+
+    let _ = std::fs::remove_dir_all(crate::dump::dump_dir(dir));
+    let started = Instant::now();
+    drop(Catalog::open(dir, options)?);
+    let build_secs = started.elapsed().as_secs_f32();
+
+    Ok(BenchReport {
+        config: config.clone(),
+        ingest_secs,
+        build_secs,
+        reload_secs,
+        bytes_per_item,
+        exact_qps,
+        rows,
+    })
+}
+
+/// Same-class retrieval quality of a set of embeddings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetrievalQuality {
+    /// Queries scored (items whose class has at least one other member).
+    pub queries: usize,
+    /// Fraction of queries whose nearest other item has the same class.
+    pub recall_at_1: f32,
+    /// Mean average precision over the 10 nearest other items.
+    pub map_at_10: f32,
+}
+
+/// Leave-one-out retrieval quality: every item queries all the others (exact cosine). AP@10 is
+/// Σ precision@r over relevant ranks r ≤ 10, divided by min(10, number of same-class others).
+pub fn retrieval_quality(vectors: &[Vec<f32>], labels: &[String]) -> RetrievalQuality {
+    assert_eq!(vectors.len(), labels.len(), "one label per vector");
+    let normed: Vec<Vec<f32>> = vectors
+        .iter()
+        .map(|v| normalise(v).unwrap_or_else(|| v.clone()))
+        .collect();
+    let mut class_size: BTreeMap<&str, usize> = BTreeMap::new();
+    labels
+        .iter()
+        .for_each(|l| *class_size.entry(l).or_default() += 1);
+    let per_query: Vec<(f32, f32)> = (0..normed.len())
+        .into_par_iter()
+        .filter(|&i| class_size[labels[i].as_str()] > 1)
+        .map(|i| {
+            let others: Vec<usize> = exact_top(&normed[i], &normed, 11)
+                .into_iter()
+                .filter(|&j| j != i)
+                .take(10)
+                .collect();
+            let relevant = class_size[labels[i].as_str()] - 1;
+            let (mut hits, mut ap) = (0usize, 0f32);
+            for (rank, &j) in others.iter().enumerate() {
+                if labels[j] == labels[i] {
+                    hits += 1;
+                    ap += hits as f32 / (rank + 1) as f32;
+                }
+            }
+            let r1 = others.first().is_some_and(|&j| labels[j] == labels[i]);
+            (f32::from(u8::from(r1)), ap / relevant.min(10) as f32)
+        })
+        .collect();
+    let n = per_query.len().max(1) as f32;
+    RetrievalQuality {
+        queries: per_query.len(),
+        recall_at_1: per_query.iter().map(|p| p.0).sum::<f32>() / n,
+        map_at_10: per_query.iter().map(|p| p.1).sum::<f32>() / n,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retrieval_quality_of_separated_and_mixed_classes() {
+        let (vectors, clusters) = clustered_vectors(200, 32, 4, 0.3, 7);
+        let labels: Vec<String> = clusters.iter().map(|c| format!("c{c}")).collect();
+        let q = retrieval_quality(&vectors, &labels);
+        assert_eq!(q.queries, 200);
+        assert!(q.recall_at_1 > 0.99 && q.map_at_10 > 0.99, "{q:?}");
+        let shuffled: Vec<String> = (0..200).map(|i| format!("c{}", i % 4)).collect();
+        let q = retrieval_quality(&vectors, &shuffled);
+        assert!(q.recall_at_1 < 0.5 && q.map_at_10 < 0.5, "{q:?}");
+    }
+
+    #[test]
+    fn small_bench_reports_high_recall() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = BenchConfig {
+            n: 1500,
+            dim: 64,
+            clusters: 30,
+            queries: 50,
+            efs: vec![16, 128],
+            ..BenchConfig::default()
+        };
+        let report = run(&dir.path().join("bench"), &config).unwrap();
+        assert_eq!(report.rows.len(), 2);
+        assert!(
+            report.rows[1].recall_at_10 >= 0.95,
+            "{}",
+            report.to_markdown()
+        );
+        assert!(report.to_markdown().contains("| 128 |"));
+        assert!(report.bytes_per_item > 64.0 * 4.0);
+    }
+}

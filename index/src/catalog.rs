@@ -1,0 +1,725 @@
+//! The catalogue: sled store (source of truth) plus the derived HNSW graph, label postings and
+//! centroid cache, kept in step by a single writer. Readers share an `RwLock` on the derived state;
+//! a writer persists and flushes to sled first, inserts into the graph under the read lock (hnsw_rs
+//! insertion is thread-safe; the new id is not yet visible because searches filter on the live set),
+//! then publishes under a short write lock. Searches therefore see each write entirely or not at all.
+
+use crate::ann::{Ann, HnswParams, MAX_CONNECTIONS};
+use crate::characters::CentroidTable;
+use crate::dump::{self, DumpTag};
+use crate::error::{CatalogError, Result};
+use crate::filter::{Filter, Postings};
+use crate::record::{now_ms, AddOutcome, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem};
+use crate::store::{Prepared, Store};
+use crate::vector::{self, QuantizedVector};
+use rayon::prelude::*;
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Filtered searches over at most this many items are exact by default.
+pub const DEFAULT_EXACT_THRESHOLD: usize = 2000;
+
+/// How to open a catalogue.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// The model whose embeddings the caller will add and search with. `None` opens an existing
+    /// catalogue with whatever model it was built with (maintenance commands).
+    pub model: Option<ModelTag>,
+    /// HNSW parameters.
+    pub hnsw: HnswParams,
+    /// Also store an int8 scalar-quantised copy of each vector.
+    pub store_int8: bool,
+    /// Show a progress bar while building the graph.
+    pub show_progress: bool,
+    /// Save the graph to disk when the catalogue is dropped, so that the next open reloads it.
+    pub save_index_on_close: bool,
+    /// Filtered searches whose filter matches at most this many items are answered exactly.
+    pub exact_threshold: usize,
+}
+
+impl OpenOptions {
+    /// Options for opening (or creating) a catalogue of `model`'s embeddings.
+    pub fn new(model: ModelTag) -> Self {
+        OpenOptions {
+            model: Some(model),
+            ..Self::existing()
+        }
+    }
+
+    /// Options for opening an existing catalogue whatever its model.
+    pub fn existing() -> Self {
+        OpenOptions {
+            model: None,
+            hnsw: HnswParams::default(),
+            store_int8: false,
+            show_progress: false,
+            save_index_on_close: true,
+            exact_threshold: DEFAULT_EXACT_THRESHOLD,
+        }
+    }
+}
+
+/// Catalogue counts and sizes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogStats {
+    /// Item records in the store (live and tombstoned).
+    pub items: usize,
+    /// Live (searchable) items.
+    pub live: usize,
+    /// Tombstoned items awaiting compaction.
+    pub tombstoned: usize,
+    /// Embedding dimension.
+    pub dim: usize,
+    /// Model fingerprint.
+    pub fingerprint: String,
+    /// Bytes on disk (store and saved index).
+    pub bytes_on_disk: u64,
+    /// Write generation.
+    pub generation: u64,
+    /// Points in the HNSW graph (live and tombstoned until compaction).
+    pub indexed_points: usize,
+}
+
+impl std::fmt::Display for CatalogStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "items:          {}", self.items)?;
+        writeln!(f, "live:           {}", self.live)?;
+        writeln!(f, "tombstoned:     {}", self.tombstoned)?;
+        writeln!(f, "indexed points: {}", self.indexed_points)?;
+        writeln!(f, "dimension:      {}", self.dim)?;
+        writeln!(f, "fingerprint:    {}", self.fingerprint)?;
+        writeln!(f, "bytes on disk:  {}", self.bytes_on_disk)?;
+        write!(f, "generation:     {}", self.generation)
+    }
+}
+
+/// Agreement between the store and the derived index (see [`Catalog::check_consistency`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consistency {
+    /// Live items according to sled.
+    pub live_in_store: usize,
+    /// Live items according to the index.
+    pub live_in_index: usize,
+    /// Live in sled but not searchable.
+    pub missing_from_index: Vec<ItemId>,
+    /// Searchable but not live in sled.
+    pub stale_in_index: Vec<ItemId>,
+}
+
+impl Consistency {
+    /// True when store and index agree exactly.
+    pub fn is_consistent(&self) -> bool {
+        self.missing_from_index.is_empty() && self.stale_in_index.is_empty()
+    }
+}
+
+/// What [`Catalog::compact`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Tombstoned items whose records were deleted.
+    pub purged: usize,
+    /// Live items in the rebuilt graph.
+    pub live: usize,
+}
+
+/// Where the current HNSW graph came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexOrigin {
+    /// Reloaded from a dump matching the store.
+    Reloaded,
+    /// Built from the store (no usable dump, or after rebuild/compact).
+    Built,
+}
+
+/// The derived, in-memory side of the catalogue.
+pub(crate) struct IndexState {
+    pub(crate) ann: Ann,
+    pub(crate) live: HashSet<ItemId>,
+    pub(crate) postings: Postings,
+    pub(crate) generation: u64,
+    pub(crate) origin: IndexOrigin,
+    /// Per-character vector sums, computed on first use and then kept up to date by writers.
+    pub(crate) centroids: Mutex<Option<CentroidTable>>,
+}
+
+/// Locks ignoring poisoning: a panicked reader must not take the whole service down.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An image catalogue: items, their embeddings, user events, enrolled characters. `Send + Sync`;
+/// share it with `Arc<Catalog>`.
+pub struct Catalog {
+    pub(crate) dir: PathBuf,
+    pub(crate) store: Store,
+    pub(crate) model: ModelTag,
+    pub(crate) options: OpenOptions,
+    pub(crate) state: RwLock<IndexState>,
+    pub(crate) writer: Mutex<()>,
+    saved_generation: Mutex<Option<u64>>,
+}
+
+impl Catalog {
+    /// Opens the catalogue in folder `dir` (creating it when `options.model` is set), reloading the
+    /// saved graph when it matches the store and rebuilding it otherwise.
+    pub fn open(dir: impl AsRef<Path>, options: OpenOptions) -> Result<Catalog> {
+        let dir = dir.as_ref().to_path_buf();
+        let p = options.hnsw;
+        if !(2..=MAX_CONNECTIONS).contains(&p.max_nb_connection)
+            || p.ef_construction == 0
+            || p.ef_search == 0
+        {
+            return Err(CatalogError::invalid(
+                format!("HNSW parameters {p:?} are out of range"),
+                format!("use 2 <= max_nb_connection <= {MAX_CONNECTIONS} and positive ef values"),
+            ));
+        }
+        if options.model.is_none() && !Store::path_in(&dir).exists() {
+            return Err(CatalogError::NotInitialised { dir });
+        }
+        let store = Store::open(&dir)?;
+        let model = match (store.model()?, &options.model) {
+            (Some(stored), Some(wanted)) if &stored != wanted => {
+                return Err(CatalogError::ModelMismatch {
+                    dir,
+                    stored: stored.fingerprint,
+                    stored_dim: stored.dim,
+                    requested: wanted.fingerprint.clone(),
+                    requested_dim: wanted.dim,
+                })
+            }
+            (Some(stored), _) => stored,
+            (None, Some(wanted)) => {
+                if wanted.dim == 0 {
+                    return Err(CatalogError::invalid(
+                        "embedding dimension 0",
+                        "pass the model's embedding dimension (1024 for GoogLeNet)",
+                    ));
+                }
+                store.init_model(wanted)?;
+                wanted.clone()
+            }
+            (None, None) => return Err(CatalogError::NotInitialised { dir }),
+        };
+        let generation = store.generation()?;
+        let items = store.live_items()?;
+        let tag = DumpTag {
+            generation,
+            fingerprint: model.fingerprint.clone(),
+            dim: model.dim,
+        };
+        let loaded = dump::load(&dir, &tag).filter(|ann| {
+            let ids: HashSet<ItemId> = ann.ids().into_iter().collect();
+            let complete = items.iter().all(|i| ids.contains(&i.id));
+            if !complete {
+                tracing::warn!("saved HNSW index lacks live items; rebuilding it");
+            }
+            complete
+        });
+        let saved = loaded.as_ref().map(|_| generation);
+        let (ann, origin) = match loaded {
+            Some(ann) => (ann, IndexOrigin::Reloaded),
+            None => (
+                build_ann(&store, &dir, &items, &options)?,
+                IndexOrigin::Built,
+            ),
+        };
+        let state = new_state(ann, items, generation, origin);
+        Ok(Catalog {
+            dir,
+            store,
+            model,
+            options,
+            state: RwLock::new(state),
+            writer: Mutex::new(()),
+            saved_generation: Mutex::new(saved),
+        })
+    }
+
+    /// The catalogue folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether the current graph was reloaded from a dump or built from the store.
+    pub fn index_origin(&self) -> IndexOrigin {
+        self.read_state().origin
+    }
+
+    /// The model the catalogue's embeddings come from.
+    pub fn model(&self) -> &ModelTag {
+        &self.model
+    }
+
+    pub(crate) fn read_state(&self) -> RwLockReadGuard<'_, IndexState> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn write_state(&self) -> RwLockWriteGuard<'_, IndexState> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Validates and normalises a caller's vector.
+    pub(crate) fn check_vector(&self, v: &[f32]) -> Result<Vec<f32>> {
+        vector::normalised(v, self.model.dim)
+    }
+
+    /// Adds one item; an exact duplicate (same content hash as a live item) is not written and its
+    /// existing id is returned with `duplicate: true`. Durable when this returns.
+    pub fn add(&self, item: NewItem) -> Result<AddOutcome> {
+        Ok(self.add_batch(vec![item])?[0])
+    }
+
+    /// Adds items in one transaction (one flush). Outcomes are in input order.
+    pub fn add_batch(&self, items: Vec<NewItem>) -> Result<Vec<AddOutcome>> {
+        let added_at_ms = now_ms();
+        let prepared = items
+            .into_iter()
+            .map(|n| {
+                Ok(Prepared {
+                    vector: self.check_vector(&n.vector)?,
+                    store_int8: self.options.store_int8,
+                    thumbnail: n.thumbnail,
+                    item: Item {
+                        id: 0,
+                        source: n.source,
+                        labels: n.labels,
+                        tags: n.tags,
+                        width: n.width,
+                        height: n.height,
+                        content_hash: n.content_hash,
+                        added_at_ms,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if prepared.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _writer = lock(&self.writer);
+        let (written, generation) = self.store.add_items(&prepared)?;
+        let mut outcomes = Vec::with_capacity(written.len());
+        let mut to_index: Vec<(Vec<f32>, Item)> = Vec::new();
+        let mut fresh: HashSet<ItemId> = HashSet::new();
+        for ((id, duplicate), p) in written.iter().copied().zip(prepared) {
+            if !duplicate {
+                fresh.insert(id);
+                let mut item = p.item;
+                item.id = id;
+                to_index.push((p.vector, item));
+                outcomes.push(AddOutcome { id, duplicate });
+            } else if fresh.contains(&id) || self.read_state().live.contains(&id) {
+                outcomes.push(AddOutcome { id, duplicate });
+            } else {
+                // Stored by an earlier call whose index update did not happen (it failed after the
+                // sled write): index it now and report it as new, since that call reported failure.
+                let item = self
+                    .store
+                    .item(id)?
+                    .ok_or(CatalogError::UnknownItem { id })?;
+                let v = self.store.vector(id)?.ok_or_else(|| {
+                    CatalogError::corrupt(&self.dir, format!("vectors/{id} missing"))
+                })?;
+                fresh.insert(id);
+                to_index.push((v, item));
+                outcomes.push(AddOutcome {
+                    id,
+                    duplicate: false,
+                });
+            }
+        }
+        self.publish(to_index, generation);
+        Ok(outcomes)
+    }
+
+    /// Inserts stored items into the graph, then makes them visible in one step.
+    fn publish(&self, items: Vec<(Vec<f32>, Item)>, generation: u64) {
+        {
+            let st = self.read_state();
+            if items.len() >= 64 {
+                let points: Vec<(Vec<f32>, ItemId)> =
+                    items.iter().map(|(v, i)| (v.clone(), i.id)).collect();
+                st.ann.insert_many(&points);
+            } else {
+                items.iter().for_each(|(v, i)| st.ann.insert(v, i.id));
+            }
+        }
+        let mut st = self.write_state();
+        let st = &mut *st;
+        for (v, item) in &items {
+            st.live.insert(item.id);
+            st.postings.insert(item);
+            if let (Some(table), Some(c)) = (
+                st.centroids
+                    .get_mut()
+                    .unwrap_or_else(PoisonError::into_inner),
+                item.character(),
+            ) {
+                table.add(c, v);
+            }
+        }
+        st.generation = generation;
+    }
+
+    /// Tombstones a live item: it disappears from every search at once; its records are deleted
+    /// by [`Catalog::compact`].
+    pub fn remove(&self, id: ItemId) -> Result<()> {
+        let _writer = lock(&self.writer);
+        let (item, generation) = self.store.tombstone(id)?;
+        let v = match item.character() {
+            Some(_) => self.store.vector(id)?,
+            None => None,
+        };
+        let mut st = self.write_state();
+        let st = &mut *st;
+        if st.live.remove(&id) {
+            st.postings.remove(&item);
+            if let (Some(table), Some(c), Some(v)) = (
+                st.centroids
+                    .get_mut()
+                    .unwrap_or_else(PoisonError::into_inner),
+                item.character(),
+                &v,
+            ) {
+                table.subtract(c, v);
+            }
+        }
+        st.generation = generation;
+        Ok(())
+    }
+
+    /// Replaces an item's labels and/or tags; returns the updated record.
+    pub fn update(&self, id: ItemId, update: &ItemUpdate) -> Result<Item> {
+        let _writer = lock(&self.writer);
+        let (old, new, generation) = self.store.update_item(id, update)?;
+        let v = if old.character() != new.character() {
+            self.store.vector(id)?
+        } else {
+            None
+        };
+        let mut st = self.write_state();
+        let st = &mut *st;
+        if st.live.contains(&id) {
+            st.postings.remove(&old);
+            st.postings.insert(&new);
+            if let (Some(table), Some(v)) = (
+                st.centroids
+                    .get_mut()
+                    .unwrap_or_else(PoisonError::into_inner),
+                &v,
+            ) {
+                if let Some(c) = old.character() {
+                    table.subtract(c, v);
+                }
+                if let Some(c) = new.character() {
+                    table.add(c, v);
+                }
+            }
+        }
+        st.generation = generation;
+        Ok(new)
+    }
+
+    /// The record of a live item.
+    pub fn get(&self, id: ItemId) -> Result<Option<Item>> {
+        if !self.read_state().live.contains(&id) {
+            return Ok(None);
+        }
+        self.store.item(id)
+    }
+
+    /// The stored (normalised) vector of a live item.
+    pub fn vector(&self, id: ItemId) -> Result<Option<Vec<f32>>> {
+        if !self.read_state().live.contains(&id) {
+            return Ok(None);
+        }
+        self.store.vector(id)
+    }
+
+    /// The int8 copy of a live item's vector (present when opened with `store_int8`).
+    pub fn quantized_vector(&self, id: ItemId) -> Result<Option<QuantizedVector>> {
+        if !self.read_state().live.contains(&id) {
+            return Ok(None);
+        }
+        self.store.quantized(id)
+    }
+
+    /// The thumbnail of a live item.
+    pub fn thumbnail(&self, id: ItemId) -> Result<Option<Vec<u8>>> {
+        if !self.read_state().live.contains(&id) {
+            return Ok(None);
+        }
+        self.store.thumbnail(id)
+    }
+
+    /// The `k` live items most similar to `vector` among those matching `filter`.
+    pub fn search(&self, vector: &[f32], k: usize, filter: &Filter) -> Result<Vec<Hit>> {
+        self.search_with_ef(vector, k, filter, self.options.hnsw.ef_search)
+    }
+
+    /// [`Catalog::search`] with an explicit HNSW `ef` (for benchmarks and recall tuning).
+    pub fn search_with_ef(
+        &self,
+        vector: &[f32],
+        k: usize,
+        filter: &Filter,
+        ef: usize,
+    ) -> Result<Vec<Hit>> {
+        let q = self.check_vector(vector)?;
+        let scored = self.scored(&q, k, filter, &HashSet::new(), ef)?;
+        self.hits(scored)
+    }
+
+    /// The `k` live items most similar to live item `id` (excluding itself).
+    pub fn search_by_id(&self, id: ItemId, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
+        let v = self.vector(id)?.ok_or(CatalogError::UnknownItem { id })?;
+        let exclude = HashSet::from([id]);
+        let scored = self.scored(&v, k, filter, &exclude, self.options.hnsw.ef_search)?;
+        self.hits(scored)
+    }
+
+    /// Brute-force search over every live item matching `filter` (the reference HNSW is checked against).
+    pub fn exact_search(&self, vector: &[f32], k: usize, filter: &Filter) -> Result<Vec<Hit>> {
+        let q = self.check_vector(vector)?;
+        let ids = self.candidate_ids(filter, &HashSet::new());
+        let scored = self.exact(&q, &ids, k)?;
+        self.hits(scored)
+    }
+
+    /// Live ids matching `filter` and not in `exclude`, in increasing order.
+    pub(crate) fn candidate_ids(&self, filter: &Filter, exclude: &HashSet<ItemId>) -> Vec<ItemId> {
+        let st = self.read_state();
+        let mut ids = match st.postings.matching(filter) {
+            Some(ids) => ids,
+            None => st.live.iter().copied().collect(),
+        };
+        ids.retain(|id| !exclude.contains(id));
+        ids.sort_unstable();
+        ids
+    }
+
+    /// `(id, cosine)` of the best `k` matches of normalised `q`; exact when the filter is small or
+    /// the graph walk finds fewer than `k` of the matching items.
+    pub(crate) fn scored(
+        &self,
+        q: &[f32],
+        k: usize,
+        filter: &Filter,
+        exclude: &HashSet<ItemId>,
+        ef: usize,
+    ) -> Result<Vec<(ItemId, f32)>> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let st = self.read_state();
+        let (hits, available) = match st.postings.matching(filter) {
+            Some(mut ids) => {
+                ids.retain(|id| !exclude.contains(id));
+                if ids.len() <= self.options.exact_threshold {
+                    drop(st);
+                    return self.exact(q, &ids, k);
+                }
+                let allowed: HashSet<usize> = ids.iter().map(|&id| id as usize).collect();
+                let accept = |id: &usize| allowed.contains(id);
+                (st.ann.search(q, k, ef, &accept), ids.len())
+            }
+            None => {
+                let accept = |id: &usize| {
+                    st.live.contains(&(*id as ItemId)) && !exclude.contains(&(*id as ItemId))
+                };
+                let excluded_live = exclude.iter().filter(|id| st.live.contains(id)).count();
+                (
+                    st.ann.search(q, k, ef, &accept),
+                    st.live.len() - excluded_live,
+                )
+            }
+        };
+        if hits.len() >= k.min(available) {
+            return Ok(hits);
+        }
+        drop(st);
+        tracing::debug!(
+            found = hits.len(),
+            k,
+            available,
+            "graph walk came short; exact search"
+        );
+        let ids = self.candidate_ids(filter, exclude);
+        self.exact(q, &ids, k)
+    }
+
+    /// Exact top-`k` of normalised `q` over `ids` (vectors read from the store).
+    pub(crate) fn exact(&self, q: &[f32], ids: &[ItemId], k: usize) -> Result<Vec<(ItemId, f32)>> {
+        let mut scored = ids
+            .par_iter()
+            .map(|&id| match self.store.vector(id)? {
+                Some(v) => Ok(Some((id, vector::dot(q, &v)))),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored.truncate(k);
+        Ok(scored)
+    }
+
+    /// Attaches item records to scored ids (skipping any purged meanwhile).
+    pub(crate) fn hits(&self, scored: Vec<(ItemId, f32)>) -> Result<Vec<Hit>> {
+        let mut out = Vec::with_capacity(scored.len());
+        for (id, score) in scored {
+            if let Some(item) = self.store.item(id)? {
+                out.push(Hit { id, score, item });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rebuilds the graph from the store (e.g. after changing HNSW parameters, or to repair).
+    /// Returns the number of live items indexed.
+    pub fn rebuild(&self) -> Result<usize> {
+        let _writer = lock(&self.writer);
+        self.rebuild_locked()
+    }
+
+    fn rebuild_locked(&self) -> Result<usize> {
+        let generation = self.store.generation()?;
+        let items = self.store.live_items()?;
+        let ann = build_ann(&self.store, &self.dir, &items, &self.options)?;
+        let live = items.len();
+        *self.write_state() = new_state(ann, items, generation, IndexOrigin::Built);
+        Ok(live)
+    }
+
+    /// Deletes tombstoned records and rebuilds the graph without them.
+    pub fn compact(&self) -> Result<CompactReport> {
+        let _writer = lock(&self.writer);
+        let (purged, _) = self.store.purge_tombstoned()?;
+        let live = self.rebuild_locked()?;
+        Ok(CompactReport { purged, live })
+    }
+
+    /// Counts and sizes.
+    pub fn stats(&self) -> Result<CatalogStats> {
+        let st = self.read_state();
+        let dump_bytes: u64 = std::fs::read_dir(dump::dump_dir(&self.dir))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        Ok(CatalogStats {
+            items: self.store.item_count(),
+            live: st.live.len(),
+            tombstoned: self.store.tombstoned_ids()?.len(),
+            dim: self.model.dim,
+            fingerprint: self.model.fingerprint.clone(),
+            bytes_on_disk: self.store.size_on_disk()? + dump_bytes,
+            generation: st.generation,
+            indexed_points: st.ann.len(),
+        })
+    }
+
+    /// Compares the live items in sled with what searches can return.
+    pub fn check_consistency(&self) -> Result<Consistency> {
+        let _writer = lock(&self.writer);
+        let store_live: BTreeSet<ItemId> = self.store.live_items()?.iter().map(|i| i.id).collect();
+        let st = self.read_state();
+        let in_graph: HashSet<ItemId> = st.ann.ids().into_iter().collect();
+        let searchable: BTreeSet<ItemId> = st
+            .live
+            .iter()
+            .copied()
+            .filter(|id| in_graph.contains(id))
+            .collect();
+        Ok(Consistency {
+            live_in_store: store_live.len(),
+            live_in_index: st.live.len(),
+            missing_from_index: store_live.difference(&searchable).copied().collect(),
+            stale_in_index: st
+                .live
+                .iter()
+                .copied()
+                .filter(|id| !store_live.contains(id))
+                .collect(),
+        })
+    }
+
+    /// Saves the graph so that the next open reloads it instead of rebuilding (no-op when the saved
+    /// graph is current).
+    pub fn save_index(&self) -> Result<()> {
+        let _writer = lock(&self.writer);
+        let st = self.read_state();
+        let mut saved = lock(&self.saved_generation);
+        if *saved == Some(st.generation) {
+            return Ok(());
+        }
+        let tag = DumpTag {
+            generation: st.generation,
+            fingerprint: self.model.fingerprint.clone(),
+            dim: self.model.dim,
+        };
+        dump::save(&st.ann, &self.dir, &tag)?;
+        *saved = Some(st.generation);
+        Ok(())
+    }
+
+    /// Saves the graph (when configured to) and closes the catalogue, reporting save errors.
+    pub fn close(self) -> Result<()> {
+        if self.options.save_index_on_close {
+            self.save_index()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Catalog {
+    fn drop(&mut self) {
+        if self.options.save_index_on_close {
+            if let Err(e) = self.save_index() {
+                tracing::warn!("{e}");
+            }
+        }
+    }
+}
+
+/// Fresh derived state over `items` (all live) and a graph containing them.
+fn new_state(ann: Ann, items: Vec<Item>, generation: u64, origin: IndexOrigin) -> IndexState {
+    let mut postings = Postings::default();
+    items.iter().for_each(|i| postings.insert(i));
+    IndexState {
+        ann,
+        live: items.iter().map(|i| i.id).collect(),
+        postings,
+        generation,
+        origin,
+        centroids: Mutex::new(None),
+    }
+}
+
+/// Builds the graph over the stored vectors of `items`.
+fn build_ann(store: &Store, dir: &Path, items: &[Item], options: &OpenOptions) -> Result<Ann> {
+    let started = std::time::Instant::now();
+    let points = items
+        .iter()
+        .map(|i| match store.vector(i.id)? {
+            Some(v) => Ok((v, i.id)),
+            None => Err(CatalogError::corrupt(
+                dir,
+                format!("vectors/{} missing", i.id),
+            )),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let ann = Ann::build(&options.hnsw, &points, options.show_progress);
+    tracing::info!(
+        items = points.len(),
+        secs = started.elapsed().as_secs_f32(),
+        "built HNSW index"
+    );
+    Ok(ann)
+}

@@ -1,0 +1,312 @@
+//! The character level: per-character centroids (mean of live item vectors labelled at the primary
+//! level, plus few-shot enrolment vectors, renormalised), character similarity, few-shot enrolment,
+//! and open-set classification by nearest centroid with a calibrated "unknown" threshold.
+//!
+//! Threshold calibration maximises open-set accuracy on validation samples: a sample counts as
+//! right when its best centroid is its true character with cosine ≥ t, or when its true character
+//! is not in the catalogue and the best cosine is < t. The threshold is placed half-way between the
+//! two scores around the best cut (ties go to the higher threshold: fewer false accepts), and
+//! stored in sled.
+
+use crate::catalog::{lock, Catalog, IndexState};
+use crate::error::{CatalogError, Result};
+use crate::record::{AddOutcome, NewItem, PRIMARY_LEVEL};
+use crate::vector::{self, VectorSum};
+use std::collections::HashMap;
+
+/// Threshold used until [`Catalog::calibrate_threshold`] stores one.
+pub const DEFAULT_OPEN_SET_THRESHOLD: f32 = 0.5;
+
+/// Per-character vector sums (items and enrolment shots together).
+#[derive(Debug, Default)]
+pub(crate) struct CentroidTable {
+    sums: HashMap<String, VectorSum>,
+}
+
+impl CentroidTable {
+    pub(crate) fn add(&mut self, name: &str, v: &[f32]) {
+        let dim = v.len();
+        self.sums
+            .entry(name.to_string())
+            .or_insert_with(|| VectorSum::new(dim))
+            .add(v);
+    }
+
+    pub(crate) fn subtract(&mut self, name: &str, v: &[f32]) {
+        if let Some(sum) = self.sums.get_mut(name) {
+            sum.subtract(v);
+            if sum.count == 0 {
+                self.sums.remove(name);
+            }
+        }
+    }
+
+    fn merge(&mut self, name: &str, other: &VectorSum) {
+        self.sums
+            .entry(name.to_string())
+            .or_insert_with(|| VectorSum::new(other.sum.len()))
+            .merge(other);
+    }
+
+    /// Normalised centroids of every character.
+    fn centroids(&self) -> Vec<(String, Vec<f32>)> {
+        let mut out: Vec<_> = self
+            .sums
+            .iter()
+            .filter_map(|(name, sum)| Some((name.clone(), sum.direction()?)))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
+/// A character and its similarity to something.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CharacterScore {
+    /// The character's name.
+    pub name: String,
+    /// Cosine between centroids (or between a vector and the centroid).
+    pub score: f32,
+}
+
+/// Nearest-centroid classification of one embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classification {
+    /// The best character, or `None` ("unknown") when its cosine is below the threshold.
+    pub label: Option<String>,
+    /// The threshold applied.
+    pub threshold: f32,
+    /// The `k` nearest characters, best first.
+    pub candidates: Vec<CharacterScore>,
+}
+
+/// Result of [`Catalog::calibrate_threshold`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibration {
+    /// The chosen (and stored) threshold.
+    pub threshold: f32,
+    /// Open-set accuracy on the samples at that threshold.
+    pub accuracy: f32,
+    /// Samples whose true character is in the catalogue.
+    pub known: usize,
+    /// Samples whose true character is not.
+    pub unknown: usize,
+}
+
+/// Sums of the live items of each character, plus enrolled shots.
+fn compute_table(cat: &Catalog, st: &IndexState) -> Result<CentroidTable> {
+    let mut table = CentroidTable::default();
+    for (name, _) in st.postings.values_at(PRIMARY_LEVEL) {
+        let ids = st
+            .postings
+            .with_label(PRIMARY_LEVEL, &name)
+            .into_iter()
+            .flatten();
+        for &id in ids {
+            if let Some(v) = cat.store.vector(id)? {
+                table.add(&name, &v);
+            }
+        }
+    }
+    for (name, sum) in cat.store.enrolled()? {
+        table.merge(&name, &sum);
+    }
+    Ok(table)
+}
+
+/// Picks the threshold maximising open-set accuracy; `samples` are (best cosine, correct, known).
+fn best_threshold(samples: &mut [(f32, bool, bool)]) -> (f32, f32) {
+    samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let n = samples.len();
+    // At cut j every sample at index >= j is accepted: right if correct; below j right if unknown.
+    let mut suffix_correct = vec![0usize; n + 1];
+    for j in (0..n).rev() {
+        suffix_correct[j] = suffix_correct[j + 1] + usize::from(samples[j].1);
+    }
+    let (mut best_j, mut best_right, mut unknown_below) = (0, suffix_correct[0], 0);
+    for j in 1..=n {
+        unknown_below += usize::from(!samples[j - 1].2);
+        let tie = j < n && samples[j].0 == samples[j - 1].0;
+        let right = suffix_correct[j] + unknown_below;
+        if !tie && right >= best_right {
+            (best_j, best_right) = (j, right);
+        }
+    }
+    let threshold = match best_j {
+        0 => samples[0].0 - 1e-4,
+        j if j == n => samples[n - 1].0 + 1e-4,
+        j => (samples[j - 1].0 + samples[j].0) / 2.0,
+    };
+    (threshold, best_right as f32 / n as f32)
+}
+
+impl Catalog {
+    /// Runs `f` on the centroid table, computing it first if needed.
+    fn with_table<R>(&self, f: impl FnOnce(&CentroidTable) -> R) -> Result<R> {
+        let st = self.read_state();
+        let mut cached = lock(&st.centroids);
+        if cached.is_none() {
+            *cached = Some(compute_table(self, &st)?);
+        }
+        Ok(f(cached.as_ref().expect("just computed")))
+    }
+
+    /// Every character (live items at the primary level, or enrolled) with its normalised centroid.
+    pub fn character_centroids(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        self.with_table(CentroidTable::centroids)
+    }
+
+    /// The `k` characters whose centroids are closest to `name`'s.
+    pub fn similar_characters(&self, name: &str, k: usize) -> Result<Vec<CharacterScore>> {
+        let centroids = self.character_centroids()?;
+        let own = centroids
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| CatalogError::UnknownCharacter { name: name.into() })?;
+        Ok(rank(
+            &own,
+            centroids.into_iter().filter(|(n, _)| n != name),
+            k,
+        ))
+    }
+
+    /// Few-shot enrolment: adds `vectors` (e.g. embeddings of a handful of images) to character
+    /// `name`'s centroid, creating the character if new. Returns the number of shots stored.
+    pub fn enroll(&self, name: &str, vectors: &[Vec<f32>]) -> Result<usize> {
+        if name.is_empty() || vectors.is_empty() {
+            return Err(CatalogError::invalid(
+                "enrolment needs a character name and at least one vector",
+                "pass the name and the embeddings of a few images of the character",
+            ));
+        }
+        let mut shots = VectorSum::new(self.model.dim);
+        for v in vectors {
+            shots.add(&self.check_vector(v)?);
+        }
+        let _writer = lock(&self.writer);
+        let total = self.store.enroll(name, &shots)?;
+        let mut st = self.write_state();
+        if let Some(table) = st
+            .centroids
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            table.merge(name, &shots);
+        }
+        Ok(total.count)
+    }
+
+    /// Few-shot enrolment with images: adds `items` labelled `character = name` to the catalogue
+    /// (so they are searchable and shape the centroid).
+    pub fn enroll_items(&self, name: &str, items: Vec<NewItem>) -> Result<Vec<AddOutcome>> {
+        let items = items
+            .into_iter()
+            .map(|mut i| {
+                i.labels.insert(PRIMARY_LEVEL.to_string(), name.to_string());
+                i
+            })
+            .collect();
+        self.add_batch(items)
+    }
+
+    /// The open-set threshold in use (calibrated, or [`DEFAULT_OPEN_SET_THRESHOLD`]).
+    pub fn open_set_threshold(&self) -> Result<f32> {
+        Ok(self
+            .store
+            .threshold()?
+            .unwrap_or(DEFAULT_OPEN_SET_THRESHOLD))
+    }
+
+    /// The `k` characters nearest to `vector` by centroid, and the verdict: the best one, or
+    /// unknown when its cosine is below the open-set threshold.
+    pub fn classify_by_centroid(&self, vector: &[f32], k: usize) -> Result<Classification> {
+        let q = self.check_vector(vector)?;
+        let threshold = self.open_set_threshold()?;
+        let candidates = rank(&q, self.character_centroids()?, k.max(1));
+        let label = candidates
+            .first()
+            .filter(|c| c.score >= threshold)
+            .map(|c| c.name.clone());
+        Ok(Classification {
+            label,
+            threshold,
+            candidates: candidates.into_iter().take(k).collect(),
+        })
+    }
+
+    /// Chooses the open-set threshold on validation `samples` of (embedding, true character) and
+    /// stores it. True characters absent from the catalogue are the "should answer unknown" cases.
+    pub fn calibrate_threshold(&self, samples: &[(Vec<f32>, String)]) -> Result<Calibration> {
+        let centroids = self.character_centroids()?;
+        if samples.is_empty() || centroids.is_empty() {
+            return Err(CatalogError::invalid(
+                "calibration needs validation samples and at least one character in the catalogue",
+                "add labelled items or enroll characters, then pass (embedding, true character) pairs",
+            ));
+        }
+        let mut scored = Vec::with_capacity(samples.len());
+        for (v, truth) in samples {
+            let q = self.check_vector(v)?;
+            let best = rank(&q, centroids.iter().cloned(), 1).remove(0);
+            let known = centroids.iter().any(|(n, _)| n == truth);
+            scored.push((best.score, known && &best.name == truth, known));
+        }
+        let known = scored.iter().filter(|s| s.2).count();
+        let (threshold, accuracy) = best_threshold(&mut scored);
+        let _writer = lock(&self.writer);
+        self.store.set_threshold(threshold)?;
+        Ok(Calibration {
+            threshold,
+            accuracy,
+            known,
+            unknown: samples.len() - known,
+        })
+    }
+}
+
+/// Ranks `centroids` by cosine to normalised `q`, best first, keeping `k`.
+fn rank(
+    q: &[f32],
+    centroids: impl IntoIterator<Item = (String, Vec<f32>)>,
+    k: usize,
+) -> Vec<CharacterScore> {
+    let mut out: Vec<CharacterScore> = centroids
+        .into_iter()
+        .map(|(name, c)| CharacterScore {
+            score: vector::dot(q, &c),
+            name,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    out.truncate(k);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::best_threshold;
+
+    #[test]
+    fn threshold_separates_known_from_unknown() {
+        // (best cosine, correct, known)
+        let mut s = vec![
+            (0.9, true, true),
+            (0.8, true, true),
+            (0.7, true, true),
+            (0.4, false, false),
+            (0.3, false, false),
+            (0.6, false, true),
+        ];
+        let (t, acc) = best_threshold(&mut s);
+        assert!(t > 0.6 && t < 0.7, "threshold {t}");
+        assert!((acc - 5.0 / 6.0).abs() < 1e-6);
+        let mut all_known = vec![(0.2, true, true), (0.3, true, true)];
+        let (t, acc) = best_threshold(&mut all_known);
+        assert!(t < 0.2 && acc == 1.0);
+    }
+}

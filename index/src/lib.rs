@@ -1,0 +1,45 @@
+//! `animelens-index`: the AnimeLens catalogue. It stores items (images' metadata, thumbnails and
+//! L2-normalised embeddings) and answers similarity queries over them, without knowing the network
+//! or HTTP.
+//!
+//! * sled is the source of truth ([`Catalog`] writes and flushes there first);
+//! * an hnsw_rs graph (`DistDot`, M = 16, ef_construction = 200, ef_search = 128) is derived from it,
+//!   rebuilt on open or reloaded from a dump tagged with the sled generation;
+//! * removals are tombstones filtered during the graph walk; [`Catalog::compact`] purges them;
+//! * filters on labels and tags fall back to exact search when they match few items;
+//! * on top: per-character centroids and open-set classification ([`Catalog::classify_by_centroid`]),
+//!   recommendations ([`Catalog::recommend`]), user feeds with MMR ([`Catalog::feed`]) and
+//!   near-duplicate checks ([`Catalog::near_duplicates`]);
+//! * [`CatalogBackend`] is the seam for a distributed engine; [`bench`] measures recall and speed.
+
+mod ann;
+mod backend;
+pub mod bench;
+mod catalog;
+#[cfg(test)]
+mod catalog_tests;
+mod characters;
+mod dump;
+mod error;
+mod feed;
+mod filter;
+mod recommend;
+mod record;
+mod store;
+mod vector;
+
+pub use ann::{HnswParams, MAX_CONNECTIONS};
+pub use backend::CatalogBackend;
+pub use catalog::{
+    Catalog, CatalogStats, CompactReport, Consistency, IndexOrigin, OpenOptions,
+    DEFAULT_EXACT_THRESHOLD,
+};
+pub use characters::{Calibration, CharacterScore, Classification, DEFAULT_OPEN_SET_THRESHOLD};
+pub use error::{CatalogError, Result};
+pub use feed::mmr;
+pub use filter::Filter;
+pub use recommend::{best_score, RecommendQuery, RecommendStrategy};
+pub use record::{
+    AddOutcome, Event, EventKind, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, PRIMARY_LEVEL,
+};
+pub use vector::{dot, normalise, QuantizedVector};

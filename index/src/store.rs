@@ -1,0 +1,501 @@
+//! The sled store, the catalogue's source of truth. One tree per record kind; every write runs in
+//! one sled transaction (atomic across trees) and is flushed to disk before the call returns.
+//!
+//! Trees: `items` (id → JSON [`Item`]), `vectors` (id → f32 LE), `vectors_q8` (id → int8 copy,
+//! optional), `thumbnails` (id → JPEG), `by_hash` (content hash → id of the live item),
+//! `tombstones` (id → removal time), `meta` (model tag, generation, next id, open-set threshold),
+//! `users`, `events` (user ␀ time seq → JSON [`Event`]), `popularity` (id → like count),
+//! `characters` (enrolled character → few-shot vector sum).
+
+use crate::error::{CatalogError, Result};
+use crate::record::{now_ms, Event, EventKind, Item, ItemId, ItemUpdate, ModelTag};
+use crate::vector::{self, QuantizedVector, VectorSum};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+const KEY_MODEL: &[u8] = b"model";
+const KEY_GENERATION: &[u8] = b"generation";
+const KEY_NEXT_ID: &[u8] = b"next_id";
+const KEY_THRESHOLD: &[u8] = b"open_set_threshold";
+
+/// An item ready to be written: metadata (id filled in by the store), encoded vectors, thumbnail.
+pub(crate) struct Prepared {
+    pub(crate) item: Item,
+    pub(crate) vector: Vec<f32>,
+    pub(crate) store_int8: bool,
+    pub(crate) thumbnail: Vec<u8>,
+}
+
+/// A user's summary record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UserRecord {
+    first_seen_ms: u64,
+    last_seen_ms: u64,
+    events: u64,
+}
+
+/// Stored form of an enrolled character: the sum of its few-shot vectors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct EnrolledRecord {
+    sum: Vec<f64>,
+    shots: usize,
+    enrolled_at_ms: u64,
+}
+
+/// Handle on the sled database and its trees.
+pub(crate) struct Store {
+    dir: PathBuf,
+    db: sled::Db,
+    items: sled::Tree,
+    vectors: sled::Tree,
+    vectors_q8: sled::Tree,
+    thumbnails: sled::Tree,
+    by_hash: sled::Tree,
+    tombstones: sled::Tree,
+    meta: sled::Tree,
+    users: sled::Tree,
+    events: sled::Tree,
+    popularity: sled::Tree,
+    characters: sled::Tree,
+}
+
+fn key(id: ItemId) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn id_of(bytes: &[u8]) -> Option<ItemId> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+impl Store {
+    /// The sled folder inside a catalogue folder.
+    pub(crate) fn path_in(dir: &Path) -> PathBuf {
+        dir.join("store")
+    }
+
+    /// Opens (creating if needed) the store of catalogue folder `dir`.
+    pub(crate) fn open(dir: &Path) -> Result<Store> {
+        let err = |e| CatalogError::storage(dir, e);
+        std::fs::create_dir_all(dir).map_err(|e| CatalogError::from_io(dir.to_path_buf(), e))?;
+        let db = sled::Config::new()
+            .path(Self::path_in(dir))
+            .open()
+            .map_err(err)?;
+        let tree = |name: &str| db.open_tree(name).map_err(err);
+        Ok(Store {
+            items: tree("items")?,
+            vectors: tree("vectors")?,
+            vectors_q8: tree("vectors_q8")?,
+            thumbnails: tree("thumbnails")?,
+            by_hash: tree("by_hash")?,
+            tombstones: tree("tombstones")?,
+            meta: tree("meta")?,
+            users: tree("users")?,
+            events: tree("events")?,
+            popularity: tree("popularity")?,
+            characters: tree("characters")?,
+            dir: dir.to_path_buf(),
+            db,
+        })
+    }
+
+    fn err(&self, e: sled::Error) -> CatalogError {
+        CatalogError::storage(&self.dir, e)
+    }
+
+    fn tx_err(&self, e: TransactionError<CatalogError>) -> CatalogError {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => self.err(e),
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(&self, what: &str, bytes: &[u8]) -> Result<T> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| CatalogError::corrupt(&self.dir, format!("{what}: {e}")))
+    }
+
+    fn u64_meta(&self, k: &[u8]) -> Result<u64> {
+        Ok(self
+            .meta
+            .get(k)
+            .map_err(|e| self.err(e))?
+            .and_then(|v| id_of(&v))
+            .unwrap_or(0))
+    }
+
+    /// The model tag, or `None` for a fresh store.
+    pub(crate) fn model(&self) -> Result<Option<ModelTag>> {
+        match self.meta.get(KEY_MODEL).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(self.decode("meta/model", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the model tag of a fresh store.
+    pub(crate) fn init_model(&self, model: &ModelTag) -> Result<()> {
+        let bytes = serde_json::to_vec(model).expect("ModelTag serialises");
+        self.meta
+            .insert(KEY_MODEL, bytes)
+            .map_err(|e| self.err(e))?;
+        self.flush()
+    }
+
+    /// The write generation: incremented by every write that changes items or vectors.
+    pub(crate) fn generation(&self) -> Result<u64> {
+        self.u64_meta(KEY_GENERATION)
+    }
+
+    /// Writes a batch of items in one transaction. Returns, per input, `(id, duplicate)` and the new
+    /// generation. Items whose content hash names a live item (or an earlier item of the batch) are
+    /// duplicates and are not written.
+    pub(crate) fn add_items(&self, batch: &[Prepared]) -> Result<(Vec<(ItemId, bool)>, u64)> {
+        let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch
+            .iter()
+            .map(|p| {
+                let q8 = p
+                    .store_int8
+                    .then(|| QuantizedVector::quantize(&p.vector).to_bytes());
+                (vector::to_bytes(&p.vector), q8)
+            })
+            .collect();
+        let trees = (
+            &self.items,
+            &self.vectors,
+            &self.vectors_q8,
+            &self.thumbnails,
+            &self.by_hash,
+            &self.meta,
+        );
+        let result = trees.transaction(|(items, vectors, q8s, thumbs, by_hash, meta)| {
+            let read_u64 = |k: &[u8]| -> Result<u64, ConflictableTransactionError<CatalogError>> {
+                Ok(meta.get(k)?.and_then(|v| id_of(&v)).unwrap_or(0))
+            };
+            let mut next_id = read_u64(KEY_NEXT_ID)?.max(1);
+            let generation = read_u64(KEY_GENERATION)?;
+            let mut in_batch: HashMap<&str, ItemId> = HashMap::new();
+            let mut out = Vec::with_capacity(batch.len());
+            for (p, (vec_bytes, q8)) in batch.iter().zip(&encoded) {
+                let hash = p.item.content_hash.as_str();
+                if !hash.is_empty() {
+                    if let Some(id) = in_batch.get(hash) {
+                        out.push((*id, true));
+                        continue;
+                    }
+                    if let Some(id) = by_hash.get(hash.as_bytes())?.and_then(|v| id_of(&v)) {
+                        out.push((id, true));
+                        continue;
+                    }
+                }
+                let id = next_id;
+                next_id += 1;
+                let mut item = p.item.clone();
+                item.id = id;
+                let json = serde_json::to_vec(&item).expect("Item serialises");
+                items.insert(&key(id), json)?;
+                vectors.insert(&key(id), vec_bytes.as_slice())?;
+                if let Some(q) = q8 {
+                    q8s.insert(&key(id), q.as_slice())?;
+                }
+                if !p.thumbnail.is_empty() {
+                    thumbs.insert(&key(id), p.thumbnail.as_slice())?;
+                }
+                if !hash.is_empty() {
+                    by_hash.insert(hash.as_bytes(), &key(id))?;
+                    in_batch.insert(hash, id);
+                }
+                out.push((id, false));
+            }
+            let written = out.iter().any(|(_, dup)| !dup);
+            let generation = if written { generation + 1 } else { generation };
+            meta.insert(KEY_NEXT_ID, &next_id.to_be_bytes())?;
+            meta.insert(KEY_GENERATION, &generation.to_be_bytes())?;
+            Ok((out, generation))
+        });
+        let out = result.map_err(|e| self.tx_err(e))?;
+        self.flush()?;
+        Ok(out)
+    }
+
+    /// Tombstones a live item; returns its record and the new generation.
+    pub(crate) fn tombstone(&self, id: ItemId) -> Result<(Item, u64)> {
+        let item = self.item(id)?.ok_or(CatalogError::UnknownItem { id })?;
+        let trees = (&self.tombstones, &self.by_hash, &self.meta);
+        let generation = trees
+            .transaction(|(tombstones, by_hash, meta)| {
+                if tombstones.get(&key(id))?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(
+                        CatalogError::UnknownItem { id },
+                    ));
+                }
+                tombstones.insert(&key(id), &now_ms().to_be_bytes())?;
+                let hash = item.content_hash.as_bytes();
+                if !hash.is_empty() && by_hash.get(hash)?.and_then(|v| id_of(&v)) == Some(id) {
+                    by_hash.remove(hash)?;
+                }
+                let generation = meta
+                    .get(KEY_GENERATION)?
+                    .and_then(|v| id_of(&v))
+                    .unwrap_or(0)
+                    + 1;
+                meta.insert(KEY_GENERATION, &generation.to_be_bytes())?;
+                Ok(generation)
+            })
+            .map_err(|e| self.tx_err(e))?;
+        self.flush()?;
+        Ok((item, generation))
+    }
+
+    /// Replaces labels and/or tags of a live item; returns the old and new records and the generation.
+    pub(crate) fn update_item(&self, id: ItemId, update: &ItemUpdate) -> Result<(Item, Item, u64)> {
+        if self.is_tombstoned(id)? {
+            return Err(CatalogError::UnknownItem { id });
+        }
+        let old = self.item(id)?.ok_or(CatalogError::UnknownItem { id })?;
+        let mut new = old.clone();
+        if let Some(labels) = &update.labels {
+            new.labels = labels.clone();
+        }
+        if let Some(tags) = &update.tags {
+            new.tags = tags.clone();
+        }
+        let json = serde_json::to_vec(&new).expect("Item serialises");
+        let generation = (&self.items, &self.meta)
+            .transaction(|(items, meta)| {
+                items.insert(&key(id), json.as_slice())?;
+                let generation = meta
+                    .get(KEY_GENERATION)?
+                    .and_then(|v| id_of(&v))
+                    .unwrap_or(0)
+                    + 1;
+                meta.insert(KEY_GENERATION, &generation.to_be_bytes())?;
+                Ok(generation)
+            })
+            .map_err(|e| self.tx_err(e))?;
+        self.flush()?;
+        Ok((old, new, generation))
+    }
+
+    /// The item record of `id` (live or tombstoned), if stored.
+    pub(crate) fn item(&self, id: ItemId) -> Result<Option<Item>> {
+        match self.items.get(key(id)).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(self.decode(&format!("items/{id}"), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored f32 vector of `id`.
+    pub(crate) fn vector(&self, id: ItemId) -> Result<Option<Vec<f32>>> {
+        match self.vectors.get(key(id)).map_err(|e| self.err(e))? {
+            Some(v) => vector::from_bytes(&v).map(Some).ok_or_else(|| {
+                CatalogError::corrupt(&self.dir, format!("vectors/{id}: bad length"))
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored int8 copy of `id`'s vector, when the catalogue keeps one.
+    pub(crate) fn quantized(&self, id: ItemId) -> Result<Option<QuantizedVector>> {
+        let v = self.vectors_q8.get(key(id)).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|b| QuantizedVector::from_bytes(&b)))
+    }
+
+    /// The stored thumbnail of `id`.
+    pub(crate) fn thumbnail(&self, id: ItemId) -> Result<Option<Vec<u8>>> {
+        let v = self.thumbnails.get(key(id)).map_err(|e| self.err(e))?;
+        Ok(v.map(|b| b.to_vec()))
+    }
+
+    /// Whether `id` is tombstoned.
+    pub(crate) fn is_tombstoned(&self, id: ItemId) -> Result<bool> {
+        self.tombstones
+            .contains_key(key(id))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Ids of all tombstoned items.
+    pub(crate) fn tombstoned_ids(&self) -> Result<Vec<ItemId>> {
+        self.tombstones
+            .iter()
+            .keys()
+            .map(|k| Ok(id_of(&k.map_err(|e| self.err(e))?).unwrap_or(0)))
+            .collect()
+    }
+
+    /// All live item records, in id order.
+    pub(crate) fn live_items(&self) -> Result<Vec<Item>> {
+        let mut out = Vec::new();
+        for kv in self.items.iter() {
+            let (k, v) = kv.map_err(|e| self.err(e))?;
+            let id = id_of(&k).unwrap_or(0);
+            if !self.is_tombstoned(id)? {
+                out.push(self.decode(&format!("items/{id}"), &v)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of item records (live and tombstoned).
+    pub(crate) fn item_count(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Deletes every record of tombstoned items; returns how many were purged and the new generation.
+    pub(crate) fn purge_tombstoned(&self) -> Result<(usize, u64)> {
+        let ids = self.tombstoned_ids()?;
+        let mut batch = sled::Batch::default();
+        for id in &ids {
+            batch.remove(&key(*id));
+        }
+        for tree in [
+            &self.items,
+            &self.vectors,
+            &self.vectors_q8,
+            &self.thumbnails,
+            &self.popularity,
+            &self.tombstones,
+        ] {
+            tree.apply_batch(batch.clone()).map_err(|e| self.err(e))?;
+        }
+        let generation = self.generation()? + 1;
+        self.meta
+            .insert(KEY_GENERATION, &generation.to_be_bytes())
+            .map_err(|e| self.err(e))?;
+        self.flush()?;
+        Ok((ids.len(), generation))
+    }
+
+    /// Appends a user event (and bumps the item's like count for likes).
+    pub(crate) fn record_event(&self, user: &str, event: &Event) -> Result<()> {
+        let seq = self.db.generate_id().map_err(|e| self.err(e))?;
+        let mut k = user.as_bytes().to_vec();
+        k.push(0);
+        k.extend(event.at_ms.to_be_bytes());
+        k.extend(seq.to_be_bytes());
+        let json = serde_json::to_vec(event).expect("Event serialises");
+        (&self.events, &self.users, &self.popularity)
+            .transaction(|(events, users, popularity)| {
+                events.insert(k.as_slice(), json.as_slice())?;
+                let mut rec = match users.get(user.as_bytes())? {
+                    Some(v) => serde_json::from_slice(&v).unwrap_or(UserRecord {
+                        first_seen_ms: event.at_ms,
+                        last_seen_ms: event.at_ms,
+                        events: 0,
+                    }),
+                    None => UserRecord {
+                        first_seen_ms: event.at_ms,
+                        last_seen_ms: event.at_ms,
+                        events: 0,
+                    },
+                };
+                rec.first_seen_ms = rec.first_seen_ms.min(event.at_ms);
+                rec.last_seen_ms = rec.last_seen_ms.max(event.at_ms);
+                rec.events += 1;
+                let rec = serde_json::to_vec(&rec).expect("UserRecord serialises");
+                users.insert(user.as_bytes(), rec)?;
+                if event.kind == EventKind::Like {
+                    let n = popularity
+                        .get(&key(event.item))?
+                        .and_then(|v| id_of(&v))
+                        .unwrap_or(0);
+                    popularity.insert(&key(event.item), &(n + 1).to_be_bytes())?;
+                }
+                Ok(())
+            })
+            .map_err(|e: TransactionError<CatalogError>| self.tx_err(e))?;
+        self.flush()
+    }
+
+    /// A user's events in time order.
+    pub(crate) fn events(&self, user: &str) -> Result<Vec<Event>> {
+        let mut prefix = user.as_bytes().to_vec();
+        prefix.push(0);
+        self.events
+            .scan_prefix(prefix)
+            .values()
+            .map(|v| self.decode("events", &v.map_err(|e| self.err(e))?))
+            .collect()
+    }
+
+    /// Like counts per item (items never liked are absent).
+    pub(crate) fn popularity(&self) -> Result<Vec<(ItemId, u64)>> {
+        self.popularity
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.err(e))?;
+                Ok((id_of(&k).unwrap_or(0), id_of(&v).unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// Enrolled characters and the sums of their few-shot vectors.
+    pub(crate) fn enrolled(&self) -> Result<Vec<(String, VectorSum)>> {
+        self.characters
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| self.err(e))?;
+                let name = String::from_utf8_lossy(&k).into_owned();
+                let rec: EnrolledRecord = self.decode(&format!("characters/{name}"), &v)?;
+                Ok((
+                    name,
+                    VectorSum {
+                        sum: rec.sum,
+                        count: rec.shots,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Adds few-shot vectors to an enrolled character (creating it if needed); returns its new sum.
+    pub(crate) fn enroll(&self, name: &str, shots: &VectorSum) -> Result<VectorSum> {
+        let mut total = shots.clone();
+        if let Some(v) = self
+            .characters
+            .get(name.as_bytes())
+            .map_err(|e| self.err(e))?
+        {
+            let old: EnrolledRecord = self.decode(&format!("characters/{name}"), &v)?;
+            total.merge(&VectorSum {
+                sum: old.sum,
+                count: old.shots,
+            });
+        }
+        let rec = EnrolledRecord {
+            sum: total.sum.clone(),
+            shots: total.count,
+            enrolled_at_ms: now_ms(),
+        };
+        let json = serde_json::to_vec(&rec).expect("EnrolledRecord serialises");
+        self.characters
+            .insert(name.as_bytes(), json)
+            .map_err(|e| self.err(e))?;
+        self.flush()?;
+        Ok(total)
+    }
+
+    /// The calibrated open-set threshold, if one was stored.
+    pub(crate) fn threshold(&self) -> Result<Option<f32>> {
+        let v = self.meta.get(KEY_THRESHOLD).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|b| Some(f32::from_le_bytes(b.as_ref().try_into().ok()?))))
+    }
+
+    /// Stores the open-set threshold.
+    pub(crate) fn set_threshold(&self, t: f32) -> Result<()> {
+        self.meta
+            .insert(KEY_THRESHOLD, &t.to_le_bytes())
+            .map_err(|e| self.err(e))?;
+        self.flush()
+    }
+
+    /// Bytes sled occupies on disk.
+    pub(crate) fn size_on_disk(&self) -> Result<u64> {
+        self.db.size_on_disk().map_err(|e| self.err(e))
+    }
+}
