@@ -39,7 +39,9 @@ pub enum EmbedError {
     #[error("cannot decode image: {0}. Send a JPEG, PNG, WebP, GIF or BMP file")]
     Decode(String),
     /// The image is larger than the configured pixel limit.
-    #[error("image is {width}x{height} pixels, over the limit of {limit} pixels. Send a smaller image")]
+    #[error(
+        "image is {width}x{height} pixels, over the limit of {limit} pixels. Send a smaller image"
+    )]
     TooLarge {
         /// Width the header claims.
         width: u32,

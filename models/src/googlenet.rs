@@ -64,7 +64,12 @@ pub struct Output {
 }
 
 fn ceil_pool(kernel: usize) -> PoolGeometry {
-    PoolGeometry { kernel, stride: 2, pad: 0, ceil: true }
+    PoolGeometry {
+        kernel,
+        stride: 2,
+        pad: 0,
+        ceil: true,
+    }
 }
 
 fn spec(
@@ -76,7 +81,15 @@ fn spec(
     ch5x5: usize,
     pool_proj: usize,
 ) -> InceptionSpec {
-    InceptionSpec { c_in, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj }
+    InceptionSpec {
+        c_in,
+        ch1x1,
+        ch3x3red,
+        ch3x3,
+        ch5x5red,
+        ch5x5,
+        pool_proj,
+    }
 }
 
 /// The network. `frozen` leading layers run in eval mode and pass no gradient back.
@@ -195,7 +208,10 @@ mod tests {
     }
 
     fn head(level: &str, classes: usize) -> HeadSpec {
-        HeadSpec { level: level.into(), classes }
+        HeadSpec {
+            level: level.into(),
+            classes,
+        }
     }
 
     #[test]
@@ -241,12 +257,19 @@ mod tests {
         let (vm, net) = build(&[head("character", 4)]);
         let running = |vm: &VarMap| {
             let data = vm.data().lock().unwrap();
-            data["conv1.bn.running_mean"].as_tensor().to_vec1::<f32>().unwrap()
+            data["conv1.bn.running_mean"]
+                .as_tensor()
+                .to_vec1::<f32>()
+                .unwrap()
         };
         let x = (Tensor::randn(0f32, 1., (4, 3, 64, 64), &Device::Cpu)? + 0.5)?;
         let before = running(&vm);
         let eval1 = net.forward_t(&x, false)?.embedding;
-        assert_eq!(before, running(&vm), "eval mode must not touch running statistics");
+        assert_eq!(
+            before,
+            running(&vm),
+            "eval mode must not touch running statistics"
+        );
         net.forward_t(&x, true)?;
         let after = running(&vm);
         assert_ne!(before, after, "train mode must update running statistics");
@@ -269,8 +292,12 @@ mod tests {
         let grads = loss.backward()?;
         let data = vm.data().lock().unwrap();
         assert!(grads.get(&data["conv1.conv.weight"]).is_none());
-        assert!(grads.get(&data["inception3a.branch1.conv.weight"]).is_none());
-        assert!(grads.get(&data["inception3b.branch1.conv.weight"]).is_some());
+        assert!(grads
+            .get(&data["inception3a.branch1.conv.weight"])
+            .is_none());
+        assert!(grads
+            .get(&data["inception3b.branch1.conv.weight"])
+            .is_some());
         assert!(grads.get(&data["fc.weight"]).is_some());
         Ok(())
     }

@@ -1,16 +1,18 @@
 //! The building blocks GoogLeNet is made of: BatchNorm that really trains, torchvision's
 //! `BasicConv2d` (conv without bias + BatchNorm(eps 1e-3) + ReLU), and the Inception block.
 
-use crate::ops::{conv2d, max_pool2d, Conv2dGeometry, PoolGeometry};
+use crate::ops::{
+    batch_norm_relu, channel_stats, conv2d, max_pool2d, Conv2dGeometry, PoolGeometry,
+};
 use candle_core::{Result, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
 
-/// Spatial batch normalisation over `(N, C, H, W)`.
+/// Spatial batch normalisation followed by ReLU over `(N, C, H, W)`, as one fused kernel.
 ///
 /// Train mode normalises with the batch statistics and updates the running statistics
 /// (momentum 0.1, unbiased variance, as PyTorch); eval mode uses the running statistics.
 #[derive(Debug, Clone)]
-pub struct BatchNorm2d {
+pub struct BatchNormRelu {
     weight: Tensor,
     bias: Tensor,
     running_mean: Var,
@@ -19,7 +21,7 @@ pub struct BatchNorm2d {
     momentum: f64,
 }
 
-impl BatchNorm2d {
+impl BatchNormRelu {
     /// Creates (or loads) `weight`, `bias`, `running_mean`, `running_var` under `vb`.
     pub fn new(channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         let var = |name: &str, init: f64| -> Result<Var> {
@@ -35,32 +37,29 @@ impl BatchNorm2d {
         })
     }
 
-    /// Normalises `x`; `train` selects batch statistics (and updates the running ones).
+    /// Normalises `x` and applies ReLU; `train` selects batch statistics (and updates the
+    /// running ones).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let c = x.dim(1)?;
-        let per_channel = |t: &Tensor| t.reshape((1, c, 1, 1));
-        if train {
+        let (mean, var) = if train {
             let (n, _, h, w) = x.dims4()?;
-            let mean = x.mean_keepdim((0, 2, 3))?;
-            let centred = x.broadcast_sub(&mean)?;
-            let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
+            let stats = channel_stats(x)?;
+            let (mean, var) = (stats.get(0)?, stats.get(1)?);
             self.update_running(&mean, &var, n * h * w)?;
-            let inv_std = (var + self.eps)?.sqrt()?.recip()?;
-            let scale = inv_std.broadcast_mul(&per_channel(&self.weight)?)?;
-            centred.broadcast_mul(&scale)?.broadcast_add(&per_channel(&self.bias)?)
+            (mean, var)
         } else {
-            let inv_std = (self.running_var.as_tensor() + self.eps)?.sqrt()?.recip()?;
-            let scale = (&self.weight * inv_std)?;
-            let shift = (&self.bias - (self.running_mean.as_tensor() * &scale)?)?;
-            x.broadcast_mul(&per_channel(&scale)?)?.broadcast_add(&per_channel(&shift)?)
-        }
+            (
+                self.running_mean.as_tensor().clone(),
+                self.running_var.as_tensor().clone(),
+            )
+        };
+        let inv_std = (var + self.eps)?.sqrt()?.recip()?;
+        let params = Tensor::stack(&[&self.weight, &self.bias, &mean, &inv_std], 0)?;
+        batch_norm_relu(x, &params)
     }
 
     fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
         let m = self.momentum;
         let unbias = count as f64 / (count.max(2) - 1) as f64;
-        let mean = mean.detach().flatten_all()?;
-        let var = var.detach().flatten_all()?;
         let rm = ((self.running_mean.as_tensor() * (1. - m))? + (mean * m)?)?;
         let rv = ((self.running_var.as_tensor() * (1. - m))? + (var * (m * unbias))?)?;
         self.running_mean.set(&rm)?;
@@ -73,7 +72,7 @@ impl BatchNorm2d {
 pub struct BasicConv2d {
     weight: Tensor,
     geometry: Conv2dGeometry,
-    bn: BatchNorm2d,
+    bn: BatchNormRelu,
 }
 
 impl BasicConv2d {
@@ -87,19 +86,28 @@ impl BasicConv2d {
         vb: VarBuilder,
     ) -> Result<Self> {
         let fan_in = (c_in * kernel * kernel) as f64;
-        let init = Init::Randn { mean: 0., stdev: (2.0 / fan_in).sqrt() };
-        let weight = vb.pp("conv").get_with_hints((c_out, c_in, kernel, kernel), "weight", init)?;
+        let init = Init::Randn {
+            mean: 0.,
+            stdev: (2.0 / fan_in).sqrt(),
+        };
+        let weight = vb
+            .pp("conv")
+            .get_with_hints((c_out, c_in, kernel, kernel), "weight", init)?;
         Ok(Self {
             weight,
-            geometry: Conv2dGeometry { kernel, stride, pad },
-            bn: BatchNorm2d::new(c_out, 1e-3, vb.pp("bn"))?,
+            geometry: Conv2dGeometry {
+                kernel,
+                stride,
+                pad,
+            },
+            bn: BatchNormRelu::new(c_out, 1e-3, vb.pp("bn"))?,
         })
     }
 
     /// Runs conv → BN → ReLU.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = conv2d(x, &self.weight, self.geometry)?;
-        self.bn.forward_t(&y, train)?.relu()
+        self.bn.forward_t(&y, train)
     }
 }
 
@@ -160,7 +168,12 @@ impl Inception {
         let b1 = self.branch1.forward_t(x, train)?;
         let b2 = self.branch2[1].forward_t(&self.branch2[0].forward_t(x, train)?, train)?;
         let b3 = self.branch3[1].forward_t(&self.branch3[0].forward_t(x, train)?, train)?;
-        let pool = PoolGeometry { kernel: 3, stride: 1, pad: 1, ceil: true };
+        let pool = PoolGeometry {
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+            ceil: true,
+        };
         let b4 = self.branch4.forward_t(&max_pool2d(x, pool)?, train)?;
         Tensor::cat(&[b1, b2, b3, b4], 1)
     }
@@ -168,7 +181,11 @@ impl Inception {
 
 /// Divides each row of `x` `(N, D)` by its L2 norm.
 pub fn l2_normalise(x: &Tensor) -> Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     x.broadcast_div(&norm)
 }
 

@@ -4,10 +4,17 @@
 //! This crate knows nothing of sled, HNSW or HTTP; the rest of AnimeLens sees it through
 //! [`Embedder`] and [`Prediction`].
 
+pub mod augment;
+pub mod bench;
+pub mod data;
 pub mod embedder;
 pub mod googlenet;
 pub mod layers;
+pub mod loss;
 pub mod ops;
+pub mod optimiser;
+pub mod preprocess;
+pub mod schedule;
 
 pub use embedder::{EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
 pub use googlenet::{GoogLeNet, HeadSpec, Output, EMBEDDING_DIM, LAYER_NAMES};

@@ -34,8 +34,14 @@ impl PoolGeometry {
     fn argmax(&self, plane: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> usize {
         let h0 = (oh * self.stride) as isize - self.pad as isize;
         let w0 = (ow * self.stride) as isize - self.pad as isize;
-        let (hs, he) = (h0.max(0) as usize, ((h0 + self.kernel as isize) as usize).min(h));
-        let (ws, we) = (w0.max(0) as usize, ((w0 + self.kernel as isize) as usize).min(w));
+        let (hs, he) = (
+            h0.max(0) as usize,
+            ((h0 + self.kernel as isize) as usize).min(h),
+        );
+        let (ws, we) = (
+            w0.max(0) as usize,
+            ((w0 + self.kernel as isize) as usize).min(w),
+        );
         let mut best = hs * w + ws;
         let mut best_v = f32::NEG_INFINITY;
         for y in hs..he {
@@ -135,7 +141,12 @@ mod tests {
     use candle_core::{DType, Device, Var};
 
     fn geometry(kernel: usize, stride: usize, pad: usize, ceil: bool) -> PoolGeometry {
-        PoolGeometry { kernel, stride, pad, ceil }
+        PoolGeometry {
+            kernel,
+            stride,
+            pad,
+            ceil,
+        }
     }
 
     #[test]
@@ -154,7 +165,11 @@ mod tests {
     #[test]
     fn forward_matches_a_hand_computed_ceil_mode_pool() -> Result<()> {
         // 1x1x3x3 input, 2x2 windows stride 2 ceil: windows {0,1,3,4}, {2,5}, {6,7}, {8}.
-        let x = Tensor::from_vec((1..=9).map(|v| v as f32).collect(), (1, 1, 3, 3), &Device::Cpu)?;
+        let x = Tensor::from_vec(
+            (1..=9).map(|v| v as f32).collect(),
+            (1, 1, 3, 3),
+            &Device::Cpu,
+        )?;
         let y = max_pool2d(&x, geometry(2, 2, 0, true))?;
         assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, vec![5., 6., 8., 9.]);
         // Padded 3x3 stride 1: each output is the max of its clipped neighbourhood.
@@ -178,9 +193,15 @@ mod tests {
         // (candle's own max_pool2d backward divides it by k*k, so it is no reference.)
         let probe = Tensor::randn(0f32, 1., ours.shape(), &dev)?;
         let grads = (&ours * &probe)?.sum_all()?.backward()?;
-        let mask = x.as_tensor().eq(&reference.upsample_nearest2d(8, 8)?)?.to_dtype(DType::F32)?;
+        let mask = x
+            .as_tensor()
+            .eq(&reference.upsample_nearest2d(8, 8)?)?
+            .to_dtype(DType::F32)?;
         let expected = (probe.upsample_nearest2d(8, 8)? * mask)?;
-        let d = (grads.get(&x).unwrap() - expected)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let d = (grads.get(&x).unwrap() - expected)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(d < 1e-6, "gradient differs by {d}");
         Ok(())
     }

@@ -1,12 +1,15 @@
 //! CPU kernels that candle lacks or runs slowly, each with a forward and a backward pass.
 //!
 //! * [`max_pool2d`]: PyTorch-semantics max pooling (padding, ceil mode, any kernel/stride).
+//! * [`batch_norm_relu`]: BatchNorm + ReLU fused into one pass forward and two backward.
 //! * [`conv2d`]: convolution as im2col + matrix multiply, so that both the forward and the
 //!   backward pass are matrix multiplies (candle's own conv backward runs a per-pixel loop).
 
+mod batchnorm;
 mod conv;
 mod maxpool;
 
+pub use batchnorm::{batch_norm_relu, channel_stats};
 pub use conv::{conv2d, Conv2dGeometry};
 pub use maxpool::{max_pool2d, PoolGeometry};
 
@@ -37,7 +40,11 @@ pub(crate) fn window_output_len(
     ceil: bool,
 ) -> usize {
     let span = input + 2 * pad - kernel;
-    let mut out = if ceil { span.div_ceil(stride) } else { span / stride } + 1;
+    let mut out = if ceil {
+        span.div_ceil(stride)
+    } else {
+        span / stride
+    } + 1;
     // PyTorch: the last window must start inside the input or the left padding.
     if ceil && (out - 1) * stride >= input + pad {
         out -= 1;

@@ -1,0 +1,78 @@
+//! Speed of the network on this machine: training steps and inference, images per second.
+
+use crate::googlenet::{GoogLeNet, HeadSpec};
+use crate::loss::{smoothed_targets, soft_cross_entropy};
+use crate::optimiser::adamw;
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use serde::Serialize;
+use std::time::Instant;
+
+/// Measured throughput at one input size.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpeedRow {
+    /// Input side in pixels.
+    pub size: usize,
+    /// Batch size used for the throughput figures.
+    pub batch: usize,
+    /// Training images/s (forward + backward + AdamW step).
+    pub train_img_s: f64,
+    /// Inference images/s (eval-mode forward).
+    pub infer_img_s: f64,
+    /// Eval-mode forward latency of a single image, in milliseconds.
+    pub latency_ms: f64,
+}
+
+fn timed<F: FnMut() -> Result<()>>(repeats: usize, mut f: F) -> Result<f64> {
+    f()?; // warm-up
+    let start = Instant::now();
+    for _ in 0..repeats {
+        f()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / repeats as f64)
+}
+
+/// Measures a randomly initialised 1000-class GoogLeNet at `size` px with `repeats` timed runs.
+pub fn measure(size: usize, batch: usize, repeats: usize) -> Result<SpeedRow> {
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let heads = [HeadSpec {
+        level: "character".into(),
+        classes: 1000,
+    }];
+    let net = GoogLeNet::new(&heads, 0.5, vb)?;
+    let mut opt = adamw(&varmap, 0, 1e-3, 1e-4)?;
+    let x = Tensor::randn(0f32, 1., (batch, 3, size, size), &dev)?;
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i * 7 % 1000).collect();
+    let targets = smoothed_targets(&labels, 1000, 0.1, &dev)?;
+    let train = timed(repeats, || {
+        let out = net.forward_t(&x, true)?;
+        let loss = soft_cross_entropy(&out.logits[0], &targets)?;
+        opt.backward_step(&loss)
+    })?;
+    let infer = timed(repeats, || net.forward_t(&x, false).map(drop))?;
+    let one = x.narrow(0, 0, 1)?;
+    let latency = timed(repeats * 4, || net.forward_t(&one, false).map(drop))?;
+    Ok(SpeedRow {
+        size,
+        batch,
+        train_img_s: batch as f64 / train,
+        infer_img_s: batch as f64 / infer,
+        latency_ms: latency * 1e3,
+    })
+}
+
+/// Renders rows as a markdown table.
+pub fn markdown_table(rows: &[SpeedRow]) -> String {
+    let mut s = String::from(
+        "| input | batch | training img/s | inference img/s | batch-1 latency ms |\n|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s += &format!(
+            "| {} px | {} | {:.1} | {:.1} | {:.1} |\n",
+            r.size, r.batch, r.train_img_s, r.infer_img_s, r.latency_ms
+        );
+    }
+    s
+}

@@ -1,0 +1,9 @@
+//! Labelled image collections: readers (folder-per-class, CSV manifest), splits, decoding
+//! into an in-memory cache, and the batch loader with sampling, augmentation and mixup
+//! running on worker threads ahead of the training step.
+
+mod dataset;
+mod loader;
+
+pub use dataset::{DataError, Dataset, LabelColumn, Sample, Split, IMAGE_EXTENSIONS};
+pub use loader::{decode_all, Batch, BatchLoader, DecodedSet, LoaderConfig};

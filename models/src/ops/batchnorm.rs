@@ -1,0 +1,285 @@
+//! Fused BatchNorm + ReLU over `(N, C, H, W)`, forward and backward.
+//!
+//! candle composes BatchNorm from about ten generic tensor ops, each a full pass over the
+//! activations with its own allocation; here the forward is one pass and the backward two.
+//! The per-channel parameters travel as one `(4, C)` tensor: weight, bias, mean, 1/std. Train
+//! mode passes the batch statistics ([`channel_stats`]), eval mode the running ones; the
+//! gradient formula accounts for the batch statistics' dependence on the input.
+
+use super::contiguous_f32;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+fn nchw(layout: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+    match *layout.dims() {
+        [n, c, h, w] => Ok((n, c, h * w)),
+        ref d => candle_core::bail!("{op}: expected an (N, C, H, W) tensor, got shape {d:?}"),
+    }
+}
+
+/// Per-channel mean and biased variance of `(N, C, H, W)`, as a `(2, C)` tensor (no gradient).
+pub fn channel_stats(x: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&ChannelStats)
+}
+
+/// `relu(x * scale + shift)` per channel, with `params` = `(4, C)` rows weight, bias, mean,
+/// 1/std (scale = weight/std, shift = bias - mean·scale). Differentiable in `x` and `params`
+/// (rows weight and bias; the statistics are treated as functions of `x`, i.e. train mode).
+pub fn batch_norm_relu(x: &Tensor, params: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&params.contiguous()?, BnRelu)
+}
+
+struct ChannelStats;
+
+impl CustomOp1 for ChannelStats {
+    fn name(&self) -> &'static str {
+        "channel-stats"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (n, c, hw) = nchw(layout, self.name())?;
+        let x = contiguous_f32(self.name(), storage, layout)?;
+        let count = (n * hw) as f64;
+        let stats: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let planes = || (0..n).map(|i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
+                let sum: f64 = planes()
+                    .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
+                    .sum();
+                let mean = sum / count;
+                let sq: f64 = planes()
+                    .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
+                    .sum();
+                (mean as f32, (sq / count) as f32)
+            })
+            .collect();
+        let mut out: Vec<f32> = stats.iter().map(|s| s.0).collect();
+        out.extend(stats.iter().map(|s| s.1));
+        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+    }
+}
+
+/// Per-channel (scale, shift) from the `(4, C)` parameter rows.
+fn scale_shift(params: &[f32], c: usize) -> Vec<(f32, f32)> {
+    (0..c)
+        .map(|ch| {
+            let (w, b, mean, inv_std) = (
+                params[ch],
+                params[c + ch],
+                params[2 * c + ch],
+                params[3 * c + ch],
+            );
+            let scale = w * inv_std;
+            (scale, b - mean * scale)
+        })
+        .collect()
+}
+
+struct BnRelu;
+
+impl CustomOp2 for BnRelu {
+    fn name(&self) -> &'static str {
+        "batch-norm-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, hw) = nchw(l1, self.name())?;
+        let x = contiguous_f32(self.name(), s1, l1)?;
+        let ss = scale_shift(contiguous_f32(self.name(), s2, l2)?, c);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(p, (o, xi))| {
+                let (scale, shift) = ss[p % c];
+                for (o, &v) in o.iter_mut().zip(xi) {
+                    *o = (v * scale + shift).max(0.0);
+                }
+            });
+        debug_assert_eq!(out.len(), n * c * hw);
+        Ok((CpuStorage::F32(out), Shape::from(l1.dims().to_vec())))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dw_db = x.apply_op3_no_bwd(&grad, params, &ParamGrad)?;
+        let all = Tensor::cat(&[params, &dw_db], 0)?;
+        let dx = x.apply_op3_no_bwd(&grad, &all, &InputGrad)?;
+        let dparams = Tensor::cat(&[&dw_db, &dw_db.zeros_like()?], 0)?;
+        Ok((Some(dx), Some(dparams)))
+    }
+}
+
+/// Weight and bias gradients, `(2, C)`: Σ dy'·x̂ and Σ dy', where dy' is the gradient masked
+/// by the ReLU.
+struct ParamGrad;
+
+impl CustomOp3 for ParamGrad {
+    fn name(&self) -> &'static str {
+        "batch-norm-relu-param-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, hw) = nchw(l1, self.name())?;
+        let x = contiguous_f32(self.name(), s1, l1)?;
+        let g = contiguous_f32(self.name(), s2, l2)?;
+        let params = contiguous_f32(self.name(), s3, l3)?;
+        let ss = scale_shift(params, c);
+        let sums: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (scale, shift) = ss[ch];
+                let (mean, inv_std) = (params[2 * c + ch], params[3 * c + ch]);
+                let (mut dw, mut db) = (0f64, 0f64);
+                for i in 0..n {
+                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
+                    let (mut pw, mut pb) = (0f32, 0f32);
+                    for (&v, &gv) in x[r.clone()].iter().zip(&g[r]) {
+                        if v * scale + shift > 0.0 {
+                            pw += gv * (v - mean) * inv_std;
+                            pb += gv;
+                        }
+                    }
+                    dw += pw as f64;
+                    db += pb as f64;
+                }
+                (dw as f32, db as f32)
+            })
+            .collect();
+        let mut out: Vec<f32> = sums.iter().map(|s| s.0).collect();
+        out.extend(sums.iter().map(|s| s.1));
+        Ok((CpuStorage::F32(out), Shape::from((2, c))))
+    }
+}
+
+/// Input gradient of train-mode BatchNorm + ReLU:
+/// dx = w/σ · (dy' − mean(dy') − x̂ · mean(dy'·x̂)). Parameter rows: weight, bias, mean, 1/std,
+/// Σ dy'·x̂, Σ dy'.
+struct InputGrad;
+
+impl CustomOp3 for InputGrad {
+    fn name(&self) -> &'static str {
+        "batch-norm-relu-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, hw) = nchw(l1, self.name())?;
+        let x = contiguous_f32(self.name(), s1, l1)?;
+        let g = contiguous_f32(self.name(), s2, l2)?;
+        let p = contiguous_f32(self.name(), s3, l3)?;
+        let ss = scale_shift(p, c);
+        let count = (n * hw) as f32;
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw).zip(g.par_chunks(hw)))
+            .enumerate()
+            .for_each(|(plane, (o, (xi, gi)))| {
+                let ch = plane % c;
+                let (scale, shift) = ss[ch];
+                let (mean, inv_std) = (p[2 * c + ch], p[3 * c + ch]);
+                let mean_dyx = p[4 * c + ch] / count;
+                let mean_dy = p[5 * c + ch] / count;
+                for ((o, &v), &gv) in o.iter_mut().zip(xi).zip(gi) {
+                    let dy = if v * scale + shift > 0.0 { gv } else { 0.0 };
+                    let xhat = (v - mean) * inv_std;
+                    *o = scale * (dy - mean_dy - xhat * mean_dyx);
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from(l1.dims().to_vec())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Reference train-mode BatchNorm + ReLU from plain candle ops.
+    fn reference(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        let c = x.dim(1)?;
+        let mean = x.mean_keepdim((0, 2, 3))?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim((0, 2, 3))?;
+        let y = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+        y.broadcast_mul(&w.reshape((1, c, 1, 1))?)?
+            .broadcast_add(&b.reshape((1, c, 1, 1))?)?
+            .relu()
+    }
+
+    #[test]
+    fn forward_and_gradients_match_plain_candle_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let eps = 1e-3;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 2., (4, 5, 3, 3), &dev)? + 0.7)?)?;
+        let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 5, &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 5, &dev)?)?;
+        let stats = channel_stats(x.as_tensor())?;
+        let inv_std = (stats.get(1)? + eps)?.sqrt()?.recip()?;
+        let params = Tensor::stack(&[w.as_tensor(), b.as_tensor(), &stats.get(0)?, &inv_std], 0)?;
+        let ours = batch_norm_relu(x.as_tensor(), &params)?;
+        let expected = reference(x.as_tensor(), w.as_tensor(), b.as_tensor(), eps)?;
+        assert!(max_abs_diff(&ours, &expected) < 1e-5);
+        let probe = Tensor::randn(0f32, 1., ours.shape(), &dev)?;
+        let g1 = (&ours * &probe)?.sum_all()?.backward()?;
+        let g2 = (&expected * &probe)?.sum_all()?.backward()?;
+        for var in [&x, &w, &b] {
+            let d = max_abs_diff(g1.get(var).unwrap(), g2.get(var).unwrap());
+            assert!(d < 1e-4, "gradient differs by {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn stats_are_mean_and_biased_variance() -> Result<()> {
+        let x = Tensor::randn(0f32, 1., (3, 2, 4, 4), &Device::Cpu)?;
+        let stats = channel_stats(&x)?;
+        let mean = x.mean_keepdim((0, 2, 3))?.flatten_all()?;
+        let var = x
+            .broadcast_sub(&x.mean_keepdim((0, 2, 3))?)?
+            .sqr()?
+            .mean_keepdim((0, 2, 3))?;
+        assert!(max_abs_diff(&stats.get(0)?, &mean) < 1e-5);
+        assert!(max_abs_diff(&stats.get(1)?, &var.flatten_all()?) < 1e-5);
+        Ok(())
+    }
+}

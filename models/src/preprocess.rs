@@ -1,0 +1,272 @@
+//! From encoded image bytes to the network's input: decode (with a pixel limit against
+//! decompression bombs), composite transparency onto white, resize, optional histogram
+//! equalisation and YCrCb conversion, and normalisation to [-1, 1] in CHW order.
+
+use candle_core::{Device, Tensor};
+use image::{DynamicImage, ImageReader, Limits, RgbImage, RgbaImage};
+use serde::{Deserialize, Serialize};
+use std::io::Cursor;
+
+/// Default pixel limit for decoding: 40 megapixels.
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
+/// Colour space the network sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorSpace {
+    /// Plain RGB.
+    #[default]
+    Rgb,
+    /// Luma + chroma (ITU-R BT.601 full range), the guide's optional input.
+    Ycrcb,
+}
+
+/// How images become tensors; stored in the model card so inference matches training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    /// Square input side in pixels (64..=224).
+    pub input_size: usize,
+    /// Colour space.
+    pub color: ColorSpace,
+    /// Equalise the luma histogram before normalising.
+    pub equalize: bool,
+}
+
+impl Preprocessing {
+    /// RGB, no equalisation, at `input_size` px.
+    pub fn new(input_size: usize) -> Self {
+        Self {
+            input_size,
+            color: ColorSpace::Rgb,
+            equalize: false,
+        }
+    }
+}
+
+/// Why an image could not be used.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum ImageError {
+    /// Not a decodable image.
+    #[error("not a readable image ({0}); use a JPEG, PNG, WebP, GIF or BMP file")]
+    Decode(String),
+    /// Header claims more pixels than allowed.
+    #[error(
+        "image is {width}x{height} pixels, over the limit of {limit} pixels; send a smaller image"
+    )]
+    TooLarge {
+        /// Claimed width.
+        width: u32,
+        /// Claimed height.
+        height: u32,
+        /// Pixel limit.
+        limit: u64,
+    },
+}
+
+/// Decodes `bytes`, refusing images whose header claims more than `max_pixels`, and returns
+/// RGB with any transparency composited onto white.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(ImageError::Decode("unknown image format".into()));
+    }
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    if width as u64 * height as u64 > max_pixels {
+        return Err(ImageError::TooLarge {
+            width,
+            height,
+            limit: max_pixels,
+        });
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(width);
+    limits.max_image_height = Some(height);
+    reader.limits(limits);
+    let img = reader
+        .decode()
+        .map_err(|e| ImageError::Decode(e.to_string()))?;
+    Ok(flatten_onto_white(img))
+}
+
+/// Composites transparent pixels onto a white background.
+pub fn flatten_onto_white(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.to_rgb8();
+    }
+    let rgba: RgbaImage = img.to_rgba8();
+    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        let p = rgba.get_pixel(x, y).0;
+        let a = p[3] as f32 / 255.0;
+        let blend = |c: u8| (c as f32 * a + 255.0 * (1.0 - a)).round() as u8;
+        image::Rgb([blend(p[0]), blend(p[1]), blend(p[2])])
+    })
+}
+
+/// Resizes to `size`×`size` (anime face crops and sprites are near-square: stretch, no crop).
+pub fn resize_square(img: &RgbImage, size: usize) -> RgbImage {
+    if img.width() as usize == size && img.height() as usize == size {
+        return img.clone();
+    }
+    image::imageops::resize(
+        img,
+        size as u32,
+        size as u32,
+        image::imageops::FilterType::Triangle,
+    )
+}
+
+/// BT.601 full-range RGB → (Y, Cr, Cb), each in 0..=255.
+fn rgb_to_ycrcb(p: [u8; 3]) -> [f32; 3] {
+    let (r, g, b) = (p[0] as f32, p[1] as f32, p[2] as f32);
+    let y = 0.299 * r + 0.587 * g + 0.114 * b;
+    [y, (r - y) * 0.713 + 128.0, (b - y) * 0.564 + 128.0]
+}
+
+/// (Y, Cr, Cb) → RGB, clamped.
+fn ycrcb_to_rgb(p: [f32; 3]) -> [f32; 3] {
+    let (y, cr, cb) = (p[0], p[1] - 128.0, p[2] - 128.0);
+    let r = y + 1.403 * cr;
+    let b = y + 1.773 * cb;
+    let g = (y - 0.299 * r - 0.114 * b) / 0.587;
+    [r.clamp(0., 255.), g.clamp(0., 255.), b.clamp(0., 255.)]
+}
+
+/// Lookup table that equalises a 256-bin histogram.
+fn equalisation_table(values: impl Iterator<Item = u8>) -> [f32; 256] {
+    let mut hist = [0u32; 256];
+    let mut total = 0u32;
+    for v in values {
+        hist[v as usize] += 1;
+        total += 1;
+    }
+    let mut table = [0f32; 256];
+    let first = hist
+        .iter()
+        .position(|&h| h > 0)
+        .map(|i| hist[i])
+        .unwrap_or(0);
+    let mut cdf = 0u32;
+    for (i, h) in hist.iter().enumerate() {
+        cdf += h;
+        let denom = (total - first).max(1) as f32;
+        table[i] = ((cdf.saturating_sub(first)) as f32 / denom * 255.0).clamp(0.0, 255.0);
+    }
+    table
+}
+
+/// Writes `img` (already `size`×`size`) into `out` as normalised CHW floats in [-1, 1].
+pub fn write_chw(img: &RgbImage, pre: &Preprocessing, out: &mut [f32]) {
+    let plane = (img.width() * img.height()) as usize;
+    debug_assert_eq!(out.len(), 3 * plane);
+    let table = pre
+        .equalize
+        .then(|| equalisation_table(img.pixels().map(|p| rgb_to_ycrcb(p.0)[0].round() as u8)));
+    for (i, p) in img.pixels().enumerate() {
+        let mut ycc = rgb_to_ycrcb(p.0);
+        if let Some(t) = &table {
+            ycc[0] = t[ycc[0].round().clamp(0., 255.) as usize];
+        }
+        let v = match (pre.color, table.is_some()) {
+            (ColorSpace::Ycrcb, _) => ycc,
+            (ColorSpace::Rgb, true) => ycrcb_to_rgb(ycc),
+            (ColorSpace::Rgb, false) => [p.0[0] as f32, p.0[1] as f32, p.0[2] as f32],
+        };
+        for (c, value) in v.iter().enumerate() {
+            out[c * plane + i] = value / 127.5 - 1.0;
+        }
+    }
+}
+
+/// Stacks square images of side `pre.input_size` into an `(N, 3, S, S)` tensor.
+pub fn batch_tensor(
+    images: &[RgbImage],
+    pre: &Preprocessing,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let s = pre.input_size;
+    let mut data = vec![0f32; images.len() * 3 * s * s];
+    for (img, out) in images.iter().zip(data.chunks_mut(3 * s * s)) {
+        let resized;
+        let img = if img.width() as usize == s && img.height() as usize == s {
+            img
+        } else {
+            resized = resize_square(img, s);
+            &resized
+        };
+        write_chw(img, pre, out);
+    }
+    Tensor::from_vec(data, (images.len(), 3, s, s), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png_bytes(img: DynamicImage) -> Vec<u8> {
+        let mut buf = Vec::new();
+        img.write_to(&mut Cursor::new(&mut buf), image::ImageFormat::Png)
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn transparent_pixels_become_white() {
+        let img = RgbaImage::from_pixel(4, 4, image::Rgba([10, 20, 30, 0]));
+        let rgb = decode(
+            &png_bytes(DynamicImage::ImageRgba8(img)),
+            DEFAULT_MAX_PIXELS,
+        )
+        .unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+    }
+
+    #[test]
+    fn refuses_garbage_and_oversized_images() {
+        assert!(matches!(
+            decode(b"not an image", 100),
+            Err(ImageError::Decode(_))
+        ));
+        let big = png_bytes(DynamicImage::ImageRgb8(RgbImage::new(20, 20)));
+        assert!(matches!(
+            decode(&big, 100),
+            Err(ImageError::TooLarge { width: 20, .. })
+        ));
+        let truncated = &big[..big.len() / 2];
+        assert!(decode(truncated, DEFAULT_MAX_PIXELS).is_err());
+    }
+
+    #[test]
+    fn normalises_to_minus_one_one() {
+        let img = RgbImage::from_fn(2, 2, |x, _| {
+            if x == 0 {
+                image::Rgb([0, 0, 0])
+            } else {
+                image::Rgb([255, 255, 255])
+            }
+        });
+        let t = batch_tensor(&[img], &Preprocessing::new(2), &Device::Cpu).unwrap();
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(v[0], -1.0);
+        assert_eq!(v[1], 1.0);
+    }
+
+    #[test]
+    fn ycrcb_round_trips_and_equalisation_spreads_values() {
+        for p in [[0u8, 0, 0], [255, 255, 255], [200, 30, 90]] {
+            let back = ycrcb_to_rgb(rgb_to_ycrcb(p));
+            for c in 0..3 {
+                assert!((back[c] - p[c] as f32).abs() < 1.5, "{p:?} -> {back:?}");
+            }
+        }
+        let t = equalisation_table([100u8, 100, 101, 102].into_iter());
+        assert_eq!(t[100], 0.0);
+        assert_eq!(t[102], 255.0);
+    }
+}
