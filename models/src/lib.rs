@@ -6,13 +6,16 @@
 
 pub mod augment;
 pub mod bench;
+pub mod checkpoint;
 pub mod data;
 pub mod embedder;
 pub mod googlenet;
 pub mod layers;
 pub mod loss;
+pub mod metrics;
 pub mod ops;
 pub mod optimiser;
+pub mod plots;
 pub mod preprocess;
 pub mod schedule;
 

@@ -1,0 +1,395 @@
+//! Checkpoints: `NAME.safetensors` (weights, torchvision names) + `NAME.json` (the model card).
+//!
+//! The card records the architecture, input size and preprocessing, label lists per head, the
+//! training configuration, final metrics and a fingerprint (SHA-256 of the weights file) that
+//! catalogues remember. Files are written to a temporary name and renamed, so a killed process
+//! never leaves a half-written checkpoint behind.
+
+use crate::googlenet::{GoogLeNet, HeadSpec};
+use crate::preprocess::Preprocessing;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+/// Architecture name written in model cards.
+pub const ARCHITECTURE: &str = "googlenet";
+
+/// One head of the model card: its label level and class names in index order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadCard {
+    /// Label level, e.g. `character`.
+    pub level: String,
+    /// Class names; logit `i` is `labels[i]`.
+    pub labels: Vec<String>,
+}
+
+/// Everything needed to use a checkpoint besides its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Always `googlenet` for now.
+    pub architecture: String,
+    /// How images become input tensors.
+    pub preprocessing: Preprocessing,
+    /// Heads, primary level first.
+    pub heads: Vec<HeadCard>,
+    /// Dropout rate before the heads during training.
+    pub dropout: f32,
+    /// Epochs trained so far (for resuming).
+    pub epochs_trained: usize,
+    /// Training configuration, as given.
+    pub training: serde_json::Value,
+    /// Final metrics (e.g. `val_top1`).
+    pub metrics: BTreeMap<String, f64>,
+    /// SHA-256 (hex) of the weights file; filled in by [`save`].
+    pub fingerprint: String,
+}
+
+impl ModelCard {
+    /// Head specs for building the network.
+    pub fn head_specs(&self) -> Vec<HeadSpec> {
+        self.heads
+            .iter()
+            .map(|h| HeadSpec {
+                level: h.level.clone(),
+                classes: h.labels.len(),
+            })
+            .collect()
+    }
+}
+
+/// Why a checkpoint could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// File system error.
+    #[error("{path}: {source}. Check the path and permissions (and free disk space when saving)")]
+    Io {
+        /// File involved.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The card is not valid JSON of the expected shape.
+    #[error("model card {path} is invalid: {message}. Use the .json written next to the .safetensors by `animelens train`")]
+    Card {
+        /// Card path.
+        path: PathBuf,
+        /// Parser message.
+        message: String,
+    },
+    /// Weights and card disagree, or tensors are missing.
+    #[error("weights {path} do not match their model card: {message}. Re-export the checkpoint or retrain")]
+    Mismatch {
+        /// Weights path.
+        path: PathBuf,
+        /// Details.
+        message: String,
+    },
+    /// candle failed.
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// `stem.safetensors` and `stem.json` for a path given with or without either extension.
+pub fn checkpoint_paths(path: &Path) -> (PathBuf, PathBuf) {
+    let stem = match path.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") | Some("json") => path.with_extension(""),
+        _ => path.to_path_buf(),
+    };
+    let with = |ext: &str| PathBuf::from(format!("{}.{ext}", stem.display()));
+    (with("safetensors"), with("json"))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// SHA-256 (hex, first 16 bytes) of a weights file's bytes.
+pub fn fingerprint(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Saves all variables of `varmap` (as `dtype`: F32, F16 or BF16) and the card; returns the
+/// card with its fingerprint filled in.
+pub fn save(
+    varmap: &VarMap,
+    path: &Path,
+    card: &ModelCard,
+    dtype: DType,
+) -> Result<ModelCard, CheckpointError> {
+    let (weights_path, card_path) = checkpoint_paths(path);
+    let tensors: HashMap<String, Tensor> = {
+        let data = varmap.data().lock().expect("varmap lock poisoned");
+        data.iter()
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?)))
+            .collect::<candle_core::Result<_>>()?
+    };
+    let bytes = safetensors::serialize(&tensors, None).map_err(|e| CheckpointError::Mismatch {
+        path: weights_path.clone(),
+        message: e.to_string(),
+    })?;
+    let mut card = card.clone();
+    card.fingerprint = fingerprint(&bytes);
+    write_atomically(&weights_path, &bytes)?;
+    let json = serde_json::to_vec_pretty(&card).expect("card serialises");
+    write_atomically(&card_path, &json)?;
+    Ok(card)
+}
+
+/// Reads a model card.
+pub fn read_card(path: &Path) -> Result<ModelCard, CheckpointError> {
+    let (_, card_path) = checkpoint_paths(path);
+    let text = std::fs::read(&card_path).map_err(io(&card_path))?;
+    serde_json::from_slice(&text).map_err(|e| CheckpointError::Card {
+        path: card_path,
+        message: e.to_string(),
+    })
+}
+
+/// A network with its weights and card, ready for training or inference.
+pub struct LoadedModel {
+    /// All variables (f32), named like torchvision.
+    pub varmap: VarMap,
+    /// The network reading those variables.
+    pub net: GoogLeNet,
+    /// The model card.
+    pub card: ModelCard,
+}
+
+/// Builds a fresh network for `card` with randomly initialised variables.
+pub fn build(card: &ModelCard) -> Result<LoadedModel, CheckpointError> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let net = GoogLeNet::new(&card.head_specs(), card.dropout, vb)?;
+    Ok(LoadedModel {
+        varmap,
+        net,
+        card: card.clone(),
+    })
+}
+
+/// Loads a checkpoint written by [`save`] (weights converted to f32), checking the fingerprint.
+pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
+    let (weights_path, _) = checkpoint_paths(path);
+    let card = read_card(path)?;
+    let bytes = std::fs::read(&weights_path).map_err(io(&weights_path))?;
+    let actual = fingerprint(&bytes);
+    if !card.fingerprint.is_empty() && actual != card.fingerprint {
+        return Err(CheckpointError::Mismatch {
+            path: weights_path,
+            message: format!("fingerprint {actual}, card says {}", card.fingerprint),
+        });
+    }
+    let model = build(&card)?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+    let mut varmap = model.varmap.clone();
+    let names: Vec<String> = varmap
+        .data()
+        .lock()
+        .expect("varmap lock poisoned")
+        .keys()
+        .cloned()
+        .collect();
+    for name in names {
+        let t = tensors
+            .get(&name)
+            .ok_or_else(|| CheckpointError::Mismatch {
+                path: weights_path.clone(),
+                message: format!("tensor {name} is missing"),
+            })?;
+        varmap
+            .set_one(&name, t.to_dtype(DType::F32)?)
+            .map_err(|e| CheckpointError::Mismatch {
+                path: weights_path.clone(),
+                message: format!("{name}: {e}"),
+            })?;
+    }
+    Ok(LoadedModel { varmap, ..model })
+}
+
+/// What [`load_matching`] did with a foreign weights file.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct InitReport {
+    /// Variables loaded from the file.
+    pub loaded: usize,
+    /// Variables whose shape differs (e.g. heads with another class count): left initialised.
+    pub reinitialised: Vec<String>,
+    /// Variables absent from the file: left initialised.
+    pub missing: Vec<String>,
+    /// Tensors in the file the network does not have (aux heads, `num_batches_tracked`).
+    pub ignored: usize,
+}
+
+/// Loads every variable whose name and shape match from a safetensors file (a converted
+/// torchvision GoogLeNet checkpoint works as-is); others keep their initial values.
+pub fn load_matching(varmap: &mut VarMap, file: &Path) -> Result<InitReport, CheckpointError> {
+    let tensors = candle_core::safetensors::load(file, &Device::Cpu).map_err(|e| {
+        CheckpointError::Mismatch {
+            path: file.into(),
+            message: format!("cannot read as safetensors: {e}"),
+        }
+    })?;
+    let mut report = InitReport::default();
+    let vars: Vec<(String, Vec<usize>)> = {
+        let data = varmap.data().lock().expect("varmap lock poisoned");
+        data.iter()
+            .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+            .collect()
+    };
+    for (name, dims) in &vars {
+        match tensors.get(name) {
+            Some(t) if t.dims() == dims.as_slice() => {
+                varmap.set_one(name, t.to_dtype(DType::F32)?)?;
+                report.loaded += 1;
+            }
+            Some(_) => report.reinitialised.push(name.clone()),
+            None => report.missing.push(name.clone()),
+        }
+    }
+    report.ignored = tensors
+        .keys()
+        .filter(|k| !vars.iter().any(|(n, _)| n == *k))
+        .count();
+    report.reinitialised.sort();
+    report.missing.sort();
+    if report.loaded == 0 {
+        return Err(CheckpointError::Mismatch {
+            path: file.into(),
+            message: "no tensor matches a GoogLeNet parameter name (expected torchvision names such as conv1.conv.weight)".into(),
+        });
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(classes: usize) -> ModelCard {
+        ModelCard {
+            architecture: ARCHITECTURE.into(),
+            preprocessing: Preprocessing::new(64),
+            heads: vec![HeadCard {
+                level: "character".into(),
+                labels: (0..classes).map(|i| format!("c{i}")).collect(),
+            }],
+            dropout: 0.5,
+            epochs_trained: 0,
+            training: serde_json::Value::Null,
+            metrics: BTreeMap::new(),
+            fingerprint: String::new(),
+        }
+    }
+
+    fn all_tensors(vm: &VarMap) -> BTreeMap<String, Vec<f32>> {
+        let data = vm.data().lock().unwrap();
+        data.iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_tensor().flatten_all().unwrap().to_vec1().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn f32_checkpoints_round_trip_bit_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = build(&card(5)).unwrap();
+        let saved = save(
+            &model.varmap,
+            &dir.path().join("m"),
+            &model.card,
+            DType::F32,
+        )
+        .unwrap();
+        assert_eq!(saved.fingerprint.len(), 32);
+        let loaded = load(&dir.path().join("m.safetensors")).unwrap();
+        assert_eq!(loaded.card, saved);
+        assert_eq!(all_tensors(&loaded.varmap), all_tensors(&model.varmap));
+    }
+
+    #[test]
+    fn tampered_weights_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = build(&card(3)).unwrap();
+        save(
+            &model.varmap,
+            &dir.path().join("m"),
+            &model.card,
+            DType::F16,
+        )
+        .unwrap();
+        let other = build(&card(3)).unwrap();
+        let bytes = safetensors::serialize(
+            other
+                .varmap
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+                .collect::<HashMap<_, _>>(),
+            None,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("m.safetensors"), bytes).unwrap();
+        let err = load(&dir.path().join("m")).err().unwrap().to_string();
+        assert!(err.contains("fingerprint"), "{err}");
+    }
+
+    #[test]
+    fn torchvision_named_file_loads_and_mismatched_heads_are_reinitialised() {
+        let dir = tempfile::tempdir().unwrap();
+        // A "torchvision" file: 1000-class fc, plus tensors we do not have.
+        let tv = build(&card(1000)).unwrap();
+        let mut tensors: HashMap<String, Tensor> = tv
+            .varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        tensors.insert(
+            "conv1.bn.num_batches_tracked".into(),
+            Tensor::new(&[0i64], &Device::Cpu).unwrap(),
+        );
+        tensors.insert(
+            "aux1.fc2.weight".into(),
+            Tensor::zeros((1000, 1024), DType::F32, &Device::Cpu).unwrap(),
+        );
+        let file = dir.path().join("googlenet-torchvision.safetensors");
+        candle_core::safetensors::save(&tensors, &file).unwrap();
+        let mut ours = build(&card(18)).unwrap();
+        let report = load_matching(&mut ours.varmap, &file).unwrap();
+        assert_eq!(report.reinitialised, vec!["fc.bias", "fc.weight"]);
+        assert!(report.missing.is_empty());
+        assert_eq!(report.ignored, 2);
+        let a = all_tensors(&ours.varmap);
+        let b = all_tensors(&tv.varmap);
+        assert_eq!(
+            a["inception4c.branch3.1.conv.weight"],
+            b["inception4c.branch3.1.conv.weight"]
+        );
+        assert_eq!(a["conv1.bn.running_var"], b["conv1.bn.running_var"]);
+    }
+}

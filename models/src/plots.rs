@@ -1,0 +1,191 @@
+//! PNG plots a person would rather look at than read: training curves and confusion matrices.
+
+use plotters::prelude::*;
+use plotters::style::{register_font, FontStyle};
+use std::path::Path;
+use std::sync::Once;
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+static REGISTER: Once = Once::new();
+
+/// Plotting failed (file system or drawing).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot draw {path}: {message}. Check that the folder exists and is writable")]
+pub struct PlotError {
+    path: String,
+    message: String,
+}
+
+fn err(path: &Path) -> impl Fn(String) -> PlotError + '_ {
+    move |message| PlotError {
+        path: path.display().to_string(),
+        message,
+    }
+}
+
+/// Draws into an RGB buffer of `w`×`h` and writes it as PNG.
+fn render<F>(path: &Path, w: u32, h: u32, draw: F) -> Result<(), PlotError>
+where
+    F: FnOnce(DrawingArea<BitMapBackend, plotters::coord::Shift>) -> Result<(), String>,
+{
+    REGISTER.call_once(|| {
+        for style in [FontStyle::Normal, FontStyle::Bold] {
+            register_font("sans-serif", style, FONT).ok();
+        }
+    });
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        root.fill(&WHITE)
+            .map_err(|e| e.to_string())
+            .map_err(err(path))?;
+        draw(root.clone()).map_err(err(path))?;
+        root.present()
+            .map_err(|e| e.to_string())
+            .map_err(err(path))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf).expect("buffer sized to the image");
+    img.save(path).map_err(|e| e.to_string()).map_err(err(path))
+}
+
+/// One named series of (x, y) points.
+pub struct Series<'a> {
+    /// Legend label.
+    pub name: &'a str,
+    /// Points.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Line chart of several series against a shared x axis.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+) -> Result<(), PlotError> {
+    let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let (y0, y1) = ys.fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+    let (x0, x1) = if x0 < x1 {
+        (x0, x1)
+    } else {
+        (x0 - 1.0, x0 + 1.0)
+    };
+    let pad = ((y1 - y0) * 0.05).max(1e-3);
+    render(path, 900, 520, |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 22))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, s) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(s.name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// Heat map of a confusion matrix, rows = true class, columns = predicted, row-normalised.
+pub fn confusion_matrix(
+    path: &Path,
+    title: &str,
+    labels: &[String],
+    counts: &[Vec<u32>],
+) -> Result<(), PlotError> {
+    let n = labels.len().max(1);
+    let cell = (760 / n as u32).clamp(2, 40);
+    let side = cell * n as u32;
+    let show_names = n <= 60;
+    let margin = if show_names { 120 } else { 40 };
+    render(path, side + margin + 20, side + margin + 50, |root| {
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(10)
+            .x_label_area_size(if show_names { margin - 10 } else { 20 })
+            .y_label_area_size(if show_names { margin - 10 } else { 20 })
+            .build_cartesian_2d(0..n, 0..n)
+            .map_err(|e| e.to_string())?;
+        let name = |i: &usize| {
+            if show_names {
+                labels.get(*i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_labels(n)
+            .y_labels(n)
+            .x_label_formatter(&name)
+            .y_label_formatter(&name)
+            .x_label_style(
+                ("sans-serif", 11)
+                    .into_font()
+                    .transform(FontTransform::Rotate90),
+            )
+            .y_label_style(("sans-serif", 11))
+            .x_desc("predicted")
+            .y_desc("true")
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let cells = counts.iter().enumerate().flat_map(|(t, row)| {
+            let total: u32 = row.iter().sum::<u32>().max(1);
+            row.iter().enumerate().map(move |(p, &c)| {
+                let v = c as f64 / total as f64;
+                let shade = (255.0 * (1.0 - v)) as u8;
+                // Row 0 at the top.
+                let y = n - 1 - t;
+                Rectangle::new(
+                    [(p, y), (p + 1, y + 1)],
+                    RGBColor(shade, shade, 255).filled(),
+                )
+            })
+        });
+        chart.draw_series(cells).map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_png_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let curve = dir.path().join("c.png");
+        let series = [Series {
+            name: "loss",
+            points: vec![(1., 2.), (2., 1.5), (3., 1.)],
+        }];
+        line_chart(&curve, "loss", "epoch", &series).unwrap();
+        let cm = dir.path().join("m.png");
+        let labels = vec!["a".to_string(), "b".to_string()];
+        confusion_matrix(&cm, "confusion", &labels, &[vec![3, 1], vec![0, 4]]).unwrap();
+        for p in [curve, cm] {
+            let img = image::open(&p).unwrap();
+            assert!(img.width() > 100);
+        }
+    }
+}
