@@ -96,20 +96,38 @@ impl Ann {
         self.hnsw.parallel_insert(&refs);
     }
 
-    /// The `k` nearest points accepted by `filter` (checked during the graph walk), as
-    /// `(id, cosine)` in decreasing cosine order. May return fewer than `k` under a selective filter.
+    /// The `k` nearest points accepted by `filter`, as `(id, cosine)` in decreasing cosine order.
+    /// May return fewer than `k` under a selective filter.
+    ///
+    /// hnsw_rs checks the filter during the graph walk but then gives up its early stop, so a
+    /// filtered walk visits many more nodes (measured ~10× slower). When few rejected points
+    /// (`rejected_hint`: tombstones plus exclusions) can be in the way, an unfiltered walk for
+    /// `k + rejected_hint` points, filtered afterwards, is tried first.
     pub(crate) fn search(
         &self,
         query: &[f32],
         k: usize,
         ef: usize,
         filter: &dyn FilterT,
+        rejected_hint: Option<usize>,
     ) -> Vec<(ItemId, f32)> {
-        self.hnsw
-            .search_filter(query, k, ef.max(k), Some(filter))
-            .into_iter()
-            .map(|n| (n.d_id as ItemId, 1.0 - n.distance))
-            .collect()
+        let ef = ef.max(k);
+        let to_hits = |found: Vec<hnsw_rs::prelude::Neighbour>| -> Vec<(ItemId, f32)> {
+            found
+                .into_iter()
+                .filter(|n| filter.hnsw_filter(&n.d_id))
+                .map(|n| (n.d_id as ItemId, 1.0 - n.distance))
+                .take(k)
+                .collect()
+        };
+        if let Some(rejected) = rejected_hint.filter(|r| k + r <= 4 * ef) {
+            let wide = k + rejected;
+            let hits = to_hits(self.hnsw.search(query, wide, ef.max(wide)));
+            if hits.len() == k || rejected == 0 {
+                return hits;
+            }
+        }
+        to_hits(self.hnsw.search_filter(query, k, ef, Some(filter)))
     }
 
     /// Number of points in the graph (live and tombstoned).
@@ -150,13 +168,13 @@ mod tests {
         let ann = Ann::build(&HnswParams::default(), &points, false);
         assert_eq!(ann.len(), 200);
         let all = |_: &usize| true;
-        let hits = ann.search(&points[5].0, 3, 64, &all);
+        let hits = ann.search(&points[5].0, 3, 64, &all, Some(0));
         assert!((hits[0].1 - 1.0).abs() < 1e-5);
-        let even = |id: &usize| id % 2 == 0;
+        let even = |id: &usize| id.is_multiple_of(2);
         assert!(ann
-            .search(&points[5].0, 10, 64, &even)
+            .search(&points[5].0, 10, 64, &even, None)
             .iter()
-            .all(|(id, _)| id % 2 == 0));
+            .all(|(id, _)| id.is_multiple_of(2)));
         let mut ids = ann.ids();
         ids.sort();
         assert_eq!(ids, (1..=200).collect::<Vec<_>>());

@@ -522,15 +522,17 @@ impl Catalog {
                 }
                 let allowed: HashSet<usize> = ids.iter().map(|&id| id as usize).collect();
                 let accept = |id: &usize| allowed.contains(id);
-                (st.ann.search(q, k, ef, &accept), ids.len())
+                (st.ann.search(q, k, ef, &accept, None), ids.len())
             }
             None => {
                 let accept = |id: &usize| {
                     st.live.contains(&(*id as ItemId)) && !exclude.contains(&(*id as ItemId))
                 };
                 let excluded_live = exclude.iter().filter(|id| st.live.contains(id)).count();
+                let tombstoned = st.ann.len().saturating_sub(st.live.len());
                 (
-                    st.ann.search(q, k, ef, &accept),
+                    st.ann
+                        .search(q, k, ef, &accept, Some(tombstoned + excluded_live)),
                     st.live.len() - excluded_live,
                 )
             }

@@ -229,7 +229,7 @@ impl Store {
         let trees = (&self.tombstones, &self.by_hash, &self.meta);
         let generation = trees
             .transaction(|(tombstones, by_hash, meta)| {
-                if tombstones.get(&key(id))?.is_some() {
+                if tombstones.get(key(id))?.is_some() {
                     return Err(ConflictableTransactionError::Abort(
                         CatalogError::UnknownItem { id },
                     ));
@@ -401,7 +401,7 @@ impl Store {
                 users.insert(user.as_bytes(), rec)?;
                 if event.kind == EventKind::Like {
                     let n = popularity
-                        .get(&key(event.item))?
+                        .get(key(event.item))?
                         .and_then(|v| id_of(&v))
                         .unwrap_or(0);
                     popularity.insert(&key(event.item), &(n + 1).to_be_bytes())?;

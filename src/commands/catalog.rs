@@ -1,0 +1,209 @@
+//! `animelens index <subcommand> --db DIR`: catalogue maintenance that needs neither the network
+//! nor HTTP (stats, remove, compact, rebuild, import of precomputed vectors).
+//!
+//! Wiring expected in `src/main.rs` (the embedder-dependent `add` / `search --image` live there):
+//!
+//! ```ignore
+//! mod commands; // src/commands/mod.rs contains `pub mod catalog;`
+//!
+//! #[derive(clap::Subcommand)]
+//! enum Command {
+//!     /// Manage the image catalogue.
+//!     Index {
+//!         /// Catalogue folder. (clap rejects a *required* global arg: keep the default value.)
+//!         #[arg(long, global = true, default_value = "animelens-data/catalog")]
+//!         db: std::path::PathBuf,
+//!         #[command(subcommand)]
+//!         cmd: IndexCommand,
+//!     },
+//!     // ...
+//! }
+//!
+//! #[derive(clap::Subcommand)]
+//! enum IndexCommand {
+//!     #[command(flatten)]
+//!     Catalog(commands::catalog::CatalogCommand),
+//!     // Add { dir: PathBuf, .. }, Search { image: PathBuf, .. }  (need the embedder)
+//! }
+//!
+//! // in main: Command::Index { db, cmd: IndexCommand::Catalog(cmd) } => commands::catalog::run(&db, cmd)?,
+//! ```
+//!
+//! `tests/catalog_crash.rs` runs `animelens index --db DIR import-vectors FILE --fingerprint FP`.
+
+use animelens_index::{Catalog, NewItem, OpenOptions};
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+/// Catalogue subcommands that need no model.
+#[derive(Debug, clap::Subcommand)]
+pub enum CatalogCommand {
+    /// Print item counts, dimension, model fingerprint, size on disk and generation.
+    Stats,
+    /// Remove an item (tombstone; `compact` deletes its records).
+    Remove {
+        /// The item's id.
+        id: u64,
+    },
+    /// Delete removed items' records and rebuild the search index without them.
+    Compact,
+    /// Rebuild the search index from the store.
+    Rebuild,
+    /// Add precomputed embeddings from a JSON-lines file; prints `added <id>` for each durable add.
+    ImportVectors {
+        /// JSONL file: one {"source":..., "labels":{...}, "tags":[...], "vector":[...]} per line
+        /// (optional "content_hash", "width", "height").
+        file: PathBuf,
+        /// Model fingerprint of the vectors; required when the catalogue does not exist yet.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Lines written per transaction.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+    },
+}
+
+/// One line of an import file.
+#[derive(Debug, Deserialize)]
+struct ImportLine {
+    source: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    vector: Vec<f32>,
+    #[serde(default)]
+    content_hash: String,
+    #[serde(default)]
+    width: u32,
+    #[serde(default)]
+    height: u32,
+}
+
+impl From<ImportLine> for NewItem {
+    fn from(l: ImportLine) -> Self {
+        NewItem {
+            source: l.source,
+            labels: l.labels,
+            tags: l.tags,
+            width: l.width,
+            height: l.height,
+            content_hash: l.content_hash,
+            thumbnail: Vec::new(),
+            vector: l.vector,
+        }
+    }
+}
+
+fn open_existing(db: &Path) -> anyhow::Result<Catalog> {
+    let mut options = OpenOptions::existing();
+    options.show_progress = true;
+    Ok(Catalog::open(db, options)?)
+}
+
+/// Runs one catalogue subcommand on the catalogue in `db`.
+pub fn run(db: &Path, cmd: CatalogCommand) -> anyhow::Result<()> {
+    match cmd {
+        CatalogCommand::Stats => println!("{}", open_existing(db)?.stats()?),
+        CatalogCommand::Remove { id } => {
+            open_existing(db)?.remove(id)?;
+            println!("removed {id}");
+        }
+        CatalogCommand::Compact => {
+            let report = open_existing(db)?.compact()?;
+            println!(
+                "purged {} removed items; {} live items indexed",
+                report.purged, report.live
+            );
+        }
+        CatalogCommand::Rebuild => {
+            let live = open_existing(db)?.rebuild()?;
+            println!("rebuilt the index over {live} live items");
+        }
+        CatalogCommand::ImportVectors {
+            file,
+            fingerprint,
+            batch,
+        } => import(db, &file, fingerprint, batch.max(1))?,
+    }
+    Ok(())
+}
+
+/// Reads `file` and adds its items in batches, reporting each durable add on stdout.
+fn import(db: &Path, file: &Path, fingerprint: Option<String>, batch: usize) -> anyhow::Result<()> {
+    let reader = std::io::BufReader::new(
+        std::fs::File::open(file)
+            .with_context(|| format!("cannot open import file {}", file.display()))?,
+    );
+    let mut lines = reader
+        .lines()
+        .enumerate()
+        .filter_map(|(n, line)| match line {
+            Ok(l) if l.trim().is_empty() => None,
+            other => Some((n + 1, other)),
+        });
+    let parse = |(n, line): (usize, std::io::Result<String>)| -> anyhow::Result<NewItem> {
+        let line = line.with_context(|| format!("cannot read line {n} of {}", file.display()))?;
+        let parsed: ImportLine = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "line {n} of {} is not a valid record; each line must be \
+                 {{\"source\":\"...\",\"labels\":{{...}},\"tags\":[...],\"vector\":[...]}}",
+                file.display()
+            )
+        })?;
+        Ok(parsed.into())
+    };
+    let Some(first) = lines.next().map(parse).transpose()? else {
+        bail!("{} holds no records; nothing imported", file.display());
+    };
+    let mut options = match fingerprint {
+        Some(fp) => OpenOptions::new(animelens_index::ModelTag {
+            fingerprint: fp,
+            dim: first.vector.len(),
+        }),
+        None => OpenOptions::existing(),
+    };
+    options.show_progress = true;
+    let cat = Catalog::open(db, options).map_err(|e| match e {
+        animelens_index::CatalogError::NotInitialised { .. } => anyhow::anyhow!(
+            "{e}\n(import-vectors creates the catalogue when given --fingerprint FP, the fingerprint of the model that produced the vectors)"
+        ),
+        other => other.into(),
+    })?;
+    let (mut added, mut duplicates) = (0usize, 0usize);
+    let mut pending = vec![first];
+    let stdout = std::io::stdout();
+    loop {
+        let next = lines.next();
+        let done = next.is_none();
+        if let Some(line) = next {
+            pending.push(parse(line)?);
+        }
+        if pending.len() >= batch || (done && !pending.is_empty()) {
+            let outcomes = cat.add_batch(std::mem::take(&mut pending))?;
+            let mut out = stdout.lock();
+            for o in outcomes {
+                if o.duplicate {
+                    duplicates += 1;
+                    writeln!(out, "duplicate {}", o.id)?;
+                } else {
+                    added += 1;
+                    writeln!(out, "added {}", o.id)?;
+                }
+            }
+            out.flush()?;
+        }
+        if done {
+            break;
+        }
+    }
+    cat.close()?;
+    eprintln!(
+        "imported {added} new items ({duplicates} duplicates) into {}",
+        db.display()
+    );
+    Ok(())
+}
