@@ -1,1 +1,72 @@
-fn main() {}
+//! `animelens`: the command line of AnimeLens. It only wires the library crates together:
+//! models (network, training, evaluation), index (the catalogue) and web (the service).
+
+mod commands;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use commands::{bench, catalog, model};
+use std::path::PathBuf;
+
+/// Anime character recognition and lookalike search.
+#[derive(Parser, Debug)]
+#[command(name = "animelens", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a classifier/embedder on labelled images.
+    Train(model::TrainArgs),
+    /// Evaluate a checkpoint: top-1/top-5 per head, per-class precision/recall, retrieval.
+    Eval(model::EvalArgs),
+    /// Classify images with a checkpoint.
+    Classify(model::ClassifyArgs),
+    /// Write the embeddings of images to .npy or .jsonl.
+    Embed(model::EmbedArgs),
+    /// Measure training and inference speed.
+    Bench(bench::ModelBenchArgs),
+    /// Manage the image catalogue.
+    Index {
+        /// Catalogue folder.
+        #[arg(long, global = true, default_value = "animelens-data/catalog")]
+        db: PathBuf,
+        #[command(subcommand)]
+        cmd: catalog::CatalogCommand,
+    },
+}
+
+/// Sets thread and allocator-related defaults before candle or rayon start.
+fn configure_runtime() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // candle re-reads /proc/cpuinfo per matmul without it; its barrier pool spins otherwise.
+    for (key, value) in [
+        ("RAYON_NUM_THREADS", cores.to_string()),
+        ("CANDLE_BARRIER_POOL_SPIN_LIMIT", "1000".into()),
+    ] {
+        if std::env::var_os(key).is_none() {
+            // SAFETY: called first thing in main, before any other thread exists.
+            unsafe { std::env::set_var(key, value) };
+        }
+    }
+}
+
+fn main() -> Result<()> {
+    configure_runtime();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Train(a) => model::run_train(a),
+        Command::Eval(a) => model::run_eval(a),
+        Command::Classify(a) => model::run_classify(a),
+        Command::Embed(a) => model::run_embed(a),
+        Command::Bench(a) => bench::run_model(a),
+        Command::Index { db, cmd } => catalog::run(&db, cmd),
+    }
+}

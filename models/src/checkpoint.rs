@@ -225,7 +225,7 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
 }
 
 /// What [`load_matching`] did with a foreign weights file.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct InitReport {
     /// Variables loaded from the file.
     pub loaded: usize,

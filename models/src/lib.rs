@@ -7,6 +7,7 @@
 pub mod augment;
 pub mod bench;
 pub mod checkpoint;
+pub mod classifier;
 pub mod data;
 pub mod embedder;
 pub mod googlenet;
@@ -18,6 +19,8 @@ pub mod optimiser;
 pub mod plots;
 pub mod preprocess;
 pub mod schedule;
+pub mod train;
 
+pub use classifier::Classifier;
 pub use embedder::{EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
 pub use googlenet::{GoogLeNet, HeadSpec, Output, EMBEDDING_DIM, LAYER_NAMES};

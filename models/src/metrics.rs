@@ -190,7 +190,11 @@ pub fn retrieval(embeddings: &[Vec<f32>], labels: &[u32]) -> Result<RetrievalRep
         queries += 1;
         let mut masked = row.clone();
         masked[q] = f32::NEG_INFINITY;
-        let ranked: Vec<usize> = top_k(&masked, 11).into_iter().filter(|&i| i != q).take(10).collect();
+        let ranked: Vec<usize> = top_k(&masked, 11)
+            .into_iter()
+            .filter(|&i| i != q)
+            .take(10)
+            .collect();
         hits += (labels[ranked[0]] == labels[q]) as usize;
         let (mut found, mut precision_sum) = (0usize, 0f64);
         for (rank, &i) in ranked.iter().enumerate() {

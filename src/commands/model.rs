@@ -1,0 +1,496 @@
+//! `train`, `eval`, `classify`, `embed`: the model's life cycle on the command line.
+
+use animelens_models::checkpoint::read_card;
+use animelens_models::data::{decode_all, Dataset, LabelColumn, Split};
+use animelens_models::metrics::{head_report, retrieval, run_set, HeadReport, RetrievalReport};
+use animelens_models::plots::confusion_matrix;
+use animelens_models::preprocess::ColorSpace;
+use animelens_models::train::{train, TrainConfig, TrainOptions};
+use animelens_models::{Classifier, Embedder};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where labelled images come from.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// A folder (`<label>/*.jpg`, optionally under `train/`, `val/`, `test/`) or a CSV manifest.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Manifest column holding the image path (relative to the manifest's folder).
+    #[arg(long, default_value = "path")]
+    pub path_column: String,
+    /// Manifest label columns as `level=column`, primary level first
+    /// (e.g. `character=name,work=generation,style=game`).
+    #[arg(long, value_delimiter = ',', default_value = "character=label")]
+    pub labels: Vec<String>,
+    /// Manifest column with train/val/test; without it each class is split 8:1:1.
+    #[arg(long)]
+    pub split_column: Option<String>,
+}
+
+impl DataArgs {
+    /// Reads the dataset.
+    pub fn load(&self) -> Result<Dataset> {
+        let is_csv = self
+            .data
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        let ds = if is_csv {
+            let labels: Vec<LabelColumn> =
+                self.labels.iter().map(|l| LabelColumn::parse(l)).collect();
+            Dataset::from_manifest(
+                &self.data,
+                &self.path_column,
+                &labels,
+                self.split_column.as_deref(),
+            )?
+        } else {
+            Dataset::from_folders(&self.data)?
+        };
+        let count = |s| ds.samples.iter().filter(|x| x.split == s).count();
+        tracing::info!(
+            "{}: {} images, levels {:?} ({} classes at '{}'); train {}, val {}, test {}",
+            self.data.display(),
+            ds.samples.len(),
+            ds.levels,
+            ds.classes[0].len(),
+            ds.levels[0],
+            count(Split::Train),
+            count(Split::Val),
+            count(Split::Test)
+        );
+        Ok(ds)
+    }
+}
+
+/// `animelens train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Output folder for checkpoints, metrics and plots.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Input size in pixels (64..=224).
+    #[arg(long, default_value_t = 96)]
+    input_size: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Maximum epochs.
+    #[arg(long, default_value_t = 30)]
+    epochs: usize,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Decoupled weight decay.
+    #[arg(long, default_value_t = 1e-3)]
+    weight_decay: f64,
+    /// Cosine warm-restart period in epochs.
+    #[arg(long, default_value_t = 10)]
+    restart_epochs: usize,
+    /// Label smoothing.
+    #[arg(long, default_value_t = 0.1)]
+    label_smoothing: f32,
+    /// Dropout before the heads.
+    #[arg(long, default_value_t = 0.5)]
+    dropout: f32,
+    /// Enable mixup with this α (the guide uses 0.4).
+    #[arg(long, num_args = 0..=1, default_missing_value = "0.4")]
+    mixup: Option<f32>,
+    /// Class-balanced sampling (oversample small classes).
+    #[arg(long)]
+    balanced: bool,
+    /// Early stopping patience (epochs without lower validation loss).
+    #[arg(long, default_value_t = 5)]
+    patience: usize,
+    /// Freeze the first N layers (transfer learning; the guide freezes about 2/3: 9 of 13).
+    #[arg(long, default_value_t = 0)]
+    freeze: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Turn augmentation off.
+    #[arg(long)]
+    no_augment: bool,
+    /// Colour space fed to the network.
+    #[arg(long, value_enum, default_value = "rgb")]
+    color: ColorArg,
+    /// Equalise the luma histogram.
+    #[arg(long)]
+    equalize: bool,
+    /// Stop each epoch after N batches (quick experiments).
+    #[arg(long)]
+    max_batches: Option<usize>,
+    /// Initialise from a safetensors file with torchvision names (mismatched heads re-initialised).
+    #[arg(long)]
+    init: Option<PathBuf>,
+    /// Resume from a checkpoint written by a previous run (e.g. runs/train/last).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+/// Colour space choice on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ColorArg {
+    /// RGB.
+    Rgb,
+    /// YCrCb.
+    Ycrcb,
+}
+
+/// Runs `animelens train`.
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    let dataset = args.data.load()?;
+    let cfg = TrainConfig {
+        input_size: args.input_size,
+        batch_size: args.batch_size,
+        epochs: args.epochs,
+        lr: args.lr,
+        weight_decay: args.weight_decay,
+        restart_epochs: args.restart_epochs,
+        label_smoothing: args.label_smoothing,
+        dropout: args.dropout,
+        mixup_alpha: args.mixup,
+        balanced: args.balanced,
+        patience: args.patience,
+        freeze: args.freeze,
+        seed: args.seed,
+        augment: (!args.no_augment).then(Default::default),
+        color: match args.color {
+            ColorArg::Rgb => ColorSpace::Rgb,
+            ColorArg::Ycrcb => ColorSpace::Ycrcb,
+        },
+        equalize: args.equalize,
+        max_batches: args.max_batches,
+        ..TrainConfig::default()
+    };
+    let opts = TrainOptions {
+        out_dir: args.out.clone(),
+        init: args.init,
+        resume: args.resume,
+        progress: true,
+    };
+    let report = train(&dataset, &cfg, &opts)?;
+    println!(
+        "best val top-1 {:.4} at epoch {} ({} epochs run{}); checkpoint {}",
+        report.best_val_top1,
+        report.best_epoch,
+        report.history.len(),
+        if report.stopped_early {
+            ", stopped early"
+        } else {
+            ""
+        },
+        report.best_checkpoint.display()
+    );
+    if !report.unreadable.is_empty() {
+        println!(
+            "{} unreadable images were skipped (see the log for each path)",
+            report.unreadable.len()
+        );
+    }
+    Ok(())
+}
+
+/// `animelens eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Checkpoint (`NAME.safetensors` or `NAME`).
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Split to evaluate.
+    #[arg(long, default_value = "val")]
+    split: String,
+    /// Folder for report.json, report.md and confusion matrices.
+    #[arg(long, default_value = "runs/eval")]
+    out: PathBuf,
+}
+
+/// Everything `eval` measured.
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    model: String,
+    fingerprint: String,
+    data: String,
+    split: String,
+    images: usize,
+    unreadable: usize,
+    heads: Vec<HeadReport>,
+    retrieval: RetrievalReport,
+}
+
+/// Runs `animelens eval`.
+pub fn run_eval(args: EvalArgs) -> Result<()> {
+    let split = Split::parse(&args.split)
+        .with_context(|| format!("unknown split '{}': use train, val or test", args.split))?;
+    let model = animelens_models::checkpoint::load(&args.model)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let dataset = args.data.load()?;
+    if dataset.levels.first() != model.card.heads.first().map(|h| &h.level) {
+        tracing::warn!(
+            "dataset primary level {:?} differs from the model's",
+            dataset.levels.first()
+        );
+    }
+    let pre = &model.card.preprocessing;
+    let (set, failures) = decode_all(&dataset.split(split), pre.input_size, true);
+    if set.images.is_empty() {
+        bail!(
+            "the {} split of {} has no readable images",
+            args.split,
+            args.data.data.display()
+        );
+    }
+    let set = Arc::new(set);
+    let outputs = run_set(&model.net, &set, pre, 32)?;
+    let mut heads = Vec::new();
+    for (h, head) in model.card.heads.iter().enumerate() {
+        // Map dataset class indices to the model's label order by name.
+        let Some(level) = dataset.levels.iter().position(|l| l == &head.level) else {
+            continue;
+        };
+        let labels: Option<Vec<u32>> = set
+            .labels
+            .iter()
+            .map(|l| {
+                head.labels
+                    .iter()
+                    .position(|n| n == &dataset.classes[level][l[level] as usize])
+                    .map(|i| i as u32)
+            })
+            .collect();
+        let Some(labels) = labels else {
+            tracing::warn!(
+                "head '{}': the data has labels the model does not know; skipped",
+                head.level
+            );
+            continue;
+        };
+        heads.push(head_report(
+            &head.level,
+            &head.labels,
+            &outputs.logits[h],
+            &labels,
+        ));
+    }
+    let primary: Vec<u32> = set.labels.iter().map(|l| l[0]).collect();
+    let retrieval = retrieval(&outputs.embeddings, &primary)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    for (h, report) in heads.iter().enumerate() {
+        let labels = &model.card.heads[h].labels;
+        let path = args.out.join(format!("confusion-{}.png", report.level));
+        confusion_matrix(
+            &path,
+            &format!("{} confusion ({})", report.level, args.split),
+            labels,
+            &report.confusion,
+        )?;
+    }
+    let report = EvalReport {
+        model: args.model.display().to_string(),
+        fingerprint: model.card.fingerprint.clone(),
+        data: args.data.data.display().to_string(),
+        split: args.split.clone(),
+        images: set.images.len(),
+        unreadable: failures.len(),
+        heads,
+        retrieval,
+    };
+    std::fs::write(
+        args.out.join("report.json"),
+        serde_json::to_vec_pretty(&report)?,
+    )?;
+    let md = eval_markdown(&report);
+    std::fs::write(args.out.join("report.md"), &md)?;
+    print!("{md}");
+    Ok(())
+}
+
+fn eval_markdown(r: &EvalReport) -> String {
+    let mut s = format!(
+        "# Evaluation of {} on {} ({} split, {} images)\n\n| head | top-1 | top-5 | classes |\n|---|---|---|---|\n",
+        r.model, r.data, r.split, r.images
+    );
+    for h in &r.heads {
+        s += &format!(
+            "| {} | {:.4} | {:.4} | {} |\n",
+            h.level,
+            h.top1,
+            h.top5,
+            h.classes.len()
+        );
+    }
+    s += &format!(
+        "\nSame-character retrieval on the embeddings (leave-one-out, {} queries): recall@1 {:.4}, mAP@10 {:.4}\n",
+        r.retrieval.queries, r.retrieval.recall_at_1, r.retrieval.map_at_10
+    );
+    if let Some(h) = r.heads.first() {
+        s += &format!("\n## Per-class precision / recall ({})\n\n| class | precision | recall | support |\n|---|---|---|---|\n", h.level);
+        for c in &h.classes {
+            s += &format!(
+                "| {} | {:.3} | {:.3} | {} |\n",
+                c.label, c.precision, c.recall, c.support
+            );
+        }
+    }
+    s
+}
+
+/// `animelens classify`.
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    /// Checkpoint (`NAME.safetensors` or `NAME`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Labels to show per head.
+    #[arg(long, short = 'k', default_value_t = 3)]
+    top_k: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Images to classify.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+fn read_images(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>> {
+    paths
+        .iter()
+        .map(|p| {
+            std::fs::read(p)
+                .with_context(|| format!("cannot read image {}: check the path", p.display()))
+        })
+        .collect()
+}
+
+/// Runs `animelens classify`.
+pub fn run_classify(args: ClassifyArgs) -> Result<()> {
+    let model = Classifier::load(&args.model)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let bytes = read_images(&args.images)?;
+    let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
+    let mut failed = 0;
+    for (path, result) in args
+        .images
+        .iter()
+        .zip(model.predict_batch(&refs, args.top_k))
+    {
+        match result {
+            Ok(p) if args.json => {
+                let heads = serde_json::to_value(&p.heads)?;
+                println!("{}", serde_json::json!({ "image": path, "heads": heads }));
+            }
+            Ok(p) => {
+                let heads: Vec<String> = p
+                    .heads
+                    .iter()
+                    .map(|h| {
+                        let top: Vec<String> = h
+                            .top
+                            .iter()
+                            .map(|l| format!("{} {:.1}%", l.label, l.probability * 100.0))
+                            .collect();
+                        format!("{}: {}", h.head, top.join(", "))
+                    })
+                    .collect();
+                println!("{}\t{}", path.display(), heads.join(" | "));
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: {e}", path.display());
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} images could not be classified",
+            args.images.len()
+        );
+    }
+    Ok(())
+}
+
+/// `animelens embed`.
+#[derive(Args, Debug)]
+pub struct EmbedArgs {
+    /// Checkpoint (`NAME.safetensors` or `NAME`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output file: `.npy` (float32 matrix, one row per image) or `.jsonl`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Images to embed.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+/// Writes an `(rows, cols)` float32 matrix in NumPy's `.npy` format (version 1.0).
+fn write_npy(path: &Path, rows: &[Vec<f32>]) -> std::io::Result<()> {
+    let cols = rows.first().map_or(0, |r| r.len());
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
+        rows.len(),
+        cols
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + rows.len() * cols * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in rows.iter().flatten() {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, out)
+}
+
+/// Runs `animelens embed`.
+pub fn run_embed(args: EmbedArgs) -> Result<()> {
+    let model = Classifier::load(&args.model)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let card = read_card(&args.model)?;
+    let bytes = read_images(&args.images)?;
+    let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
+    let mut rows = Vec::new();
+    for (path, r) in args.images.iter().zip(model.predict_batch(&refs, 1)) {
+        let p = r.with_context(|| format!("cannot embed {}", path.display()))?;
+        rows.push(p.embedding);
+    }
+    let is_npy = args.out.extension().is_some_and(|e| e == "npy");
+    if is_npy {
+        write_npy(&args.out, &rows)
+    } else {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&args.out)?);
+        for (path, v) in args.images.iter().zip(&rows) {
+            writeln!(
+                f,
+                "{}",
+                serde_json::json!({ "image": path, "model": card.fingerprint, "embedding": v })
+            )?;
+        }
+        f.flush()
+    }
+    .with_context(|| {
+        format!(
+            "cannot write {}: check the folder exists and has free space",
+            args.out.display()
+        )
+    })?;
+    println!(
+        "wrote {} embeddings of dimension {} to {}",
+        rows.len(),
+        model.dim(),
+        args.out.display()
+    );
+    Ok(())
+}
