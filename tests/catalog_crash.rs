@@ -75,7 +75,12 @@ fn reported_adds_survive_sigkill() {
     let (db, file) = (dir.path().join("catalog"), dir.path().join("vectors.jsonl"));
     write_vectors(&file);
     let mut reported = import(&db, &file, Some(500));
-    assert!(reported.len() >= 500);
+    assert!(
+        reported.len() >= 500,
+        "the binary reported {} adds before being killed: is `animelens index import-vectors` wired \
+         into src/main.rs (see src/commands/catalog.rs)?",
+        reported.len()
+    );
     {
         let cat = Catalog::open(&db, OpenOptions::existing()).unwrap();
         assert!(cat.check_consistency().unwrap().is_consistent());

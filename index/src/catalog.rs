@@ -658,8 +658,8 @@ impl Catalog {
         let _writer = lock(&self.writer);
         let st = self.read_state();
         let mut saved = lock(&self.saved_generation);
-        if *saved == Some(st.generation) {
-            return Ok(());
+        if *saved == Some(st.generation) || st.ann.len() == 0 {
+            return Ok(()); // current already, or nothing worth saving (hnsw_rs cannot dump an empty graph)
         }
         let tag = DumpTag {
             generation: st.generation,

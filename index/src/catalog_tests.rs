@@ -640,3 +640,42 @@ proptest! {
         prop_assert!(cat.check_consistency().unwrap().is_consistent());
     }
 }
+
+#[test]
+fn a_stored_but_unindexed_item_is_repaired_by_a_retry() {
+    // Simulates an add whose sled write landed but whose flush failed (e.g. disk full): the caller
+    // got an error, the index never saw the item, and the caller retries.
+    let dir = tempfile::tempdir().unwrap();
+    let cat = open(dir.path());
+    let (vs, _) = clustered_vectors(1, DIM, 1, 0.5, 21);
+    let orphan = crate::store::Prepared {
+        item: Item {
+            id: 0,
+            source: "x.png".into(),
+            labels: BTreeMap::new(),
+            tags: vec![],
+            width: 1,
+            height: 1,
+            content_hash: "orphan".into(),
+            added_at_ms: 0,
+        },
+        vector: crate::vector::normalise(&vs[0]).unwrap(),
+        store_int8: false,
+        thumbnail: vec![],
+    };
+    let (written, _) = cat.store.add_items(&[orphan]).unwrap();
+    assert!(cat.search(&vs[0], 1, &Filter::any()).unwrap().is_empty());
+    let retry = cat.add(new_item(&vs[0], "x", "orphan")).unwrap();
+    assert_eq!(
+        retry,
+        AddOutcome {
+            id: written[0].0,
+            duplicate: false
+        }
+    );
+    assert_eq!(
+        cat.search(&vs[0], 1, &Filter::any()).unwrap()[0].id,
+        retry.id
+    );
+    assert!(cat.check_consistency().unwrap().is_consistent());
+}

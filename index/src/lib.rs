@@ -3,7 +3,7 @@
 //! or HTTP.
 //!
 //! * sled is the source of truth ([`Catalog`] writes and flushes there first);
-//! * an hnsw_rs graph (`DistDot`, M = 16, ef_construction = 200, ef_search = 128) is derived from it,
+//! * an hnsw_rs graph (`DistDot`, M = 16, ef_construction = 200, ef_search = 64) is derived from it,
 //!   rebuilt on open or reloaded from a dump tagged with the sled generation;
 //! * removals are tombstones filtered during the graph walk; [`Catalog::compact`] purges them;
 //! * filters on labels and tags fall back to exact search when they match few items;
