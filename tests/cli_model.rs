@@ -1,0 +1,160 @@
+//! End-to-end: the `animelens` binary trains on the committed sample, evaluates, classifies and
+//! embeds, and answers bad input with clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn animelens(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_animelens"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn sample() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sample/holoen")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn train_eval_classify_embed_on_the_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let data = sample();
+    let o = animelens(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--input-size",
+        "64",
+        "--epochs",
+        "2",
+        "--max-batches",
+        "2",
+        "--batch-size",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    for f in [
+        "best.safetensors",
+        "best.json",
+        "last.safetensors",
+        "metrics.jsonl",
+        "curves.png",
+        "accuracy.png",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 2);
+
+    let model = run.join("best");
+    let eval_dir = dir.path().join("eval");
+    let o = animelens(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        eval_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(eval_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["images"], 72);
+    assert_eq!(report["heads"][0]["classes"].as_array().unwrap().len(), 18);
+    assert!(report["retrieval"]["recall_at_1"].as_f64().unwrap() >= 0.0);
+    assert!(eval_dir.join("confusion-character.png").is_file());
+
+    let image = data
+        .join("val/ame")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let o = animelens(&[
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        image.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(line["heads"][0]["top"].as_array().unwrap().len(), 3);
+
+    let npy = dir.path().join("v.npy");
+    let o = animelens(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        npy.to_str().unwrap(),
+        image.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let bytes = std::fs::read(&npy).unwrap();
+    assert!(bytes.starts_with(b"\x93NUMPY"));
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (2, 1024)"));
+    assert_eq!(bytes.len(), 10 + header_len + 2 * 1024 * 4);
+
+    // A corrupt image is reported by name; the command fails without a panic.
+    let corrupt = dir.path().join("corrupt.jpg");
+    std::fs::write(&corrupt, b"\xff\xd8\xff garbage").unwrap();
+    let o = animelens(&[
+        "classify",
+        "--model",
+        model.to_str().unwrap(),
+        image.to_str().unwrap(),
+        corrupt.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("corrupt.jpg") && t.contains("1 of 2 images could not be classified"),
+        "{t}"
+    );
+    assert!(!t.contains("panicked"), "{t}");
+}
+
+#[test]
+fn bad_paths_and_manifests_give_clear_errors() {
+    let o = animelens(&["train", "--data", "/no/such/folder", "--out", "/tmp/x"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("/no/such/folder") && text(&o).contains("Check the path"),
+        "{}",
+        text(&o)
+    );
+
+    let o = animelens(&["classify", "--model", "/no/such/model", "x.jpg"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("/no/such/model.json"), "{}", text(&o));
+
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sample/pokemon/manifest.csv");
+    let o = animelens(&[
+        "train",
+        "--data",
+        manifest.to_str().unwrap(),
+        "--labels",
+        "character=species",
+        "--out",
+        "/tmp/x",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no column 'species'"), "{}", text(&o));
+}
