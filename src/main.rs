@@ -5,7 +5,7 @@ mod commands;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use commands::{bench, catalog, model};
+use commands::{bench, catalog, characters, model, search};
 use std::path::PathBuf;
 
 /// Anime character recognition and lookalike search.
@@ -26,16 +26,24 @@ enum Command {
     Classify(model::ClassifyArgs),
     /// Write the embeddings of images to .npy or .jsonl.
     Embed(model::EmbedArgs),
-    /// Measure training and inference speed.
-    Bench(bench::ModelBenchArgs),
+    /// Benchmark the network (default: training and inference speed) or the catalogue (`bench index`).
+    Bench(bench::BenchArgs),
     /// Manage the image catalogue.
     Index {
         /// Catalogue folder.
-        #[arg(long, global = true, default_value = "animelens-data/catalog")]
+        #[arg(long, global = true, default_value = catalog::DEFAULT_DB)]
         db: PathBuf,
         #[command(subcommand)]
         cmd: catalog::CatalogCommand,
     },
+    /// Search the catalogue for the items most similar to an image or to an item.
+    Search(search::SearchArgs),
+    /// Rank the characters whose centroids are closest to a character's (lookalikes).
+    SimilarCharacters(search::SimilarArgs),
+    /// Few-shot enrolment: add a character from a handful of images.
+    Enroll(characters::EnrollArgs),
+    /// Name the character of images by nearest centroid, or "unknown" (open set).
+    Identify(characters::IdentifyArgs),
 }
 
 /// Sets thread and allocator-related defaults before candle or rayon start.
@@ -57,7 +65,8 @@ fn main() -> Result<()> {
     configure_runtime();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,hnsw_rs=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -66,7 +75,11 @@ fn main() -> Result<()> {
         Command::Eval(a) => model::run_eval(a),
         Command::Classify(a) => model::run_classify(a),
         Command::Embed(a) => model::run_embed(a),
-        Command::Bench(a) => bench::run_model(a),
+        Command::Bench(a) => bench::run(a),
         Command::Index { db, cmd } => catalog::run(&db, cmd),
+        Command::Search(a) => search::run_search(a),
+        Command::SimilarCharacters(a) => search::run_similar(a),
+        Command::Enroll(a) => characters::run_enroll(a),
+        Command::Identify(a) => characters::run_identify(a),
     }
 }

@@ -1,10 +1,12 @@
-//! Benchmarks of the catalogue on synthetic data, and retrieval-quality metrics on real embeddings.
+//! Benchmarks of the catalogue on synthetic or real vectors, and retrieval-quality metrics.
 //!
-//! [`run`] builds a catalogue of seeded, clustered, normalised vectors in a scratch folder and
-//! measures ingest, graph build (open without a dump), reload (open with a dump), bytes per item,
-//! exact brute-force QPS, and recall@10 / QPS (one query thread, through [`Catalog::search_with_ef`],
-//! item records included) for several `ef`. [`retrieval_quality`] measures how well embeddings
-//! retrieve same-class items (leave-one-out recall@1 and mAP@10).
+//! [`run_on`] builds a catalogue of given normalised vectors in a scratch folder and measures
+//! ingest, graph build (open without a dump), reload (open with a dump), bytes per item, exact
+//! brute-force QPS, and recall@10 / QPS (one query thread, through [`Catalog::search_with_ef`],
+//! item records included) for several `ef`; [`run`] does so on seeded, clustered vectors.
+//! [`retrieval_quality`] measures how well embeddings retrieve same-class items (leave-one-out
+//! recall@1 and mAP@10, exact), and [`catalog_retrieval_quality`] the same through a catalogue's
+//! own search (HNSW, filters), so that learned and baseline descriptors go through one code path.
 
 use crate::ann::HnswParams;
 use crate::catalog::{Catalog, OpenOptions};
@@ -69,8 +71,16 @@ pub struct EfRow {
 /// Benchmark results.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchReport {
-    /// The configuration measured.
-    pub config: BenchConfig,
+    /// What the vectors are (e.g. "100000 synthetic clustered vectors").
+    pub data: String,
+    /// Items in the catalogue.
+    pub n: usize,
+    /// Embedding dimension.
+    pub dim: usize,
+    /// Graph parameters.
+    pub hnsw: HnswParams,
+    /// Queries per measurement.
+    pub queries: usize,
     /// Seconds to add every item (sled writes and incremental graph insertion).
     pub ingest_secs: f32,
     /// Seconds to open without a dump (store scan and parallel graph build).
@@ -88,13 +98,12 @@ pub struct BenchReport {
 impl BenchReport {
     /// The report as a markdown table plus a summary line.
     pub fn to_markdown(&self) -> String {
-        let c = &self.config;
         let mut out = format!(
-            "n = {} × {}-d ({} clusters, spread {}), M = {}, ef_construction = {}, {} queries\n\n\
+            "{}: n = {} × {}-d, M = {}, ef_construction = {}, {} queries\n\n\
              ingest {:.1} s · build (open without dump) {:.1} s · reload (open with dump) {:.2} s · \
              {:.0} bytes/item · exact brute force {:.0} QPS\n\n\
              | ef | recall@10 | QPS (1 thread) |\n|---:|---:|---:|\n",
-            c.n, c.dim, c.clusters, c.spread, c.hnsw.max_nb_connection, c.hnsw.ef_construction, c.queries,
+            self.data, self.n, self.dim, self.hnsw.max_nb_connection, self.hnsw.ef_construction, self.queries,
             self.ingest_secs, self.build_secs, self.reload_secs, self.bytes_per_item, self.exact_qps,
         );
         for r in &self.rows {
@@ -167,14 +176,9 @@ fn exact_top(q: &[f32], vectors: &[Vec<f32>], k: usize) -> Vec<usize> {
     scored.into_iter().map(|(i, _)| i).collect()
 }
 
-/// Runs the benchmark in `dir`, which must not exist yet or be empty (it is left behind).
+/// Runs the benchmark on synthetic clustered vectors in `dir`, which must not exist yet or be
+/// empty (it is left behind).
 pub fn run(dir: &Path, config: &BenchConfig) -> Result<BenchReport> {
-    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
-        return Err(CatalogError::invalid(
-            format!("benchmark folder {} is not empty", dir.display()),
-            "pass a new or empty scratch folder",
-        ));
-    }
     let (vectors, _) = clustered_vectors(
         config.n + config.queries,
         config.dim,
@@ -183,22 +187,46 @@ pub fn run(dir: &Path, config: &BenchConfig) -> Result<BenchReport> {
         config.seed,
     );
     let (items, queries) = vectors.split_at(config.n);
+    let data = format!(
+        "synthetic ({} clusters, spread {}, seed {})",
+        config.clusters, config.spread, config.seed
+    );
+    run_on(dir, &data, items, queries, config.hnsw, &config.efs)
+}
+
+/// Runs the benchmark on `items` (added to a fresh catalogue in `dir`, which must not exist yet
+/// or be empty; it is left behind) with `queries` (not added), all of one dimension.
+pub fn run_on(
+    dir: &Path,
+    data: &str,
+    items: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    hnsw: HnswParams,
+    efs: &[usize],
+) -> Result<BenchReport> {
+    if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
+        return Err(CatalogError::invalid(
+            format!("benchmark folder {} is not empty", dir.display()),
+            "pass a new or empty scratch folder",
+        ));
+    }
+    let dim = items.first().map_or(0, Vec::len);
     let mut options = OpenOptions::new(ModelTag {
         fingerprint: "bench".into(),
-        dim: config.dim,
+        dim,
     });
-    options.hnsw = config.hnsw;
+    options.hnsw = hnsw;
     options.save_index_on_close = false;
 
     let started = Instant::now();
     let cat = Catalog::open(dir, options.clone())?;
-    let mut index_of: Vec<ItemId> = Vec::with_capacity(config.n);
+    let mut index_of: Vec<ItemId> = Vec::with_capacity(items.len());
     for (chunk_no, chunk) in items.chunks(1000).enumerate() {
         let batch = chunk
             .iter()
             .enumerate()
             .map(|(i, v)| NewItem {
-                source: format!("synthetic/{}", chunk_no * 1000 + i),
+                source: format!("bench/{}", chunk_no * 1000 + i),
                 vector: v.clone(),
                 ..NewItem::default()
             })
@@ -207,7 +235,7 @@ pub fn run(dir: &Path, config: &BenchConfig) -> Result<BenchReport> {
     }
     let ingest_secs = started.elapsed().as_secs_f32();
     cat.save_index()?;
-    let bytes_per_item = cat.stats()?.bytes_on_disk as f32 / config.n.max(1) as f32;
+    let bytes_per_item = cat.stats()?.bytes_on_disk as f32 / items.len().max(1) as f32;
     drop(cat);
 
     let started = Instant::now();
@@ -219,18 +247,19 @@ pub fn run(dir: &Path, config: &BenchConfig) -> Result<BenchReport> {
     let exact_qps = queries.len() as f32 / started.elapsed().as_secs_f32();
 
     let mut rows = Vec::new();
-    for &ef in &config.efs {
+    for &ef in efs {
         let started = Instant::now();
-        let mut found = 0usize;
+        let (mut found, mut wanted) = (0usize, 0usize);
         for (q, want) in queries.iter().zip(&truth) {
             let hits = cat.search_with_ef(q, 10, &Filter::any(), ef)?;
             let got: HashSet<ItemId> = hits.iter().map(|h| h.id).collect();
             found += want.iter().filter(|&&i| got.contains(&index_of[i])).count();
+            wanted += want.len();
         }
         let secs = started.elapsed().as_secs_f32();
         rows.push(EfRow {
             ef,
-            recall_at_10: found as f32 / (10 * queries.len()).max(1) as f32,
+            recall_at_10: found as f32 / wanted.max(1) as f32,
             qps: queries.len() as f32 / secs,
         });
     }
@@ -242,7 +271,11 @@ pub fn run(dir: &Path, config: &BenchConfig) -> Result<BenchReport> {
     let build_secs = started.elapsed().as_secs_f32();
 
     Ok(BenchReport {
-        config: config.clone(),
+        data: data.to_string(),
+        n: items.len(),
+        dim,
+        hnsw,
+        queries: queries.len(),
         ingest_secs,
         build_secs,
         reload_secs,
@@ -304,6 +337,56 @@ pub fn retrieval_quality(vectors: &[Vec<f32>], labels: &[String]) -> RetrievalQu
     }
 }
 
+/// Leave-one-out retrieval quality through `cat`'s own search: every live item matching `filter`
+/// with a label at `level` shared by another matching item queries its 10 nearest others
+/// ([`Catalog::search_by_id`] within `filter`), scored as in [`retrieval_quality`].
+pub fn catalog_retrieval_quality(
+    cat: &Catalog,
+    level: &str,
+    filter: &Filter,
+) -> Result<RetrievalQuality> {
+    let ids = cat.candidate_ids(filter, &HashSet::new());
+    let labelled: Vec<(ItemId, String)> = ids
+        .iter()
+        .map(|&id| {
+            Ok(cat
+                .get(id)?
+                .and_then(|i| Some((id, i.labels.get(level)?.clone()))))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut class_size: BTreeMap<&str, usize> = BTreeMap::new();
+    labelled
+        .iter()
+        .for_each(|(_, l)| *class_size.entry(l).or_default() += 1);
+    let per_query = labelled
+        .par_iter()
+        .filter(|(_, l)| class_size[l.as_str()] > 1)
+        .map(|(id, label)| {
+            let hits = cat.search_by_id(*id, 10, filter)?;
+            let relevant = class_size[label.as_str()] - 1;
+            let same = |h: &crate::Hit| h.item.labels.get(level) == Some(label);
+            let (mut found, mut ap) = (0usize, 0f32);
+            for (rank, h) in hits.iter().enumerate() {
+                if same(h) {
+                    found += 1;
+                    ap += found as f32 / (rank + 1) as f32;
+                }
+            }
+            let r1 = hits.first().is_some_and(same);
+            Ok((f32::from(u8::from(r1)), ap / relevant.min(10) as f32))
+        })
+        .collect::<Result<Vec<(f32, f32)>>>()?;
+    let n = per_query.len().max(1) as f32;
+    Ok(RetrievalQuality {
+        queries: per_query.len(),
+        recall_at_1: per_query.iter().map(|p| p.0).sum::<f32>() / n,
+        map_at_10: per_query.iter().map(|p| p.1).sum::<f32>() / n,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,6 +401,48 @@ mod tests {
         let shuffled: Vec<String> = (0..200).map(|i| format!("c{}", i % 4)).collect();
         let q = retrieval_quality(&vectors, &shuffled);
         assert!(q.recall_at_1 < 0.5 && q.map_at_10 < 0.5, "{q:?}");
+    }
+
+    #[test]
+    fn catalog_retrieval_quality_matches_exact_quality() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vectors, clusters) = clustered_vectors(300, 32, 5, 0.8, 3);
+        let labels: Vec<String> = clusters.iter().map(|c| format!("c{c}")).collect();
+        let cat = Catalog::open(
+            dir.path().join("cat"),
+            OpenOptions::new(ModelTag {
+                fingerprint: "t".into(),
+                dim: 32,
+            }),
+        )
+        .unwrap();
+        let items = vectors
+            .iter()
+            .zip(&labels)
+            .enumerate()
+            .map(|(i, (v, l))| NewItem {
+                source: format!("{i}"),
+                labels: [("character".to_string(), l.clone())].into(),
+                tags: vec![if i % 2 == 0 { "even" } else { "odd" }.to_string()],
+                vector: v.clone(),
+                ..NewItem::default()
+            })
+            .collect();
+        cat.add_batch(items).unwrap();
+        let exact = retrieval_quality(&vectors, &labels);
+        let via = catalog_retrieval_quality(&cat, "character", &Filter::any()).unwrap();
+        assert_eq!(via.queries, exact.queries);
+        assert!(
+            (via.recall_at_1 - exact.recall_at_1).abs() < 0.02,
+            "{via:?} {exact:?}"
+        );
+        assert!(
+            (via.map_at_10 - exact.map_at_10).abs() < 0.02,
+            "{via:?} {exact:?}"
+        );
+        let even =
+            catalog_retrieval_quality(&cat, "character", &Filter::any().tag("even")).unwrap();
+        assert_eq!(even.queries, 150);
     }
 
     #[test]

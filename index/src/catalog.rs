@@ -237,6 +237,11 @@ impl Catalog {
         })
     }
 
+    /// Whether folder `dir` holds a catalogue (so that opening it will not create one).
+    pub fn exists(dir: impl AsRef<Path>) -> bool {
+        Store::path_in(dir.as_ref()).exists()
+    }
+
     /// The catalogue folder.
     pub fn dir(&self) -> &Path {
         &self.dir

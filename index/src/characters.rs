@@ -6,7 +6,9 @@
 //! right when its best centroid is its true character with cosine ≥ t, or when its true character
 //! is not in the catalogue and the best cosine is < t. The threshold is placed half-way between the
 //! two scores around the best cut (ties go to the higher threshold: fewer false accepts), and
-//! stored in sled.
+//! stored in sled. [`Catalog::calibrate_open_set`] needs no images of unseen characters: it also
+//! scores every known sample against the *other* characters' centroids, as a stand-in for an
+//! image of a character the catalogue does not hold (which must answer unknown).
 
 use crate::catalog::{lock, Catalog, IndexState};
 use crate::error::{CatalogError, Result};
@@ -87,9 +89,9 @@ pub struct Calibration {
     pub threshold: f32,
     /// Open-set accuracy on the samples at that threshold.
     pub accuracy: f32,
-    /// Samples whose true character is in the catalogue.
+    /// Queries whose true character is in the catalogue.
     pub known: usize,
-    /// Samples whose true character is not.
+    /// Queries that should answer unknown (characters absent from the catalogue, or simulated).
     pub unknown: usize,
 }
 
@@ -265,6 +267,48 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Like [`Catalog::calibrate_threshold`], with simulated unseen characters: each sample whose
+    /// character is in the catalogue counts twice, once as a known query (right when its nearest
+    /// centroid is its character with cosine ≥ t) and once, with its own character left out, as
+    /// an unknown query (right when the best other centroid has cosine < t); samples of
+    /// characters absent from the catalogue count once, as unknown queries. Stores the threshold.
+    pub fn calibrate_open_set(&self, samples: &[(Vec<f32>, String)]) -> Result<Calibration> {
+        let centroids = self.character_centroids()?;
+        if samples.is_empty() || centroids.len() < 2 {
+            return Err(CatalogError::invalid(
+                "open-set calibration needs validation samples and at least two characters in the catalogue",
+                "add labelled items of several characters, then pass (embedding, true character) pairs",
+            ));
+        }
+        let mut scored = Vec::with_capacity(2 * samples.len());
+        for (v, truth) in samples {
+            let q = self.check_vector(v)?;
+            let ranked = rank(&q, centroids.iter().cloned(), 2);
+            let known = centroids.iter().any(|(n, _)| n == truth);
+            if known {
+                scored.push((ranked[0].score, &ranked[0].name == truth, true));
+            }
+            let best_other = ranked
+                .iter()
+                .find(|c| &c.name != truth)
+                .expect("two centroids");
+            scored.push((best_other.score, false, false));
+        }
+        let known = scored.iter().filter(|s| s.2).count();
+        let unknown = scored.len() - known;
+        let (threshold, accuracy) = best_threshold(&mut scored);
+        let _writer = lock(&self.writer);
+        self.store.set_threshold(threshold)?;
+        Ok(Calibration {
+            threshold,
+            accuracy,
+            known,
+            unknown,
+        })
+    }
+}
+
 /// Ranks `centroids` by cosine to normalised `q`, best first, keeping `k`.
 fn rank(
     q: &[f32],
@@ -290,6 +334,44 @@ fn rank(
 #[cfg(test)]
 mod tests {
     use super::best_threshold;
+    use crate::bench::clustered_vectors;
+    use crate::{Catalog, ModelTag, NewItem, OpenOptions};
+
+    #[test]
+    fn open_set_calibration_separates_own_and_other_characters() {
+        let dir = tempfile::tempdir().unwrap();
+        let tag = ModelTag {
+            fingerprint: "t".into(),
+            dim: 32,
+        };
+        let cat = Catalog::open(dir.path().join("c"), OpenOptions::new(tag)).unwrap();
+        let (vectors, clusters) = clustered_vectors(200, 32, 5, 0.3, 11);
+        let names: Vec<String> = clusters.iter().map(|c| format!("c{c}")).collect();
+        let items = vectors[..150]
+            .iter()
+            .zip(&names)
+            .map(|(v, n)| NewItem {
+                labels: [("character".to_string(), n.clone())].into(),
+                vector: v.clone(),
+                ..NewItem::default()
+            })
+            .collect();
+        cat.add_batch(items).unwrap();
+        let samples: Vec<(Vec<f32>, String)> = vectors[150..]
+            .iter()
+            .cloned()
+            .zip(names[150..].iter().cloned())
+            .collect();
+        let cal = cat.calibrate_open_set(&samples).unwrap();
+        assert_eq!((cal.known, cal.unknown), (50, 50));
+        assert!(cal.accuracy > 0.95, "{cal:?}");
+        assert_eq!(cat.open_set_threshold().unwrap(), cal.threshold);
+        for (v, truth) in &samples {
+            let c = cat.classify_by_centroid(v, 2).unwrap();
+            assert_eq!(c.label.as_deref(), Some(truth.as_str()));
+            assert!(c.candidates[1].score < cal.threshold);
+        }
+    }
 
     #[test]
     fn threshold_separates_known_from_unknown() {

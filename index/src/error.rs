@@ -25,7 +25,7 @@ pub enum CatalogError {
     #[error(
         "catalogue {} was indexed with model fingerprint {stored} ({stored_dim}-d embeddings) but the model \
          in use has fingerprint {requested} ({requested_dim}-d); embeddings from different models cannot be \
-         compared: run `animelens index rebuild --reembed --db {}` to re-embed every item with this model, \
+         compared: run `animelens index rebuild --reembed --model CKPT --db {}` to re-embed every item with this model, \
          or create a new catalogue folder",
         dir.display(), dir.display()
     )]

@@ -10,6 +10,8 @@
 //! * on top: per-character centroids and open-set classification ([`Catalog::classify_by_centroid`]),
 //!   recommendations ([`Catalog::recommend`]), user feeds with MMR ([`Catalog::feed`]) and
 //!   near-duplicate checks ([`Catalog::near_duplicates`]);
+//! * [`Catalog::reembed`] switches a catalogue to a new model atomically (new vector set, then one
+//!   transaction flips the set and the model tag);
 //! * [`CatalogBackend`] is the seam for a distributed engine; [`bench`] measures recall and speed.
 
 mod ann;
@@ -25,6 +27,7 @@ mod feed;
 mod filter;
 mod recommend;
 mod record;
+mod reembed;
 mod store;
 mod vector;
 
@@ -42,4 +45,5 @@ pub use recommend::{best_score, RecommendQuery, RecommendStrategy};
 pub use record::{
     AddOutcome, Event, EventKind, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, PRIMARY_LEVEL,
 };
+pub use reembed::ReembedReport;
 pub use vector::{dot, normalise, QuantizedVector};

@@ -3,9 +3,15 @@
 //!
 //! Trees: `items` (id → JSON [`Item`]), `vectors` (id → f32 LE), `vectors_q8` (id → int8 copy,
 //! optional), `thumbnails` (id → JPEG), `by_hash` (content hash → id of the live item),
-//! `tombstones` (id → removal time), `meta` (model tag, generation, next id, open-set threshold),
-//! `users`, `events` (user ␀ time seq → JSON [`Event`]), `popularity` (id → like count),
-//! `characters` (enrolled character → few-shot vector sum).
+//! `tombstones` (id → removal time), `meta` (model tag, generation, next id, open-set threshold,
+//! current vector set), `users`, `events` (user ␀ time seq → JSON [`Event`]), `popularity`
+//! (id → like count), `characters` (enrolled character → few-shot vector sum).
+//!
+//! Vector sets: the vectors of one model live in `vectors`/`vectors_q8` (set 0) or
+//! `vectors.N`/`vectors_q8.N` (set N). Re-embedding with a new model writes set N+1 beside the
+//! current one, then one transaction on `meta` switches the set and the model tag together; a
+//! crash before the switch leaves the old set current, and [`Store::open`] drops any set that is
+//! not current (leftovers of an interrupted re-embedding, or the old set after a switch).
 
 use crate::error::{CatalogError, Result};
 use crate::record::{now_ms, Event, EventKind, Item, ItemId, ItemUpdate, ModelTag};
@@ -19,6 +25,31 @@ const KEY_MODEL: &[u8] = b"model";
 const KEY_GENERATION: &[u8] = b"generation";
 const KEY_NEXT_ID: &[u8] = b"next_id";
 const KEY_THRESHOLD: &[u8] = b"open_set_threshold";
+const KEY_VECTOR_SET: &[u8] = b"vector_set";
+
+/// Names of the f32 and int8 vector trees of vector set `n`.
+fn vector_tree_names(n: u64) -> (String, String) {
+    match n {
+        0 => ("vectors".into(), "vectors_q8".into()),
+        n => (format!("vectors.{n}"), format!("vectors_q8.{n}")),
+    }
+}
+
+/// Whether a tree name belongs to some vector set.
+fn is_vector_tree(name: &[u8]) -> bool {
+    name == b"vectors"
+        || name == b"vectors_q8"
+        || name.starts_with(b"vectors.")
+        || name.starts_with(b"vectors_q8.")
+}
+
+/// A vector set being written by a re-embedding, not yet current.
+pub(crate) struct PendingVectorSet {
+    n: u64,
+    vectors: sled::Tree,
+    vectors_q8: sled::Tree,
+    int8: bool,
+}
 
 /// An item ready to be written: metadata (id filled in by the store), encoded vectors, thumbnail.
 pub(crate) struct Prepared {
@@ -84,14 +115,31 @@ impl Store {
             .open()
             .map_err(err)?;
         let tree = |name: &str| db.open_tree(name).map_err(err);
+        let meta = tree("meta")?;
+        let set = meta
+            .get(KEY_VECTOR_SET)
+            .map_err(err)?
+            .and_then(|v| id_of(&v))
+            .unwrap_or(0);
+        let (vectors, vectors_q8) = vector_tree_names(set);
+        for name in db.tree_names() {
+            if is_vector_tree(&name) && name != vectors.as_bytes() && name != vectors_q8.as_bytes()
+            {
+                tracing::info!(
+                    tree = %String::from_utf8_lossy(&name),
+                    "dropping a vector set that is not current"
+                );
+                db.drop_tree(&name).map_err(err)?;
+            }
+        }
         Ok(Store {
             items: tree("items")?,
-            vectors: tree("vectors")?,
-            vectors_q8: tree("vectors_q8")?,
+            vectors: tree(&vectors)?,
+            vectors_q8: tree(&vectors_q8)?,
             thumbnails: tree("thumbnails")?,
             by_hash: tree("by_hash")?,
             tombstones: tree("tombstones")?,
-            meta: tree("meta")?,
+            meta,
             users: tree("users")?,
             events: tree("events")?,
             popularity: tree("popularity")?,
@@ -478,6 +526,106 @@ impl Store {
             .map_err(|e| self.err(e))?;
         self.flush()?;
         Ok(total)
+    }
+
+    /// Starts a new vector set beside the current one (int8 copies kept when the current set has them).
+    pub(crate) fn begin_vector_set(&self) -> Result<PendingVectorSet> {
+        let n = self.u64_meta(KEY_VECTOR_SET)? + 1;
+        let (v, q) = vector_tree_names(n);
+        for name in [&v, &q] {
+            self.db
+                .drop_tree(name.as_bytes())
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(PendingVectorSet {
+            n,
+            vectors: self.db.open_tree(v).map_err(|e| self.err(e))?,
+            vectors_q8: self.db.open_tree(q).map_err(|e| self.err(e))?,
+            int8: !self.vectors_q8.is_empty(),
+        })
+    }
+
+    /// Writes normalised vectors into a pending set (flushed; not visible until switched to).
+    pub(crate) fn write_pending(
+        &self,
+        set: &PendingVectorSet,
+        vectors: &[(ItemId, Vec<f32>)],
+    ) -> Result<()> {
+        let (mut f32s, mut q8s) = (sled::Batch::default(), sled::Batch::default());
+        for (id, v) in vectors {
+            f32s.insert(&key(*id), vector::to_bytes(v));
+            if set.int8 {
+                q8s.insert(&key(*id), QuantizedVector::quantize(v).to_bytes());
+            }
+        }
+        set.vectors.apply_batch(f32s).map_err(|e| self.err(e))?;
+        set.vectors_q8.apply_batch(q8s).map_err(|e| self.err(e))?;
+        self.flush()
+    }
+
+    /// Makes `set` current together with `model`, in one transaction: items listed in `drop` (no
+    /// vector in the new set) are tombstoned, enrolled few-shot sums and the open-set threshold
+    /// (both meaningful only for the old model) are deleted, and the generation is bumped. The old
+    /// set is dropped afterwards. Returns the new generation.
+    pub(crate) fn switch_vector_set(
+        &mut self,
+        set: PendingVectorSet,
+        model: &ModelTag,
+        drop: &[Item],
+    ) -> Result<u64> {
+        let model_json = serde_json::to_vec(model).expect("ModelTag serialises");
+        let enrolled: Vec<sled::IVec> = self
+            .characters
+            .iter()
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        let trees = (
+            &self.meta,
+            &self.tombstones,
+            &self.by_hash,
+            &self.characters,
+        );
+        let generation = trees
+            .transaction(|(meta, tombstones, by_hash, characters)| {
+                for item in drop {
+                    tombstones.insert(&key(item.id), &now_ms().to_be_bytes())?;
+                    let hash = item.content_hash.as_bytes();
+                    if !hash.is_empty()
+                        && by_hash.get(hash)?.and_then(|v| id_of(&v)) == Some(item.id)
+                    {
+                        by_hash.remove(hash)?;
+                    }
+                }
+                for name in &enrolled {
+                    characters.remove(name)?;
+                }
+                meta.remove(KEY_THRESHOLD)?;
+                meta.insert(KEY_MODEL, model_json.as_slice())?;
+                meta.insert(KEY_VECTOR_SET, &set.n.to_be_bytes())?;
+                let generation = meta
+                    .get(KEY_GENERATION)?
+                    .and_then(|v| id_of(&v))
+                    .unwrap_or(0)
+                    + 1;
+                meta.insert(KEY_GENERATION, &generation.to_be_bytes())?;
+                Ok(generation)
+            })
+            .map_err(|e| self.tx_err(e))?;
+        self.flush()?;
+        let old = [self.vectors.name(), self.vectors_q8.name()];
+        self.vectors = set.vectors;
+        self.vectors_q8 = set.vectors_q8;
+        for name in old {
+            self.db.drop_tree(&name).map_err(|e| self.err(e))?;
+        }
+        Ok(generation)
+    }
+
+    /// The id of the live item with content hash `hash`, if any.
+    pub(crate) fn live_by_hash(&self, hash: &str) -> Result<Option<ItemId>> {
+        let v = self.by_hash.get(hash.as_bytes()).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|b| id_of(&b)))
     }
 
     /// The calibrated open-set threshold, if one was stored.

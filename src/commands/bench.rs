@@ -1,8 +1,37 @@
-//! `animelens bench`: speed of the network (training and inference img/s per input size).
+//! `animelens bench [model|index]`: speed of the network (training and inference img/s per input
+//! size; the default) or of the catalogue (`bench index`, see [`super::bench_index`]).
 
 use animelens_models::bench::{markdown_table, measure};
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, Subcommand};
+
+/// `animelens bench` options: a target, or the model benchmark's options directly.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    target: Option<BenchTarget>,
+    #[command(flatten)]
+    model: ModelBenchArgs,
+}
+
+/// What to benchmark.
+#[derive(Subcommand, Debug)]
+pub enum BenchTarget {
+    /// Speed of the network (what `animelens bench` alone runs).
+    Model(ModelBenchArgs),
+    /// Recall, speed and retrieval quality of the catalogue.
+    Index(super::bench_index::IndexBenchArgs),
+}
+
+/// Runs the chosen benchmark.
+pub fn run(args: BenchArgs) -> Result<()> {
+    match args.target {
+        None => run_model(args.model),
+        Some(BenchTarget::Model(a)) => run_model(a),
+        Some(BenchTarget::Index(a)) => super::bench_index::run(a),
+    }
+}
 
 /// `animelens bench` options.
 #[derive(Args, Debug)]

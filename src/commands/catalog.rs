@@ -1,33 +1,7 @@
-//! `animelens index <subcommand> --db DIR`: catalogue maintenance that needs neither the network
-//! nor HTTP (stats, remove, compact, rebuild, import of precomputed vectors).
-//!
-//! Wiring expected in `src/main.rs` (the embedder-dependent `add` / `search --image` live there):
-//!
-//! ```ignore
-//! mod commands; // src/commands/mod.rs contains `pub mod catalog;`
-//!
-//! #[derive(clap::Subcommand)]
-//! enum Command {
-//!     /// Manage the image catalogue.
-//!     Index {
-//!         /// Catalogue folder. (clap rejects a *required* global arg: keep the default value.)
-//!         #[arg(long, global = true, default_value = "animelens-data/catalog")]
-//!         db: std::path::PathBuf,
-//!         #[command(subcommand)]
-//!         cmd: IndexCommand,
-//!     },
-//!     // ...
-//! }
-//!
-//! #[derive(clap::Subcommand)]
-//! enum IndexCommand {
-//!     #[command(flatten)]
-//!     Catalog(commands::catalog::CatalogCommand),
-//!     // Add { dir: PathBuf, .. }, Search { image: PathBuf, .. }  (need the embedder)
-//! }
-//!
-//! // in main: Command::Index { db, cmd: IndexCommand::Catalog(cmd) } => commands::catalog::run(&db, cmd)?,
-//! ```
+//! `animelens index <subcommand> --db DIR`: the catalogue's life cycle. This module parses the
+//! subcommands and runs those that need neither the network nor HTTP (stats, remove, compact,
+//! rebuild, import of precomputed vectors); `add`, `calibrate` and `rebuild --reembed` embed images
+//! and live in [`super::ingest`], [`super::characters`] and [`super::reembed`].
 //!
 //! `tests/catalog_crash.rs` runs `animelens index --db DIR import-vectors FILE --fingerprint FP`.
 
@@ -38,9 +12,16 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-/// Catalogue subcommands that need no model.
+/// Catalogue folder used when `--db` is not given.
+pub const DEFAULT_DB: &str = "animelens-data/catalog";
+
+/// Catalogue subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum CatalogCommand {
+    /// Embed a labelled folder or CSV manifest with a model and add its images.
+    Add(super::ingest::AddArgs),
+    /// Calibrate the open-set ("unknown") threshold of `identify` on validation data.
+    Calibrate(super::characters::CalibrateArgs),
     /// Print item counts, dimension, model fingerprint, size on disk and generation.
     Stats,
     /// Remove an item (tombstone; `compact` deletes its records).
@@ -50,8 +31,15 @@ pub enum CatalogCommand {
     },
     /// Delete removed items' records and rebuild the search index without them.
     Compact,
-    /// Rebuild the search index from the store.
-    Rebuild,
+    /// Rebuild the search index from the store; with --reembed, re-embed every item with a new model.
+    Rebuild {
+        /// Re-embed every item from its source file with --model, then switch the catalogue to it.
+        #[arg(long, requires = "model")]
+        reembed: bool,
+        /// Checkpoint to re-embed with.
+        #[arg(long, requires = "reembed")]
+        model: Option<PathBuf>,
+    },
     /// Add precomputed embeddings from a JSON-lines file; prints `added <id>` for each durable add.
     ImportVectors {
         /// JSONL file: one {"source":..., "labels":{...}, "tags":[...], "vector":[...]} per line
@@ -107,6 +95,11 @@ fn open_existing(db: &Path) -> anyhow::Result<Catalog> {
 /// Runs one catalogue subcommand on the catalogue in `db`.
 pub fn run(db: &Path, cmd: CatalogCommand) -> anyhow::Result<()> {
     match cmd {
+        CatalogCommand::Add(args) => super::ingest::run_add(db, args)?,
+        CatalogCommand::Calibrate(args) => super::characters::run_calibrate(db, args)?,
+        CatalogCommand::Rebuild {
+            model: Some(model), ..
+        } => super::reembed::run_reembed(db, &model)?,
         CatalogCommand::Stats => println!("{}", open_existing(db)?.stats()?),
         CatalogCommand::Remove { id } => {
             open_existing(db)?.remove(id)?;
@@ -119,7 +112,7 @@ pub fn run(db: &Path, cmd: CatalogCommand) -> anyhow::Result<()> {
                 report.purged, report.live
             );
         }
-        CatalogCommand::Rebuild => {
+        CatalogCommand::Rebuild { model: None, .. } => {
             let live = open_existing(db)?.rebuild()?;
             println!("rebuilt the index over {live} live items");
         }

@@ -2,5 +2,13 @@
 //! crates together.
 
 pub mod bench;
+pub mod bench_index;
 pub mod catalog;
+pub mod characters;
+pub mod colour_layout;
+pub mod embedding;
+pub mod embedding_cache;
+pub mod ingest;
 pub mod model;
+pub mod reembed;
+pub mod search;

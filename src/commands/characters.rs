@@ -1,0 +1,228 @@
+//! The character level on the command line: few-shot enrolment (`animelens enroll`), open-set
+//! identification by nearest centroid (`animelens identify`) and calibration of its "unknown"
+//! threshold on validation data (`animelens index calibrate`).
+//!
+//! Calibration rule (see `Catalog::calibrate_open_set`): every validation image is scored twice,
+//! as a known query (right when its nearest character centroid is its own character with cosine
+//! ≥ t) and, leaving its own character out, as an unseen-character query (right when the best
+//! remaining cosine is < t); images of characters absent from the catalogue count as unseen only.
+//! The stored t maximises the accuracy over all those queries (half-way between the two scores
+//! around the best cut).
+
+use super::catalog::DEFAULT_DB;
+use super::embedding::{embed, embed_files, load_model, model_tag, progress_bar, read_files};
+use super::model::DataArgs;
+use super::search::open_catalog;
+use animelens_index::{Catalog, OpenOptions};
+use animelens_models::data::Split;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+/// `animelens enroll` options.
+#[derive(Args, Debug)]
+pub struct EnrollArgs {
+    /// The character's name (its label at the `character` level).
+    name: String,
+    /// A handful of images of the character.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Checkpoint the catalogue is built with.
+    #[arg(long)]
+    model: PathBuf,
+    /// Catalogue folder (created if it does not exist).
+    #[arg(long, default_value = DEFAULT_DB)]
+    db: PathBuf,
+    /// Tag given to the enrolled items (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+}
+
+/// Runs `animelens enroll`: adds the images as items labelled with the character, which also
+/// makes them part of its centroid (and lets them survive re-embedding).
+pub fn run_enroll(args: EnrollArgs) -> Result<()> {
+    let model = load_model(&args.model)?;
+    let mut options = OpenOptions::new(model_tag(&model));
+    options.show_progress = true;
+    let cat = Catalog::open(&args.db, options)?;
+    let files = read_files(&args.images);
+    let mut items = Vec::new();
+    let mut sources = Vec::new();
+    let mut failed = 0usize;
+    for (path, file) in args.images.iter().zip(files) {
+        let item = file.and_then(|f| {
+            let v = embed(&model, &[&f.bytes]).remove(0)?;
+            f.to_item(Default::default(), &args.tags, v)
+        });
+        match item {
+            Ok(item) => {
+                items.push(item);
+                sources.push(path);
+            }
+            Err(reason) => {
+                failed += 1;
+                eprintln!("unreadable: {}: {reason}", path.display());
+            }
+        }
+    }
+    if items.is_empty() {
+        bail!(
+            "none of the {} images could be read, so {:?} was not enrolled; pass JPEG, PNG, WebP, GIF or BMP files",
+            args.images.len(),
+            args.name
+        );
+    }
+    let outcomes = cat.enroll_items(&args.name, items)?;
+    let mut added = 0usize;
+    for (path, o) in sources.iter().zip(&outcomes) {
+        if o.duplicate {
+            println!(
+                "duplicate {} {} (already in the catalogue; its labels are unchanged)",
+                o.id,
+                path.display()
+            );
+        } else {
+            added += 1;
+            println!("added {} {}", o.id, path.display());
+        }
+    }
+    cat.close()?;
+    println!(
+        "enrolled {:?}: {added} new images, {} duplicates, {failed} unreadable",
+        args.name,
+        outcomes.len() - added
+    );
+    Ok(())
+}
+
+/// `animelens identify` options.
+#[derive(Args, Debug)]
+pub struct IdentifyArgs {
+    /// Images to identify.
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+    /// Checkpoint the catalogue is built with.
+    #[arg(long)]
+    model: PathBuf,
+    /// Catalogue folder.
+    #[arg(long, default_value = DEFAULT_DB)]
+    db: PathBuf,
+    /// Candidate characters to show per image.
+    #[arg(short, long, default_value_t = 3)]
+    k: usize,
+    /// Print one JSON object per image instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `animelens identify`: nearest character centroid, or "unknown" below the threshold.
+pub fn run_identify(args: IdentifyArgs) -> Result<()> {
+    let model = load_model(&args.model)?;
+    let cat = open_catalog(&args.db, Some(&model_tag(&model)))?;
+    let bar = indicatif::ProgressBar::hidden();
+    let mut failed = 0usize;
+    for (path, v) in args
+        .images
+        .iter()
+        .zip(embed_files(&model, &args.images, &bar))
+    {
+        let v = match v {
+            Ok(v) => v,
+            Err(reason) => {
+                failed += 1;
+                eprintln!("unreadable: {}: {reason}", path.display());
+                continue;
+            }
+        };
+        let c = cat.classify_by_centroid(&v, args.k)?;
+        let best = c.candidates.first().map_or(0.0, |b| b.score);
+        let answer = c.label.as_deref().unwrap_or("unknown");
+        if args.json {
+            let candidates: Vec<_> = c
+                .candidates
+                .iter()
+                .map(|s| serde_json::json!({ "name": s.name, "score": s.score }))
+                .collect();
+            let line = serde_json::json!({
+                "image": path,
+                "character": c.label,
+                "score": best,
+                "threshold": c.threshold,
+                "candidates": candidates,
+            });
+            println!("{line}");
+        } else {
+            let candidates: Vec<String> = c
+                .candidates
+                .iter()
+                .map(|s| format!("{} {:.3}", s.name, s.score))
+                .collect();
+            println!(
+                "{}\t{answer}\t{best:.4}\t(threshold {:.4}; nearest: {})",
+                path.display(),
+                c.threshold,
+                candidates.join(", ")
+            );
+        }
+    }
+    if failed == args.images.len() {
+        bail!("none of the {failed} images could be read");
+    }
+    Ok(())
+}
+
+/// `animelens index calibrate` options.
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    /// Checkpoint the catalogue is built with.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Split of the data to calibrate on (train, val or test); its images should not be in the
+    /// catalogue.
+    #[arg(long, default_value = "val")]
+    split: String,
+}
+
+/// Runs `animelens index calibrate` on the catalogue in `db`.
+pub fn run_calibrate(db: &Path, args: CalibrateArgs) -> Result<()> {
+    let split = Split::parse(&args.split)
+        .ok_or_else(|| anyhow!("unknown split {:?}: use train, val or test", args.split))?;
+    let dataset = args.data.load()?;
+    let samples = dataset.split(split);
+    if samples.is_empty() {
+        bail!(
+            "{} has no {} images to calibrate on; pass --split with a split it has",
+            args.data.data.display(),
+            args.split
+        );
+    }
+    let model = load_model(&args.model)?;
+    let cat = open_catalog(db, Some(&model_tag(&model)))?;
+    let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
+    let bar = progress_bar(paths.len(), "embedding");
+    let embedded = embed_files(&model, &paths, &bar);
+    bar.finish_and_clear();
+    let mut pairs = Vec::with_capacity(samples.len());
+    for (sample, v) in samples.iter().zip(embedded) {
+        match v {
+            Ok(v) => pairs.push((v, dataset.classes[0][sample.labels[0] as usize].clone())),
+            Err(reason) => eprintln!("unreadable: {}: {reason}", sample.path.display()),
+        }
+    }
+    let cal = cat
+        .calibrate_open_set(&pairs)
+        .context("calibration failed")?;
+    cat.close()?;
+    println!(
+        "open-set threshold {:.4} stored in {} (accuracy {:.4} on {} known and {} unseen-character queries from {} images)",
+        cal.threshold,
+        db.display(),
+        cal.accuracy,
+        cal.known,
+        cal.unknown,
+        pairs.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! From image files to catalogue items: loading the model, reading files (content hash, size,
+//! thumbnail) and embedding them in batches through the [`Embedder`] seam. Shared by `index add`,
+//! `enroll`, `identify`, `search --image`, re-embedding and the index benchmark.
+
+use animelens_index::{ModelTag, NewItem};
+use animelens_models::preprocess::{decode, DEFAULT_MAX_PIXELS};
+use animelens_models::{Classifier, Embedder};
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Images per `predict_batch` call.
+pub const BATCH: usize = 32;
+
+/// Longest side of the stored thumbnails, in pixels.
+pub const THUMBNAIL_SIZE: u32 = 96;
+
+/// Loads a checkpoint (`NAME` or `NAME.safetensors`) as an embedder.
+pub fn load_model(path: &Path) -> Result<Classifier> {
+    Classifier::load(path).with_context(|| {
+        format!(
+            "cannot load model {}: pass a checkpoint written by `animelens train` \
+             (NAME.safetensors with NAME.json beside it)",
+            path.display()
+        )
+    })
+}
+
+/// The catalogue tag of an embedder's vectors.
+pub fn model_tag(embedder: &dyn Embedder) -> ModelTag {
+    ModelTag {
+        fingerprint: embedder.fingerprint(),
+        dim: embedder.dim(),
+    }
+}
+
+/// A progress bar over `len` images, labelled `what`.
+pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} images [{{elapsed}}<{{eta}}, {{per_sec}}]"
+        ))
+        .expect("static template"),
+    );
+    bar
+}
+
+/// An image file read from disk and described for the catalogue.
+#[derive(Debug, Clone)]
+pub struct ImageFile {
+    /// The path as given.
+    pub path: PathBuf,
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+    /// Hex SHA-256 of the bytes.
+    pub content_hash: String,
+}
+
+impl ImageFile {
+    /// Reads `path`; the error says why it cannot be used.
+    pub fn read(path: &Path) -> std::result::Result<ImageFile, String> {
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
+        let content_hash = format!("{:x}", Sha256::digest(&bytes));
+        Ok(ImageFile {
+            path: path.to_path_buf(),
+            bytes,
+            content_hash,
+        })
+    }
+
+    /// A catalogue item for this file (decoding it for its size and thumbnail), with `labels`,
+    /// `tags` and its `embedding`. The source is the canonical path, so that the item can be
+    /// re-embedded from any working directory.
+    pub fn to_item(
+        &self,
+        labels: BTreeMap<String, String>,
+        tags: &[String],
+        embedding: Vec<f32>,
+    ) -> std::result::Result<NewItem, String> {
+        let image = decode(&self.bytes, DEFAULT_MAX_PIXELS).map_err(|e| e.to_string())?;
+        let thumb = thumbnail(&image);
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+            .encode_image(&thumb)
+            .map_err(|e| format!("cannot encode the thumbnail: {e}"))?;
+        let source = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        Ok(NewItem {
+            source: source.display().to_string(),
+            labels,
+            tags: tags.to_vec(),
+            width: image.width(),
+            height: image.height(),
+            content_hash: self.content_hash.clone(),
+            thumbnail: jpeg,
+            vector: embedding,
+        })
+    }
+}
+
+/// A copy of `image` whose longer side is at most [`THUMBNAIL_SIZE`], aspect ratio kept.
+fn thumbnail(image: &image::RgbImage) -> image::RgbImage {
+    let (w, h) = (image.width().max(1), image.height().max(1));
+    let scale = THUMBNAIL_SIZE as f32 / w.max(h) as f32;
+    if scale >= 1.0 {
+        return image.clone();
+    }
+    let fit = |side: u32| ((side as f32 * scale).round() as u32).max(1);
+    image::imageops::thumbnail(image, fit(w), fit(h))
+}
+
+/// Reads `paths` in parallel.
+pub fn read_files(paths: &[PathBuf]) -> Vec<std::result::Result<ImageFile, String>> {
+    paths.par_iter().map(|p| ImageFile::read(p)).collect()
+}
+
+/// Embeds encoded images in one `predict_batch` call; one result per input, the error saying why.
+pub fn embed(
+    embedder: &dyn Embedder,
+    images: &[&[u8]],
+) -> Vec<std::result::Result<Vec<f32>, String>> {
+    if images.is_empty() {
+        return Vec::new();
+    }
+    embedder
+        .predict_batch(images, 1)
+        .into_iter()
+        .map(|r| r.map(|p| p.embedding).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Reads and embeds image files in batches of [`BATCH`], advancing `bar`.
+pub fn embed_files(
+    embedder: &dyn Embedder,
+    paths: &[PathBuf],
+    bar: &ProgressBar,
+) -> Vec<std::result::Result<Vec<f32>, String>> {
+    let mut out = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(BATCH) {
+        let files = read_files(chunk);
+        let bytes: Vec<&[u8]> = files
+            .iter()
+            .filter_map(|f| f.as_ref().ok().map(|f| f.bytes.as_slice()))
+            .collect();
+        let mut embedded = embed(embedder, &bytes).into_iter();
+        out.extend(
+            files
+                .into_iter()
+                .map(|f| f.and_then(|_| embedded.next().expect("one result per readable file"))),
+        );
+        bar.inc(chunk.len() as u64);
+    }
+    out
+}
