@@ -305,3 +305,50 @@ fn reembed_switches_the_model() {
             .success()
     );
 }
+
+#[test]
+fn manifest_levels_become_filters() {
+    let model = tiny_model(1);
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db").display().to_string();
+    let manifest = sample("pokemon/manifest.csv").display().to_string();
+    let out = ok(&[
+        "index",
+        "--db",
+        &db,
+        "add",
+        &manifest,
+        "--model",
+        &model,
+        "--labels",
+        "character=name,work=generation,style=game",
+        "--split-column",
+        "split",
+    ]);
+    assert!(out.contains("added 36 items"), "{out}");
+    let pikachu = sample("pokemon/images/025/black-white__normal__25.png");
+    let hits = search(
+        &db,
+        &model,
+        &[
+            "--image",
+            pikachu.to_str().unwrap(),
+            "-k",
+            "50",
+            "--filter",
+            "work=1",
+            "--filter",
+            "style=crystal",
+        ],
+    );
+    assert!(!hits.is_empty());
+    for h in &hits {
+        assert_eq!(h["labels"]["work"], "1");
+        assert_eq!(h["labels"]["style"], "crystal");
+        assert!(h["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t.as_str().unwrap().starts_with("split:")));
+    }
+}
