@@ -158,7 +158,9 @@ impl GoogLeNet {
             let y = f(train && !frozen)?;
             Ok(if frozen { y.detach() } else { y })
         };
-        let x = step(&|t| self.stem[0].forward_t(x, t))?;
+        // Channel-major inside: every convolution is then one matrix product over the batch.
+        let x = x.permute((1, 0, 2, 3))?.contiguous()?;
+        let x = step(&|t| self.stem[0].forward_t(&x, t))?;
         let x = max_pool2d(&x, ceil_pool(3))?;
         let x = step(&|t| self.stem[1].forward_t(&x, t))?;
         let x = step(&|t| self.stem[2].forward_t(&x, t))?;
@@ -172,7 +174,7 @@ impl GoogLeNet {
                 _ => {}
             }
         }
-        x.mean((2, 3))
+        x.mean((2, 3))?.t()?.contiguous()
     }
 
     /// Runs the network on `(N, 3, S, S)` normalised images.

@@ -7,7 +7,8 @@ use crate::ops::{
 use candle_core::{Result, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
 
-/// Spatial batch normalisation followed by ReLU over `(N, C, H, W)`, as one fused kernel.
+/// Spatial batch normalisation followed by ReLU over channel-major `(C, N, H, W)`
+/// activations, as one fused kernel.
 ///
 /// Train mode normalises with the batch statistics and updates the running statistics
 /// (momentum 0.1, unbiased variance, as PyTorch); eval mode uses the running statistics.
@@ -41,7 +42,7 @@ impl BatchNormRelu {
     /// running ones).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (mean, var) = if train {
-            let (n, _, h, w) = x.dims4()?;
+            let (_, n, h, w) = x.dims4()?;
             let stats = channel_stats(x)?;
             let (mean, var) = (stats.get(0)?, stats.get(1)?);
             self.update_running(&mean, &var, n * h * w)?;
@@ -104,7 +105,7 @@ impl BasicConv2d {
         })
     }
 
-    /// Runs conv → BN → ReLU.
+    /// Runs conv → BN → ReLU on channel-major `(C, N, H, W)` activations.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = conv2d(x, &self.weight, self.geometry)?;
         self.bn.forward_t(&y, train)
@@ -163,7 +164,7 @@ impl Inception {
         })
     }
 
-    /// Runs the four branches and concatenates them.
+    /// Runs the four branches on `(C, N, H, W)` and concatenates them along channels.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let b1 = self.branch1.forward_t(x, train)?;
         let b2 = self.branch2[1].forward_t(&self.branch2[0].forward_t(x, train)?, train)?;
@@ -175,7 +176,7 @@ impl Inception {
             ceil: true,
         };
         let b4 = self.branch4.forward_t(&max_pool2d(x, pool)?, train)?;
-        Tensor::cat(&[b1, b2, b3, b4], 1)
+        Tensor::cat(&[b1, b2, b3, b4], 0)
     }
 }
 

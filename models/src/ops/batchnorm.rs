@@ -1,4 +1,4 @@
-//! Fused BatchNorm + ReLU over `(N, C, H, W)`, forward and backward.
+//! Fused BatchNorm + ReLU over channel-major `(C, N, H, W)` activations, forward and backward.
 //!
 //! candle composes BatchNorm from about ten generic tensor ops, each a full pass over the
 //! activations with its own allocation; here the forward is one pass and the backward two.
@@ -10,14 +10,15 @@ use super::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-fn nchw(layout: &Layout, op: &str) -> Result<(usize, usize, usize)> {
+/// Channels and values per channel of a `(C, N, H, W)` tensor.
+fn per_channel(layout: &Layout, op: &str) -> Result<(usize, usize)> {
     match *layout.dims() {
-        [n, c, h, w] => Ok((n, c, h * w)),
-        ref d => candle_core::bail!("{op}: expected an (N, C, H, W) tensor, got shape {d:?}"),
+        [c, n, h, w] => Ok((c, n * h * w)),
+        ref d => candle_core::bail!("{op}: expected a (C, N, H, W) tensor, got shape {d:?}"),
     }
 }
 
-/// Per-channel mean and biased variance of `(N, C, H, W)`, as a `(2, C)` tensor (no gradient).
+/// Per-channel mean and biased variance of `(C, N, H, W)`, as a `(2, C)` tensor (no gradient).
 pub fn channel_stats(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1_no_bwd(&ChannelStats)
 }
@@ -37,23 +38,17 @@ impl CustomOp1 for ChannelStats {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (n, c, hw) = nchw(layout, self.name())?;
+        let (c, m) = per_channel(layout, self.name())?;
         let x = contiguous_f32(self.name(), storage, layout)?;
-        let count = (n * hw) as f64;
-        let stats: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let planes = || (0..n).map(|i| &x[(i * c + ch) * hw..(i * c + ch + 1) * hw]);
-                let sum: f64 = planes()
-                    .map(|p| p.iter().map(|&v| v as f64).sum::<f64>())
-                    .sum();
-                let mean = sum / count;
-                let sq: f64 = planes()
-                    .map(|p| p.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>())
-                    .sum();
-                (mean as f32, (sq / count) as f32)
+        let stats: Vec<(f32, f32)> = x
+            .par_chunks(m)
+            .map(|xc| {
+                let mean = xc.iter().map(|&v| v as f64).sum::<f64>() / m as f64;
+                let var = xc.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / m as f64;
+                (mean as f32, var as f32)
             })
             .collect();
+        debug_assert_eq!(stats.len(), c);
         let mut out: Vec<f32> = stats.iter().map(|s| s.0).collect();
         out.extend(stats.iter().map(|s| s.1));
         Ok((CpuStorage::F32(out), Shape::from((2, c))))
@@ -90,20 +85,18 @@ impl CustomOp2 for BnRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, hw) = nchw(l1, self.name())?;
+        let (c, m) = per_channel(l1, self.name())?;
         let x = contiguous_f32(self.name(), s1, l1)?;
         let ss = scale_shift(contiguous_f32(self.name(), s2, l2)?, c);
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw))
-            .enumerate()
-            .for_each(|(p, (o, xi))| {
-                let (scale, shift) = ss[p % c];
-                for (o, &v) in o.iter_mut().zip(xi) {
+        out.par_chunks_mut(m)
+            .zip(x.par_chunks(m))
+            .zip(&ss)
+            .for_each(|((o, xc), &(scale, shift))| {
+                for (o, &v) in o.iter_mut().zip(xc) {
                     *o = (v * scale + shift).max(0.0);
                 }
             });
-        debug_assert_eq!(out.len(), n * c * hw);
         Ok((CpuStorage::F32(out), Shape::from(l1.dims().to_vec())))
     }
 
@@ -141,28 +134,24 @@ impl CustomOp3 for ParamGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, hw) = nchw(l1, self.name())?;
+        let (c, m) = per_channel(l1, self.name())?;
         let x = contiguous_f32(self.name(), s1, l1)?;
         let g = contiguous_f32(self.name(), s2, l2)?;
         let params = contiguous_f32(self.name(), s3, l3)?;
         let ss = scale_shift(params, c);
-        let sums: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
+        let sums: Vec<(f32, f32)> = x
+            .par_chunks(m)
+            .zip(g.par_chunks(m))
+            .enumerate()
+            .map(|(ch, (xc, gc))| {
                 let (scale, shift) = ss[ch];
                 let (mean, inv_std) = (params[2 * c + ch], params[3 * c + ch]);
                 let (mut dw, mut db) = (0f64, 0f64);
-                for i in 0..n {
-                    let r = (i * c + ch) * hw..(i * c + ch + 1) * hw;
-                    let (mut pw, mut pb) = (0f32, 0f32);
-                    for (&v, &gv) in x[r.clone()].iter().zip(&g[r]) {
-                        if v * scale + shift > 0.0 {
-                            pw += gv * (v - mean) * inv_std;
-                            pb += gv;
-                        }
+                for (&v, &gv) in xc.iter().zip(gc) {
+                    if v * scale + shift > 0.0 {
+                        dw += (gv * (v - mean) * inv_std) as f64;
+                        db += gv as f64;
                     }
-                    dw += pw as f64;
-                    db += pb as f64;
                 }
                 (dw as f32, db as f32)
             })
@@ -192,26 +181,25 @@ impl CustomOp3 for InputGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, c, hw) = nchw(l1, self.name())?;
+        let (c, m) = per_channel(l1, self.name())?;
         let x = contiguous_f32(self.name(), s1, l1)?;
         let g = contiguous_f32(self.name(), s2, l2)?;
         let p = contiguous_f32(self.name(), s3, l3)?;
         let ss = scale_shift(p, c);
-        let count = (n * hw) as f32;
+        let count = m as f32;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw).zip(g.par_chunks(hw)))
+        out.par_chunks_mut(m)
+            .zip(x.par_chunks(m).zip(g.par_chunks(m)))
             .enumerate()
-            .for_each(|(plane, (o, (xi, gi)))| {
-                let ch = plane % c;
+            .for_each(|(ch, (o, (xc, gc)))| {
                 let (scale, shift) = ss[ch];
                 let (mean, inv_std) = (p[2 * c + ch], p[3 * c + ch]);
                 let mean_dyx = p[4 * c + ch] / count;
                 let mean_dy = p[5 * c + ch] / count;
-                for ((o, &v), &gv) in o.iter_mut().zip(xi).zip(gi) {
+                for ((o, &v), &gv) in o.iter_mut().zip(xc).zip(gc) {
                     let dy = if v * scale + shift > 0.0 { gv } else { 0.0 };
                     let xhat = (v - mean) * inv_std;
-                    *o = scale * (dy - mean_dy - xhat * mean_dyx);
+                    *o = scale * (dy - mean_dyx.mul_add(xhat, mean_dy));
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from(l1.dims().to_vec())))
@@ -234,8 +222,9 @@ mod tests {
             .unwrap()
     }
 
-    /// Reference train-mode BatchNorm + ReLU from plain candle ops.
+    /// Reference train-mode BatchNorm + ReLU from plain candle ops, on `(C, N, H, W)`.
     fn reference(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+        let x = &x.permute((1, 0, 2, 3))?;
         let c = x.dim(1)?;
         let mean = x.mean_keepdim((0, 2, 3))?;
         let centred = x.broadcast_sub(&mean)?;
@@ -243,14 +232,15 @@ mod tests {
         let y = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
         y.broadcast_mul(&w.reshape((1, c, 1, 1))?)?
             .broadcast_add(&b.reshape((1, c, 1, 1))?)?
-            .relu()
+            .relu()?
+            .permute((1, 0, 2, 3))
     }
 
     #[test]
     fn forward_and_gradients_match_plain_candle_ops() -> Result<()> {
         let dev = Device::Cpu;
         let eps = 1e-3;
-        let x = Var::from_tensor(&(Tensor::randn(0f32, 2., (4, 5, 3, 3), &dev)? + 0.7)?)?;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 2., (5, 4, 3, 3), &dev)? + 0.7)?)?;
         let w = Var::from_tensor(&Tensor::randn(1f32, 0.3, 5, &dev)?)?;
         let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, 5, &dev)?)?;
         let stats = channel_stats(x.as_tensor())?;
@@ -271,13 +261,14 @@ mod tests {
 
     #[test]
     fn stats_are_mean_and_biased_variance() -> Result<()> {
-        let x = Tensor::randn(0f32, 1., (3, 2, 4, 4), &Device::Cpu)?;
+        // Channel-major: 2 channels of 3 images each.
+        let x = Tensor::randn(0f32, 1., (2, 3, 4, 4), &Device::Cpu)?;
         let stats = channel_stats(&x)?;
-        let mean = x.mean_keepdim((0, 2, 3))?.flatten_all()?;
+        let mean = x.mean_keepdim((1, 2, 3))?.flatten_all()?;
         let var = x
-            .broadcast_sub(&x.mean_keepdim((0, 2, 3))?)?
+            .broadcast_sub(&x.mean_keepdim((1, 2, 3))?)?
             .sqr()?
-            .mean_keepdim((0, 2, 3))?;
+            .mean_keepdim((1, 2, 3))?;
         assert!(max_abs_diff(&stats.get(0)?, &mean) < 1e-5);
         assert!(max_abs_diff(&stats.get(1)?, &var.flatten_all()?) < 1e-5);
         Ok(())

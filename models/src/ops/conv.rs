@@ -1,14 +1,15 @@
 //! 2-D convolution whose forward and backward passes are all matrix multiplies.
 //!
-//! Per sample: unfold the input into columns (`im2col`), then
-//! * forward: `out = W · cols`;
-//! * kernel gradient: `dW += grad · colsᵀ`;
+//! Activations are channel-major, `(C, N, H, W)`, so that the whole batch is one matrix of
+//! `C` rows and `N·H·W` columns. Unfold the input into columns (`im2col`), then
+//! * forward: `out = W · cols`, which is already `(O, N, OH, OW)`;
+//! * kernel gradient: `dW = grad · colsᵀ`;
 //! * input gradient: `dcols = Wᵀ · grad`, folded back onto the input (`col2im`).
 //!
-//! candle's own conv backward runs the input gradient as a per-pixel transposed convolution
-//! and the kernel gradient as a convolution over the batch; here each is one `gemm` call per
-//! sample, samples spread over the rayon threads. A 1×1 stride-1 convolution (most of
-//! GoogLeNet) uses the input itself as its columns.
+//! Each is a single large `gemm` call on all threads. candle's own conv backward runs the input
+//! gradient as a per-pixel transposed convolution; and per-sample products would be tiny in the
+//! late layers (3×3 pixels at 96 px input). A 1×1 stride-1 convolution (most of GoogLeNet) uses
+//! the input itself as its columns.
 
 use super::{contiguous_f32, window_output_len};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -39,9 +40,10 @@ impl Conv2dGeometry {
     }
 }
 
-/// Convolves `x` `(N, C, H, W)` with `weight` `(O, C, k, k)`, no bias; differentiable in both.
+/// Convolves `x`, laid out channel-major `(C, N, H, W)`, with `weight` `(O, C, k, k)`, no bias;
+/// returns `(O, N, OH, OW)`. Differentiable in both.
 pub fn conv2d(x: &Tensor, weight: &Tensor, geometry: Conv2dGeometry) -> Result<Tensor> {
-    let (_, c, _, _) = x.dims4()?;
+    let (c, _, _, _) = x.dims4()?;
     let (_, wc, kh, kw) = weight.dims4()?;
     if wc != c || kh != geometry.kernel || kw != geometry.kernel {
         candle_core::bail!(
@@ -58,8 +60,8 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, geometry: Conv2dGeometry) -> Result<T
 /// Shapes of one convolution call.
 #[derive(Debug, Clone, Copy)]
 struct Dims {
-    n: usize,
     c: usize,
+    n: usize,
     h: usize,
     w: usize,
     o: usize,
@@ -69,13 +71,13 @@ struct Dims {
 
 impl Dims {
     fn new(g: Conv2dGeometry, x: &[usize], o: usize) -> Result<Self> {
-        let [n, c, h, w] = *x else {
-            candle_core::bail!("conv2d: expected an (N, C, H, W) input, got {x:?}")
+        let [c, n, h, w] = *x else {
+            candle_core::bail!("conv2d: expected a (C, N, H, W) input, got {x:?}")
         };
         let (oh, ow) = g.output_hw(h, w);
         Ok(Self {
-            n,
             c,
+            n,
             h,
             w,
             o,
@@ -87,65 +89,75 @@ impl Dims {
     fn k(&self, g: Conv2dGeometry) -> usize {
         self.c * g.kernel * g.kernel
     }
-    /// Columns of the column matrix (OH·OW).
+    /// Columns of the column matrix (N·OH·OW).
     fn l(&self) -> usize {
-        self.oh * self.ow
+        self.n * self.oh * self.ow
     }
 }
 
-/// Unfolds one sample `(C, H, W)` into `cols` `(C·k·k, OH·OW)`.
+/// Unfolds `(C, N, H, W)` into `cols` `(C·k·k, N·OH·OW)`, one channel per task.
 fn im2col(g: Conv2dGeometry, d: Dims, x: &[f32], cols: &mut [f32]) {
-    let (k, l) = (g.kernel, d.l());
-    for (ch, plane) in x.chunks(d.h * d.w).enumerate() {
-        for ki in 0..k {
-            for kj in 0..k {
-                let row = &mut cols[((ch * k + ki) * k + kj) * l..][..l];
-                for oy in 0..d.oh {
-                    let dst = &mut row[oy * d.ow..(oy + 1) * d.ow];
-                    let y = (oy * g.stride + ki) as isize - g.pad as isize;
-                    if y < 0 || y >= d.h as isize {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[y as usize * d.w..(y as usize + 1) * d.w];
-                    for (ox, v) in dst.iter_mut().enumerate() {
-                        let xx = (ox * g.stride + kj) as isize - g.pad as isize;
-                        *v = if xx >= 0 && xx < d.w as isize {
-                            src[xx as usize]
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Folds `cols` `(C·k·k, OH·OW)` onto one sample `(C, H, W)`, summing overlaps.
-fn col2im(g: Conv2dGeometry, d: Dims, cols: &[f32], x: &mut [f32]) {
-    let (k, l) = (g.kernel, d.l());
-    x.fill(0.0);
-    for (ch, plane) in x.chunks_mut(d.h * d.w).enumerate() {
-        for ki in 0..k {
-            for kj in 0..k {
-                let row = &cols[((ch * k + ki) * k + kj) * l..][..l];
-                for oy in 0..d.oh {
-                    let y = (oy * g.stride + ki) as isize - g.pad as isize;
-                    if y < 0 || y >= d.h as isize {
-                        continue;
-                    }
-                    let dst = &mut plane[y as usize * d.w..(y as usize + 1) * d.w];
-                    for (ox, v) in row[oy * d.ow..(oy + 1) * d.ow].iter().enumerate() {
-                        let xx = (ox * g.stride + kj) as isize - g.pad as isize;
-                        if xx >= 0 && xx < d.w as isize {
-                            dst[xx as usize] += *v;
+    let (k, l, plane) = (g.kernel, d.l(), d.h * d.w);
+    cols.par_chunks_mut(k * k * l)
+        .zip(x.par_chunks(d.n * plane))
+        .for_each(|(block, xc)| {
+            for ki in 0..k {
+                for kj in 0..k {
+                    let row = &mut block[(ki * k + kj) * l..][..l];
+                    for (n, xn) in xc.chunks(plane).enumerate() {
+                        let out = &mut row[n * d.oh * d.ow..][..d.oh * d.ow];
+                        for oy in 0..d.oh {
+                            let dst = &mut out[oy * d.ow..(oy + 1) * d.ow];
+                            let y = (oy * g.stride + ki) as isize - g.pad as isize;
+                            if y < 0 || y >= d.h as isize {
+                                dst.fill(0.0);
+                                continue;
+                            }
+                            let src = &xn[y as usize * d.w..(y as usize + 1) * d.w];
+                            for (ox, v) in dst.iter_mut().enumerate() {
+                                let xx = (ox * g.stride + kj) as isize - g.pad as isize;
+                                *v = if xx >= 0 && xx < d.w as isize {
+                                    src[xx as usize]
+                                } else {
+                                    0.0
+                                };
+                            }
                         }
                     }
                 }
             }
-        }
-    }
+        });
+}
+
+/// Folds `cols` `(C·k·k, N·OH·OW)` onto `(C, N, H, W)`, summing overlaps, one channel per task.
+fn col2im(g: Conv2dGeometry, d: Dims, cols: &[f32], x: &mut [f32]) {
+    let (k, l, plane) = (g.kernel, d.l(), d.h * d.w);
+    x.par_chunks_mut(d.n * plane)
+        .zip(cols.par_chunks(k * k * l))
+        .for_each(|(xc, block)| {
+            xc.fill(0.0);
+            for ki in 0..k {
+                for kj in 0..k {
+                    let row = &block[(ki * k + kj) * l..][..l];
+                    for (n, xn) in xc.chunks_mut(plane).enumerate() {
+                        let src = &row[n * d.oh * d.ow..][..d.oh * d.ow];
+                        for oy in 0..d.oh {
+                            let y = (oy * g.stride + ki) as isize - g.pad as isize;
+                            if y < 0 || y >= d.h as isize {
+                                continue;
+                            }
+                            let dst = &mut xn[y as usize * d.w..(y as usize + 1) * d.w];
+                            for (ox, v) in src[oy * d.ow..(oy + 1) * d.ow].iter().enumerate() {
+                                let xx = (ox * g.stride + kj) as isize - g.pad as isize;
+                                if xx >= 0 && xx < d.w as isize {
+                                    dst[xx as usize] += *v;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
 }
 
 /// A row-major matrix view for `gemm`: pointer, row stride, column stride.
@@ -173,17 +185,8 @@ impl Mat {
     }
 }
 
-/// `dst (m×n) = [dst +] lhs (m×k) · rhs (k×n)`, dst row-major.
-fn matmul(
-    dst: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: Mat,
-    rhs: Mat,
-    accumulate: bool,
-    par: Parallelism,
-) {
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, dst row-major, on all rayon threads.
+fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat) {
     assert!(dst.len() >= m * n);
     // SAFETY: the views were built from slices holding at least m×k and k×n elements with the
     // given strides, and `dst` holds m×n elements (checked above).
@@ -195,41 +198,31 @@ fn matmul(
             dst.as_mut_ptr(),
             1,
             n as isize,
-            accumulate,
+            false,
             lhs.ptr,
             lhs.cs,
             lhs.rs,
             rhs.ptr,
             rhs.cs,
             rhs.rs,
-            if accumulate { 1.0 } else { 0.0 },
+            0.0,
             1.0,
             false,
             false,
             false,
-            par,
+            Parallelism::Rayon(rayon::current_num_threads()),
         )
     }
 }
 
-/// Runs `f(sample, scratch)` for every sample: across threads when the batch is large enough,
-/// otherwise one after the other with a multi-threaded gemm (batch-1 latency).
-fn for_each_sample<F>(n: usize, scratch_len: usize, out: &mut [f32], out_len: usize, f: F)
-where
-    F: Fn(usize, &mut [f32], &mut [f32], Parallelism) + Sync,
-{
-    let threads = rayon::current_num_threads();
-    if n >= threads {
-        out.par_chunks_mut(out_len).enumerate().for_each_init(
-            || vec![0f32; scratch_len],
-            |scratch, (i, o)| f(i, o, scratch, Parallelism::None),
-        );
-    } else {
-        let mut scratch = vec![0f32; scratch_len];
-        for (i, o) in out.chunks_mut(out_len).enumerate() {
-            f(i, o, &mut scratch, Parallelism::Rayon(threads));
-        }
+/// The column matrix of `x`: `x` itself for a pointwise convolution, else `im2col(x)`.
+fn columns<'a>(g: Conv2dGeometry, d: Dims, x: &'a [f32], buffer: &'a mut Vec<f32>) -> &'a [f32] {
+    if g.is_pointwise() {
+        return x;
     }
+    buffer.resize(d.k(g) * d.l(), 0.0);
+    im2col(g, d, x, buffer);
+    buffer
 }
 
 struct Conv(Conv2dGeometry);
@@ -251,29 +244,11 @@ impl CustomOp2 for Conv {
         let w = contiguous_f32(self.name(), s2, l2)?;
         let d = Dims::new(g, l1.dims(), l2.dims()[0])?;
         let (k, l) = (d.k(g), d.l());
-        let plane = d.c * d.h * d.w;
-        let mut out = vec![0f32; d.n * d.o * l];
-        let scratch = if g.is_pointwise() { 0 } else { k * l };
-        for_each_sample(d.n, scratch, &mut out, d.o * l, |i, o, cols, par| {
-            let xi = &x[i * plane..(i + 1) * plane];
-            let cols: &[f32] = if g.is_pointwise() {
-                xi
-            } else {
-                im2col(g, d, xi, cols);
-                cols
-            };
-            matmul(
-                o,
-                d.o,
-                l,
-                k,
-                Mat::rows(w, k),
-                Mat::rows(cols, l),
-                false,
-                par,
-            );
-        });
-        Ok((CpuStorage::F32(out), Shape::from((d.n, d.o, d.oh, d.ow))))
+        let mut buffer = Vec::new();
+        let cols = columns(g, d, x, &mut buffer);
+        let mut out = vec![0f32; d.o * l];
+        matmul(&mut out, d.o, l, k, Mat::rows(w, k), Mat::rows(cols, l));
+        Ok((CpuStorage::F32(out), Shape::from((d.o, d.n, d.oh, d.ow))))
     }
 
     fn bwd(
@@ -284,11 +259,12 @@ impl CustomOp2 for Conv {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
-        let (_, _, h, wd) = x.dims4()?;
+        let (_, n, h, wd) = x.dims4()?;
         let dx = w.apply_op2_no_bwd(
             &grad,
             &ConvInputGrad {
                 geometry: self.0,
+                n,
                 h,
                 w: wd,
             },
@@ -304,9 +280,10 @@ impl CustomOp2 for Conv {
     }
 }
 
-/// `dx = col2im(Wᵀ · grad)` per sample.
+/// `dx = col2im(Wᵀ · grad)`.
 struct ConvInputGrad {
     geometry: Conv2dGeometry,
+    n: usize,
     h: usize,
     w: usize,
 }
@@ -329,44 +306,28 @@ impl CustomOp2 for ConvInputGrad {
         let [o, c, _, _] = *l1.dims() else {
             candle_core::bail!("conv2d: bad weight shape")
         };
-        let n = l2.dims()[0];
-        let d = Dims::new(g, &[n, c, self.h, self.w], o)?;
+        let d = Dims::new(g, &[c, self.n, self.h, self.w], o)?;
         let (k, l) = (d.k(g), d.l());
-        let plane = c * d.h * d.w;
-        let mut dx = vec![0f32; n * plane];
-        let scratch = if g.is_pointwise() { 0 } else { k * l };
-        for_each_sample(n, scratch, &mut dx, plane, |i, dxi, dcols, par| {
-            let gi = &grad[i * o * l..(i + 1) * o * l];
-            if g.is_pointwise() {
-                matmul(
-                    dxi,
-                    k,
-                    l,
-                    o,
-                    Mat::transposed(w, k),
-                    Mat::rows(gi, l),
-                    false,
-                    par,
-                );
-            } else {
-                matmul(
-                    dcols,
-                    k,
-                    l,
-                    o,
-                    Mat::transposed(w, k),
-                    Mat::rows(gi, l),
-                    false,
-                    par,
-                );
-                col2im(g, d, dcols, dxi);
-            }
-        });
-        Ok((CpuStorage::F32(dx), Shape::from((n, c, d.h, d.w))))
+        let mut dx = vec![0f32; c * d.n * d.h * d.w];
+        if g.is_pointwise() {
+            matmul(&mut dx, k, l, o, Mat::transposed(w, k), Mat::rows(grad, l));
+        } else {
+            let mut dcols = vec![0f32; k * l];
+            matmul(
+                &mut dcols,
+                k,
+                l,
+                o,
+                Mat::transposed(w, k),
+                Mat::rows(grad, l),
+            );
+            col2im(g, d, &dcols, &mut dx);
+        }
+        Ok((CpuStorage::F32(dx), Shape::from((c, d.n, d.h, d.w))))
     }
 }
 
-/// `dW = Σ_samples grad · colsᵀ`, each thread summing its share of the batch.
+/// `dW = grad · colsᵀ`.
 struct ConvWeightGrad {
     geometry: Conv2dGeometry,
     o: usize,
@@ -389,46 +350,17 @@ impl CustomOp2 for ConvWeightGrad {
         let grad = contiguous_f32(self.name(), s2, l2)?;
         let d = Dims::new(g, l1.dims(), self.o)?;
         let (k, l, o) = (d.k(g), d.l(), d.o);
-        let plane = d.c * d.h * d.w;
-        let threads = rayon::current_num_threads().min(d.n).max(1);
-        let per_thread = d.n.div_ceil(threads);
-        let partial: Vec<Vec<f32>> = (0..threads)
-            .into_par_iter()
-            .map(|t| {
-                let mut dw = vec![0f32; o * k];
-                let mut cols = vec![0f32; if g.is_pointwise() { 0 } else { k * l }];
-                let par = if threads == 1 {
-                    Parallelism::Rayon(rayon::current_num_threads())
-                } else {
-                    Parallelism::None
-                };
-                for i in t * per_thread..((t + 1) * per_thread).min(d.n) {
-                    let xi = &x[i * plane..(i + 1) * plane];
-                    let ci: &[f32] = if g.is_pointwise() {
-                        xi
-                    } else {
-                        im2col(g, d, xi, &mut cols);
-                        &cols
-                    };
-                    let gi = &grad[i * o * l..(i + 1) * o * l];
-                    matmul(
-                        &mut dw,
-                        o,
-                        k,
-                        l,
-                        Mat::rows(gi, l),
-                        Mat::transposed(ci, l),
-                        true,
-                        par,
-                    );
-                }
-                dw
-            })
-            .collect();
+        let mut buffer = Vec::new();
+        let cols = columns(g, d, x, &mut buffer);
         let mut dw = vec![0f32; o * k];
-        for p in &partial {
-            dw.iter_mut().zip(p).for_each(|(a, b)| *a += b);
-        }
+        matmul(
+            &mut dw,
+            o,
+            k,
+            l,
+            Mat::rows(grad, l),
+            Mat::transposed(cols, l),
+        );
         Ok((
             CpuStorage::F32(dw),
             Shape::from((o, d.c, g.kernel, g.kernel)),
@@ -462,7 +394,9 @@ mod tests {
             stride,
             pad,
         };
-        let ours = conv2d(x.as_tensor(), w.as_tensor(), g)?;
+        // Ours is channel-major (C, N, H, W); candle's is (N, C, H, W).
+        let x_cnhw = x.as_tensor().permute((1, 0, 2, 3))?;
+        let ours = conv2d(&x_cnhw, w.as_tensor(), g)?.permute((1, 0, 2, 3))?;
         let reference = x.as_tensor().conv2d(w.as_tensor(), pad, stride, 1, 1)?;
         assert_eq!(ours.dims(), reference.dims());
         assert!(max_abs_diff(&ours, &reference) < 1e-4);

@@ -5,8 +5,9 @@
 //! kernel size equals the stride.
 
 use super::{contiguous_f32, window_output_len};
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
 
 /// Kernel, stride, padding and rounding of a square pooling window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,45 +30,58 @@ impl PoolGeometry {
         )
     }
 
-    /// Index (within the plane) of the maximum of window (oh, ow).
+    /// The input range `[start, end)` covered by output position `o` along an axis of `len`.
     #[inline]
-    fn argmax(&self, plane: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> usize {
-        let h0 = (oh * self.stride) as isize - self.pad as isize;
-        let w0 = (ow * self.stride) as isize - self.pad as isize;
-        let (hs, he) = (
-            h0.max(0) as usize,
-            ((h0 + self.kernel as isize) as usize).min(h),
-        );
-        let (ws, we) = (
-            w0.max(0) as usize,
-            ((w0 + self.kernel as isize) as usize).min(w),
-        );
-        let mut best = hs * w + ws;
-        let mut best_v = f32::NEG_INFINITY;
-        for y in hs..he {
-            for x in ws..we {
-                let v = plane[y * w + x];
-                if v > best_v || v.is_nan() {
-                    best_v = v;
-                    best = y * w + x;
+    fn window(&self, o: usize, len: usize) -> (usize, usize) {
+        let start = (o * self.stride) as isize - self.pad as isize;
+        let end = ((start + self.kernel as isize).max(0) as usize).min(len);
+        (start.max(0) as usize, end)
+    }
+
+    /// Pools one `h`×`w` plane: writes the maxima to `out` and their positions in the plane to
+    /// `argmax`.
+    fn pool_plane(&self, plane: &[f32], h: usize, w: usize, out: &mut [f32], argmax: &mut [u32]) {
+        let (oh, ow) = self.output_hw(h, w);
+        let cols: Vec<(usize, usize)> = (0..ow).map(|ox| self.window(ox, w)).collect();
+        for oy in 0..oh {
+            let (hs, he) = self.window(oy, h);
+            for (ox, &(ws, we)) in cols.iter().enumerate() {
+                let (mut best, mut best_v) = (hs * w + ws, f32::NEG_INFINITY);
+                for y in hs..he {
+                    let row = &plane[y * w..y * w + we];
+                    for (x, &v) in row.iter().enumerate().skip(ws) {
+                        if v > best_v {
+                            best_v = v;
+                            best = y * w + x;
+                        }
+                    }
                 }
+                out[oy * ow + ox] = plane[best];
+                argmax[oy * ow + ox] = best as u32;
             }
         }
-        best
     }
 }
 
-/// Max-pools an `(N, C, H, W)` f32 tensor; differentiable.
+/// Max-pools every `H×W` plane of a 4-D f32 tensor (`(N, C, H, W)` or `(C, N, H, W)`);
+/// differentiable.
 pub fn max_pool2d(x: &Tensor, geometry: PoolGeometry) -> Result<Tensor> {
-    x.contiguous()?.apply_op1(MaxPool(geometry))
+    x.contiguous()?.apply_op1(MaxPool {
+        geometry,
+        argmax: Mutex::new(None),
+    })
 }
 
-struct MaxPool(PoolGeometry);
+/// The forward op keeps the position of each window's maximum for its backward pass.
+struct MaxPool {
+    geometry: PoolGeometry,
+    argmax: Mutex<Option<Arc<Vec<u32>>>>,
+}
 
-fn nchw(layout: &Layout, op: &str) -> Result<(usize, usize, usize, usize)> {
+fn planes(layout: &Layout, op: &str) -> Result<(usize, usize, usize, usize)> {
     match *layout.dims() {
-        [n, c, h, w] => Ok((n, c, h, w)),
-        ref d => candle_core::bail!("{op}: expected an (N, C, H, W) tensor, got shape {d:?}"),
+        [a, b, h, w] => Ok((a, b, h, w)),
+        ref d => candle_core::bail!("{op}: expected a 4-D tensor of H×W planes, got shape {d:?}"),
     }
 }
 
@@ -77,61 +91,62 @@ impl CustomOp1 for MaxPool {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let (n, c, h, w) = nchw(layout, self.name())?;
+        let g = self.geometry;
+        let (a, b, h, w) = planes(layout, self.name())?;
         let x = contiguous_f32(self.name(), storage, layout)?;
         let (oh, ow) = g.output_hw(h, w);
-        let mut out = vec![0f32; n * c * oh * ow];
+        let mut out = vec![0f32; a * b * oh * ow];
+        let mut argmax = vec![0u32; a * b * oh * ow];
         out.par_chunks_mut(oh * ow)
+            .zip(argmax.par_chunks_mut(oh * ow))
             .zip(x.par_chunks(h * w))
-            .for_each(|(o, plane)| {
-                for y in 0..oh {
-                    for xx in 0..ow {
-                        o[y * ow + xx] = plane[g.argmax(plane, h, w, y, xx)];
-                    }
-                }
-            });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+            .for_each(|((o, am), plane)| g.pool_plane(plane, h, w, o, am));
+        *self.argmax.lock().expect("argmax lock") = Some(Arc::new(argmax));
+        Ok((CpuStorage::F32(out), Shape::from((a, b, oh, ow))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolBackward(self.0))?;
-        Ok(Some(grad))
+        let argmax = self.argmax.lock().expect("argmax lock").clone();
+        let Some(argmax) = argmax else {
+            candle_core::bail!("max-pool2d: backward called before forward")
+        };
+        let (_, _, h, w) = arg.dims4()?;
+        let scatter = MaxPoolBackward {
+            argmax,
+            plane: h * w,
+            input_shape: arg.shape().clone(),
+        };
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&scatter)?))
     }
 }
 
 /// Routes each output gradient to the input position that won its window.
-struct MaxPoolBackward(PoolGeometry);
+struct MaxPoolBackward {
+    argmax: Arc<Vec<u32>>,
+    plane: usize,
+    input_shape: Shape,
+}
 
-impl CustomOp2 for MaxPoolBackward {
+impl CustomOp1 for MaxPoolBackward {
     fn name(&self) -> &'static str {
         "max-pool2d-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let (n, c, h, w) = nchw(l1, self.name())?;
-        let x = contiguous_f32(self.name(), s1, l1)?;
-        let grad = contiguous_f32(self.name(), s2, l2)?;
-        let (oh, ow) = g.output_hw(h, w);
-        let mut out = vec![0f32; n * c * h * w];
-        out.par_chunks_mut(h * w)
-            .zip(x.par_chunks(h * w))
-            .zip(grad.par_chunks(oh * ow))
-            .for_each(|((gin, plane), gout)| {
-                for y in 0..oh {
-                    for xx in 0..ow {
-                        gin[g.argmax(plane, h, w, y, xx)] += gout[y * ow + xx];
-                    }
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let grad = contiguous_f32(self.name(), storage, layout)?;
+        let out_plane = grad.len() / (self.input_shape.elem_count() / self.plane).max(1);
+        let mut gin = vec![0f32; self.input_shape.elem_count()];
+        gin.par_chunks_mut(self.plane)
+            .zip(
+                grad.par_chunks(out_plane)
+                    .zip(self.argmax.par_chunks(out_plane)),
+            )
+            .for_each(|(gi, (go, am))| {
+                for (&g, &i) in go.iter().zip(am) {
+                    gi[i as usize] += g;
                 }
             });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, h, w))))
+        Ok((CpuStorage::F32(gin), self.input_shape.clone()))
     }
 }
 
