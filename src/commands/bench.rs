@@ -45,6 +45,9 @@ pub struct ModelBenchArgs {
     /// Timed repetitions per measurement (after one warm-up).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Print one JSON object per size (for models/benches/reference/compare.sh) instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs the model benchmark and prints a markdown table.
@@ -56,9 +59,16 @@ pub fn run_model(args: ModelBenchArgs) -> Result<()> {
             "{size} px: train {:.1} img/s, infer {:.1} img/s",
             row.train_img_s, row.infer_img_s
         );
+        if args.json {
+            let mut value = serde_json::to_value(&row)?;
+            value["engine"] = "animelens".into();
+            println!("{value}");
+        }
         rows.push(row);
     }
-    println!("threads: {}\n\n{}", rayon_threads(), markdown_table(&rows));
+    if !args.json {
+        println!("threads: {}\n\n{}", rayon_threads(), markdown_table(&rows));
+    }
     Ok(())
 }
 

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Side-by-side speed of AnimeLens, PyTorch and ONNX Runtime on GoogLeNet (batch 32, 2 threads), one run.
+# Usage: models/benches/reference/compare.sh [SIZES]   (default 64,96,128,224)
+# Installs torch, torchvision, onnx, onnxruntime into $ANIMELENS_REF_VENV (default ~/.cache/animelens-ref-venv)
+# on first use; nothing here is needed by the tests or CI.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../../.." && pwd)"
+sizes="${1:-64,96,128,224}"
+venv="${ANIMELENS_REF_VENV:-$HOME/.cache/animelens-ref-venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q torch torchvision onnx onnxruntime
+fi
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/animelens-target}"
+(cd "$root" && cargo build --release -q)
+bin="$CARGO_TARGET_DIR/release/animelens"
+out="$(mktemp -d)"
+RAYON_NUM_THREADS=2 "$bin" bench --sizes "$sizes" --json > "$out/animelens.jsonl"
+OMP_NUM_THREADS=2 "$venv/bin/python" "$here/torch_googlenet.py" --sizes "$sizes" --threads 2 > "$out/reference.jsonl"
+"$venv/bin/python" - "$out/animelens.jsonl" "$out/reference.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for f in sys.argv[1:] for l in open(f) if l.strip()]
+by = {(r["engine"], r["size"]): r for r in rows}
+sizes = sorted({r["size"] for r in rows})
+def f(v): return "–" if v is None else f"{v:.1f}"
+print("| work | size | animelens | PyTorch | ONNX Runtime | animelens / best |")
+print("|---|---|---|---|---|---|")
+for key, name in (("infer_img_s", "inference img/s"), ("train_img_s", "training img/s"), ("latency_ms", "batch-1 latency ms")):
+    for s in sizes:
+        a, t, o = (by.get((e, s), {}).get(key) for e in ("animelens", "pytorch", "onnxruntime"))
+        others = [v for v in (t, o) if v is not None]
+        if key == "latency_ms":
+            ratio = min(others) / a if a and others else None
+        else:
+            ratio = a / max(others) if a and others else None
+        print(f"| {name} | {s} px | {f(a)} | {f(t)} | {f(o)} | {'–' if ratio is None else f'{ratio:.2f}'} |")
+PY
