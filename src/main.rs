@@ -5,7 +5,7 @@ mod commands;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use commands::{bench, catalog, characters, model, search};
+use commands::{bench, catalog, characters, model, search, serve};
 use std::path::PathBuf;
 
 /// Anime character recognition and lookalike search.
@@ -26,6 +26,8 @@ enum Command {
     Classify(model::ClassifyArgs),
     /// Write the embeddings of images to .npy or .jsonl.
     Embed(model::EmbedArgs),
+    /// Rewrite a checkpoint at another weight precision (f16 halves its size).
+    Export(model::ExportArgs),
     /// Benchmark the network (default: training and inference speed) or the catalogue (`bench index`).
     Bench(bench::BenchArgs),
     /// Manage the image catalogue.
@@ -44,6 +46,8 @@ enum Command {
     Enroll(characters::EnrollArgs),
     /// Name the character of images by nearest centroid, or "unknown" (open set).
     Identify(characters::IdentifyArgs),
+    /// Run the web service: JSON API under /api/v1 and the web UI.
+    Serve(serve::ServeArgs),
 }
 
 /// Sets thread and allocator-related defaults before candle or rayon start.
@@ -75,11 +79,13 @@ fn main() -> Result<()> {
         Command::Eval(a) => model::run_eval(a),
         Command::Classify(a) => model::run_classify(a),
         Command::Embed(a) => model::run_embed(a),
+        Command::Export(a) => model::run_export(a),
         Command::Bench(a) => bench::run(a),
         Command::Index { db, cmd } => catalog::run(&db, cmd),
         Command::Search(a) => search::run_search(a),
         Command::SimilarCharacters(a) => search::run_similar(a),
         Command::Enroll(a) => characters::run_enroll(a),
         Command::Identify(a) => characters::run_identify(a),
+        Command::Serve(a) => serve::run(a),
     }
 }

@@ -12,3 +12,4 @@ pub mod ingest;
 pub mod model;
 pub mod reembed;
 pub mod search;
+pub mod serve;

@@ -1,0 +1,327 @@
+//! End-to-end test of the HTTP API: starts the real `animelens serve` with a tiny random-init
+//! model on a small gallery, exercises every endpoint (including the feed changing after likes
+//! and dislikes), shuts the server down with SIGTERM and restarts it on the same data folder.
+
+mod web_support;
+
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::time::Duration;
+use web_support::{multipart, sample_image, small_gallery, tiny_model, Server, API_KEY};
+
+fn ids(v: &Value) -> Vec<u64> {
+    v["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["item"]["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn every_endpoint_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let gallery = small_gallery(&tmp.path().join("gallery"), 6, 5);
+    let data = tmp.path().join("data");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--gallery",
+        gallery.to_str().unwrap(),
+    ];
+    let mut server = Server::start(&args, &[]);
+    server.wait_for_log("ingested 30/30 gallery images", Duration::from_secs(1));
+
+    // Operations and documentation.
+    let (status, health) = server.get_json("/healthz");
+    assert_eq!((status, health["items"].as_u64()), (200, Some(30)));
+    let (status, doc) = server.get_json("/api/v1/openapi.json");
+    assert_eq!(status, 200);
+    for path in [
+        "/api/v1/classify",
+        "/api/v1/search",
+        "/api/v1/items/{id}/similar",
+        "/api/v1/characters",
+        "/api/v1/characters/{name}/similar",
+        "/api/v1/recommend",
+        "/api/v1/users/{user}/events",
+        "/api/v1/users/{user}/feed",
+        "/api/v1/items",
+        "/api/v1/items/{id}",
+        "/api/v1/items/{id}/thumbnail",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+
+    // Characters.
+    let (status, chars) = server.get_json("/api/v1/characters");
+    assert_eq!(status, 200);
+    let names: Vec<String> = serde_json::from_value(chars["characters"].clone()).unwrap();
+    assert_eq!(names.len(), 6);
+    let (status, similar) =
+        server.get_json(&format!("/api/v1/characters/{}/similar?k=3", names[0]));
+    assert_eq!(status, 200);
+    let similar = similar["similar"].as_array().unwrap();
+    assert_eq!(similar.len(), 3);
+    assert!(similar.iter().all(|s| s["name"] != names[0].as_str()));
+    assert_eq!(server.get_json("/api/v1/characters/nobody/similar").0, 404);
+
+    // Classification: raw body with embedding, and a batched multipart request.
+    let image = sample_image(&names[0], 0);
+    let r = server.post_image("/api/v1/classify?k=3&embedding=true", "image/jpeg", &image);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let result = &r.json()["results"][0];
+    assert_eq!(result["heads"][0]["head"], "character");
+    assert_eq!(result["heads"][0]["top"].as_array().unwrap().len(), 3);
+    assert_eq!(result["embedding"].as_array().unwrap().len(), 1024);
+    assert!(result["character"]["unknown"].is_boolean());
+    assert_eq!(
+        result["character"]["candidates"].as_array().unwrap().len(),
+        3
+    );
+    let second = sample_image(&names[1], 0);
+    let (ct, body) = multipart(&[
+        ("image", Some("a.jpg"), &image),
+        ("image", Some("b.jpg"), &second),
+    ]);
+    let r = server.request("POST", "/api/v1/classify", &[("content-type", &ct)], &body);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["results"].as_array().unwrap().len(), 2);
+
+    // Reverse image search: a gallery image finds itself first.
+    let r = server.post_image("/api/v1/search?k=5", "image/jpeg", &image);
+    assert_eq!(r.status, 200);
+    let hits = r.json();
+    assert_eq!(ids(&hits).len(), 5);
+    assert!(hits["hits"][0]["score"].as_f64().unwrap() > 0.999);
+    assert_eq!(
+        hits["hits"][0]["item"]["labels"]["character"],
+        names[0].as_str()
+    );
+    let first_id = ids(&hits)[0];
+    let r = server.post_image("/api/v1/search?k=4&flip=true", "image/jpeg", &image);
+    assert_eq!((r.status, ids(&r.json()).len()), (200, 4));
+    let r = server.post_image(
+        &format!("/api/v1/search?k=10&character={}", names[2]),
+        "image/jpeg",
+        &image,
+    );
+    let filtered = r.json();
+    assert_eq!(ids(&filtered).len(), 5);
+    assert!(filtered["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["item"]["labels"]["character"] == names[2].as_str()));
+
+    // Items: metadata, thumbnail, similar items.
+    let (status, item) = server.get_json(&format!("/api/v1/items/{first_id}"));
+    assert_eq!(status, 200);
+    assert_eq!(item["tags"], json!(["train"]));
+    let thumb = server.request(
+        "GET",
+        &format!("/api/v1/items/{first_id}/thumbnail"),
+        &[],
+        b"",
+    );
+    assert_eq!(thumb.status, 200);
+    assert_eq!(thumb.header("content-type"), Some("image/jpeg"));
+    assert_eq!(&thumb.body[..2], &[0xFF, 0xD8]);
+    let (status, similar) = server.get_json(&format!("/api/v1/items/{first_id}/similar?k=4"));
+    assert_eq!(status, 200);
+    assert_eq!(ids(&similar).len(), 4);
+    assert!(!ids(&similar).contains(&first_id));
+
+    // Recommendations from ids (both strategies) and from an uploaded image.
+    let all = ids(&server
+        .post_image("/api/v1/search?k=30", "image/jpeg", &image)
+        .json());
+    for strategy in ["average_vector", "best_score"] {
+        let r = server.post_json(
+            "/api/v1/recommend",
+            &json!({"positive": [all[0]], "negative": [all[29]], "strategy": strategy, "k": 5, "exclude": [all[1]]}),
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "{strategy}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let got = ids(&r.json());
+        assert_eq!(got.len(), 5);
+        assert!(!got.contains(&all[0]) && !got.contains(&all[29]) && !got.contains(&all[1]));
+    }
+    let (ct, body) = multipart(&[
+        (
+            "request",
+            None,
+            br#"{"k": 3, "filter": {"labels": {"character": "ame"}}}"#,
+        ),
+        ("positive", Some("p.jpg"), &second),
+    ]);
+    let r = server.request("POST", "/api/v1/recommend", &[("content-type", &ct)], &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(r.json()["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|h| h["item"]["labels"]["character"] == "ame"));
+
+    // Feeds: cold start, then likes and dislikes change it; seen items never come back.
+    let (status, cold) = server.get_json("/api/v1/users/alice/feed?k=6");
+    assert_eq!(status, 200);
+    let cold = ids(&cold);
+    assert_eq!(cold.len(), 6);
+    let liked = [all[3], all[4]];
+    for id in liked {
+        let r = server.post_json(
+            "/api/v1/users/alice/events",
+            &json!({"item": id, "kind": "like"}),
+        );
+        assert_eq!(r.status, 204, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let r = server.post_json(
+        "/api/v1/users/alice/events",
+        &json!({"item": all[25], "kind": "dislike"}),
+    );
+    assert_eq!(r.status, 204);
+    let r = server.post_json(
+        "/api/v1/users/alice/events",
+        &json!({"item": cold[0], "kind": "view"}),
+    );
+    assert_eq!(r.status, 204);
+    let warm = ids(&server.get_json("/api/v1/users/alice/feed?k=6").1);
+    assert_eq!(warm.len(), 6);
+    assert_ne!(
+        warm, cold,
+        "the feed did not change after likes and dislikes"
+    );
+    let seen: HashSet<u64> = [all[3], all[4], all[25], cold[0]].into();
+    assert!(warm.iter().all(|id| !seen.contains(id)));
+    let r = server.post_json(
+        "/api/v1/users/alice/events",
+        &json!({"item": 999_999, "kind": "like"}),
+    );
+    assert_eq!(r.status, 404);
+
+    // Writes need the key.
+    let new_image = sample_image(&names[5], 7);
+    let r = server.post_image(
+        "/api/v1/items?character=newcomer&tags=upload",
+        "image/jpeg",
+        &new_image,
+    );
+    assert_eq!(r.status, 401);
+    let key = [("content-type", "image/jpeg"), ("x-api-key", API_KEY)];
+    let r = server.request(
+        "POST",
+        "/api/v1/items?character=newcomer&tags=upload,test",
+        &key,
+        &new_image,
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let added = r.json()["items"][0].clone();
+    assert_eq!(added["duplicate"], false);
+    let new_id = added["id"].as_u64().unwrap();
+    let r = server.request("POST", "/api/v1/items", &key, &new_image);
+    assert_eq!(
+        r.json()["items"][0],
+        json!({"id": new_id, "duplicate": true})
+    );
+    let (_, item) = server.get_json(&format!("/api/v1/items/{new_id}"));
+    assert_eq!(item["labels"]["character"], "newcomer");
+    assert_eq!(item["tags"], json!(["upload", "test"]));
+    let (ct, body) = multipart(&[
+        ("character", None, b"multi"),
+        ("image", Some("m.jpg"), &sample_image(&names[5], 8)),
+    ]);
+    let r = server.request(
+        "POST",
+        "/api/v1/items",
+        &[("content-type", &ct), ("x-api-key", API_KEY)],
+        &body,
+    );
+    assert_eq!(r.status, 201);
+    let multi_id = r.json()["items"][0]["id"].as_u64().unwrap();
+    assert_eq!(
+        server.get_json(&format!("/api/v1/items/{multi_id}")).1["source"],
+        "m.jpg"
+    );
+
+    let path = format!("/api/v1/items/{new_id}");
+    assert_eq!(server.request("DELETE", &path, &[], b"").status, 401);
+    assert_eq!(
+        server
+            .request("DELETE", &path, &[("x-api-key", API_KEY)], b"")
+            .status,
+        204
+    );
+    assert_eq!(server.get_json(&path).0, 404);
+    assert_eq!(
+        server
+            .request("DELETE", &path, &[("x-api-key", API_KEY)], b"")
+            .status,
+        404
+    );
+
+    // Enrolment of a new character from a few images.
+    let (ct, body) = multipart(&[
+        ("name", None, b"enrolled"),
+        ("image", Some("e1.jpg"), &sample_image(&names[5], 9)),
+        ("image", Some("e2.jpg"), &sample_image(&names[4], 9)),
+    ]);
+    let r = server.request(
+        "POST",
+        "/api/v1/characters",
+        &[("content-type", &ct)],
+        &body,
+    );
+    assert_eq!(r.status, 401);
+    let r = server.request(
+        "POST",
+        "/api/v1/characters",
+        &[("content-type", &ct), ("x-api-key", API_KEY)],
+        &body,
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 2);
+    let (_, chars) = server.get_json("/api/v1/characters");
+    assert!(chars["characters"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("enrolled")));
+
+    // Metrics.
+    let metrics = server.request("GET", "/metrics", &[], b"");
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(text.contains(
+        "animelens_http_requests_total{route=\"/api/v1/search\",method=\"POST\",status=\"200\"}"
+    ));
+    assert!(text.contains(
+        "animelens_http_request_duration_seconds_bucket{route=\"/api/v1/items/{id}/similar\""
+    ));
+    assert!(text.contains("animelens_inference_queue_depth 0"));
+    assert!(text.contains("animelens_catalog_items 33"), "{text}");
+
+    // Graceful shutdown saves the index; a restart keeps everything and does not re-ingest.
+    let (status, log) = server.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        log.iter().any(|l| l.contains("catalogue saved")),
+        "{}",
+        log.join("\n")
+    );
+    let mut again = Server::start(&args, &[]);
+    assert_eq!(again.get_json("/healthz").1["items"], 33);
+    assert!(!again.lines.iter().any(|l| l.contains("ingesting")));
+    again.wait_for_log("catalogue open", Duration::from_secs(1));
+}

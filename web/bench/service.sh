@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Measures `animelens serve` with wrk from a second process on loopback (see BENCHMARKS.md,
+# "## Service"). Usage: web/bench/service.sh [ITEMS]   (needs wrk, python3 and a release build)
+set -euo pipefail
+ITEMS=${1:-20000}
+BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release/animelens}
+WORK=$(mktemp -d)
+HERE=$(cd "$(dirname "$0")" && pwd)
+trap 'kill $SERVER 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+# A random-init GoogLeNet at 96 px (the demo model's input size) stands in for the demo model:
+# same network, same cost per image.
+"$BIN" train --data "$HERE/../../models/sample/holoen" --out "$WORK/model" --input-size 96 \
+  --epochs 1 --max-batches 1 --batch-size 8 > "$WORK/train.log" 2>&1
+MODEL=$(sed -n 's/.*checkpoint \(.*\)$/\1/p' "$WORK/train.log" | tail -1)
+FP=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['fingerprint'])" "${MODEL%.safetensors}.json")
+
+python3 "$HERE/make_catalog.py" "$ITEMS" > "$WORK/vectors.jsonl"
+"$BIN" index --db "$WORK/data/catalog" import-vectors "$WORK/vectors.jsonl" --fingerprint "$FP" --batch 1000 > /dev/null
+
+"$BIN" serve --model "$MODEL" --data-dir "$WORK/data" --gallery "" --bind 127.0.0.1:18080 2> "$WORK/serve.log" &
+SERVER=$!
+until grep -q "listening on" "$WORK/serve.log"; do sleep 0.5; done
+rss() { awk '/VmRSS/ {print $2 " kB"}' "/proc/$SERVER/status"; }
+echo "RSS before: $(rss)"
+
+python3 - "$WORK/q.png" <<'PY'
+import struct, sys, zlib, random
+random.seed(1)
+w = h = 128
+raw = b"".join(b"\x00" + bytes(random.randrange(256) for _ in range(w * 3)) for _ in range(h))
+def chunk(t, d): return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+  + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+PY
+
+echo "== GET /api/v1/items/{id}/similar?k=10 over $ITEMS items"
+BENCH_ITEMS=$ITEMS wrk -t2 -c16 -d20s --latency -s "$HERE/similar_ids.lua" http://127.0.0.1:18080
+echo "== POST /api/v1/search?k=10 with a 128x128 PNG"
+BENCH_IMAGE="$WORK/q.png" wrk -t2 -c8 -d20s --latency -s "$HERE/post_image.lua" "http://127.0.0.1:18080/api/v1/search?k=10"
+echo "RSS after: $(rss)"
+curl -s http://127.0.0.1:18080/metrics | grep -E '^animelens_(inference|catalog)' || true

@@ -1,0 +1,176 @@
+//! Turning an image and its prediction into a catalogue item (thumbnail, content hash, size), and
+//! ingesting an image gallery folder (`<split>/<character>/*.jpg`) at first start, with progress
+//! in the log.
+
+use crate::inference::InferencePool;
+use actix_web::web::Bytes;
+use animelens_index::{Catalog, CatalogError, NewItem, PRIMARY_LEVEL};
+use animelens_models::preprocess::decode;
+use animelens_models::Prediction;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Longest side of stored thumbnails, in pixels.
+pub const THUMBNAIL_SIZE: u32 = 192;
+
+/// Images embedded per network call while ingesting a gallery.
+const GALLERY_BATCH: usize = 16;
+
+/// Why a gallery could not be ingested.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The gallery folder could not be listed.
+    #[error("cannot read gallery folder {}: {source}; check the `gallery` setting", path.display())]
+    Read {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The catalogue refused the items.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// Metadata given with an uploaded image.
+#[derive(Debug, Clone, Default)]
+pub struct ItemMeta {
+    /// Where the image came from (file name or URL).
+    pub source: String,
+    /// Label per level.
+    pub labels: BTreeMap<String, String>,
+    /// Tags.
+    pub tags: Vec<String>,
+}
+
+/// Builds the catalogue item for `bytes` (already predicted): a JPEG thumbnail, the SHA-256 of
+/// the bytes, and the pixel size. Blocking (decodes the image).
+pub fn new_item(
+    bytes: &[u8],
+    prediction: Prediction,
+    meta: ItemMeta,
+    max_pixels: u64,
+) -> Result<NewItem, String> {
+    let image = decode(bytes, max_pixels).map_err(|e| e.to_string())?;
+    let (width, height) = image.dimensions();
+    let scale = (THUMBNAIL_SIZE as f32 / width.max(height) as f32).min(1.0);
+    let side = |n: u32| ((n as f32 * scale).round() as u32).max(1);
+    let thumb = image::imageops::thumbnail(&image, side(width), side(height));
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
+        .encode_image(&thumb)
+        .map_err(|e| format!("cannot encode the thumbnail: {e}"))?;
+    Ok(NewItem {
+        source: meta.source,
+        labels: meta.labels,
+        tags: meta.tags,
+        width,
+        height,
+        content_hash: content_hash(bytes),
+        thumbnail: jpeg,
+        vector: prediction.embedding,
+    })
+}
+
+/// Hex SHA-256 of an image's bytes (exact duplicates share it).
+pub fn content_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Image files under `root`, sorted, with the metadata their place gives them: the parent folder
+/// is the character, a folder above it (such as `train` or `val`) becomes a tag.
+fn gallery_files(root: &Path) -> Result<Vec<(PathBuf, ItemMeta)>, IngestError> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|e| IngestError::Read {
+            path: dir.clone(),
+            source: e,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let ext = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            if !["jpg", "jpeg", "png", "webp", "gif", "bmp"].contains(&ext.as_str()) {
+                continue;
+            }
+            let parent = path.parent().filter(|p| *p != root);
+            let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+            let mut meta = ItemMeta {
+                source: path
+                    .strip_prefix(root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned(),
+                ..ItemMeta::default()
+            };
+            if let Some(character) = parent.and_then(name) {
+                meta.labels.insert(PRIMARY_LEVEL.to_string(), character);
+            }
+            if let Some(split) = parent
+                .and_then(Path::parent)
+                .filter(|p| *p != root)
+                .and_then(name)
+            {
+                meta.tags.push(split);
+            }
+            out.push((path, meta));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Embeds and adds every image of the gallery at `root`, logging progress; unreadable images are
+/// skipped with a warning. Returns the number of items added. Blocking.
+pub fn ingest_gallery(
+    catalog: &Catalog,
+    pool: &InferencePool,
+    root: &Path,
+    max_pixels: u64,
+) -> Result<usize, IngestError> {
+    let files = gallery_files(root)?;
+    let total = files.len();
+    tracing::info!(gallery = %root.display(), images = total, "ingesting the sample gallery into the empty catalogue");
+    let (mut done, mut added) = (0usize, 0usize);
+    for chunk in files.chunks(GALLERY_BATCH) {
+        let mut loaded = Vec::new();
+        for (path, meta) in chunk {
+            match std::fs::read(path) {
+                Ok(bytes) => loaded.push((Bytes::from(bytes), meta.clone())),
+                Err(e) => tracing::warn!(path = %path.display(), "skipped: {e}"),
+            }
+        }
+        let predictions = pool.predict_blocking(loaded.iter().map(|(b, _)| b.clone()).collect(), 1);
+        let mut items = Vec::new();
+        for ((bytes, meta), prediction) in loaded.into_iter().zip(predictions) {
+            let source = meta.source.clone();
+            match prediction
+                .map_err(|e| e.to_string())
+                .and_then(|p| new_item(&bytes, p, meta, max_pixels))
+            {
+                Ok(item) => items.push(item),
+                Err(e) => tracing::warn!(%source, "skipped: {e}"),
+            }
+        }
+        added += catalog
+            .add_batch(items)?
+            .iter()
+            .filter(|o| !o.duplicate)
+            .count();
+        done += chunk.len();
+        tracing::info!("ingested {done}/{total} gallery images");
+    }
+    Ok(added)
+}

@@ -1,0 +1,162 @@
+//! The running service: opens the catalogue for the model in use, ingests the sample gallery into
+//! an empty catalogue, starts the inference pool, serves HTTP until SIGINT/SIGTERM, and then saves
+//! the catalogue's search index (every write was already flushed to sled when acknowledged).
+
+use crate::api;
+use crate::config::Settings;
+use crate::error::ApiError;
+use crate::inference::InferencePool;
+use crate::ingest::{ingest_gallery, IngestError};
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::ui;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpServer};
+use animelens_index::{Catalog, CatalogError, ModelTag, OpenOptions};
+use animelens_models::Embedder;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Seconds in-flight requests get to finish after a stop signal.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The catalogue could not be opened or written.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// The gallery could not be ingested.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source}; pick another address with --bind or ANIMELENS_BIND (port 0 picks a free port)")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("the HTTP server failed: {0}")]
+    Server(std::io::Error),
+}
+
+/// A service ready to run: catalogue open (and filled), inference workers started.
+pub struct Service {
+    settings: Settings,
+    catalog: Arc<Catalog>,
+    pool: InferencePool,
+}
+
+impl Service {
+    /// Opens the catalogue for `embedder`'s model (creating it if needed), starts the inference
+    /// workers, and ingests the configured gallery when the catalogue is empty. Blocking.
+    pub fn open(settings: Settings, embedder: Arc<dyn Embedder>) -> Result<Service, ServeError> {
+        let tag = ModelTag {
+            fingerprint: embedder.fingerprint(),
+            dim: embedder.dim(),
+        };
+        let pool = InferencePool::start(
+            embedder,
+            settings.inference_workers,
+            settings.queue_capacity,
+            settings.max_batch,
+        );
+        let catalog = Catalog::open(settings.catalog_dir(), OpenOptions::new(tag))?;
+        let stats = catalog.stats()?;
+        tracing::info!(
+            catalog = %settings.catalog_dir().display(),
+            items = stats.live,
+            "catalogue open"
+        );
+        match &settings.gallery {
+            Some(gallery) if stats.items == 0 && gallery.is_dir() => {
+                let added = ingest_gallery(&catalog, &pool, gallery, settings.max_pixels)?;
+                tracing::info!(added, "sample gallery ingested");
+            }
+            Some(gallery) if stats.items == 0 => tracing::warn!(
+                gallery = %gallery.display(),
+                "the gallery folder does not exist; starting with an empty catalogue"
+            ),
+            _ => {}
+        }
+        Ok(Service {
+            settings,
+            catalog: Arc::new(catalog),
+            pool,
+        })
+    }
+
+    /// Serves HTTP on the configured address until SIGINT or SIGTERM, then saves the index.
+    pub fn run(self) -> Result<(), ServeError> {
+        actix_web::rt::System::new().block_on(self.serve())
+    }
+
+    async fn serve(self) -> Result<(), ServeError> {
+        let catalog = self.catalog.clone();
+        let bind = self.settings.bind.clone();
+        let http_workers = self.settings.http_workers;
+        let state = web::Data::new(AppState {
+            catalog: self.catalog,
+            pool: self.pool,
+            settings: self.settings,
+            metrics: Metrics::default(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .wrap(from_fn(observe))
+                .configure(api::configure)
+                .configure(ui::configure)
+                .default_service(web::to(not_found))
+        })
+        .workers(http_workers)
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+        .bind(&bind)
+        .map_err(|source| ServeError::Bind {
+            addr: bind.clone(),
+            source,
+        })?;
+        for addr in server.addrs() {
+            tracing::info!("listening on http://{addr}");
+        }
+        server.run().await.map_err(ServeError::Server)?;
+        tracing::info!("stopping: saving the catalogue's search index");
+        catalog.save_index()?;
+        tracing::info!("catalogue saved; bye");
+        Ok(())
+    }
+}
+
+/// Any path outside the API and the UI.
+async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound(
+        "nothing here; the UI is at / and the API under /api/v1 (see /api/v1/openapi.json)".into(),
+    ))
+}
+
+/// Middleware recording every request's route, status and latency.
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let method = req.method().to_string();
+    let res = next.call(req).await?;
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".into());
+    let status = res.status().as_u16();
+    if let Some(state) = state {
+        state
+            .metrics
+            .observe(&route, &method, status, started.elapsed());
+    }
+    tracing::debug!(%method, %route, status, ms = started.elapsed().as_secs_f64() * 1e3, "request");
+    Ok(res)
+}

@@ -1,0 +1,262 @@
+//! Reading images out of a request: a `multipart/form-data` body (one or more file parts plus
+//! text fields) or a raw image body (`image/*`, `application/octet-stream`). Enforces the body
+//! size limit (413), the content type (415), the per-request image count, and sniffs each image's
+//! format so that an unsupported one is a 415 and an empty one a 400 before the network sees it.
+
+use crate::error::ApiError;
+use actix_multipart::Multipart;
+use actix_web::http::header;
+use actix_web::web::{Bytes, BytesMut, Payload};
+use actix_web::HttpRequest;
+use futures_util::StreamExt;
+use image::ImageFormat;
+use std::collections::BTreeMap;
+
+/// Image formats the network's decoder reads.
+const SUPPORTED: &[ImageFormat] = &[
+    ImageFormat::Jpeg,
+    ImageFormat::Png,
+    ImageFormat::WebP,
+    ImageFormat::Gif,
+    ImageFormat::Bmp,
+];
+
+/// One uploaded image and the form field it came in.
+#[derive(Debug, Clone)]
+pub struct UploadedImage {
+    /// Multipart field name (`image` for a raw body).
+    pub field: String,
+    /// File name given by the client, if any.
+    pub filename: Option<String>,
+    /// The encoded image.
+    pub bytes: Bytes,
+}
+
+/// The images and text fields of a request.
+#[derive(Debug, Default)]
+pub struct Upload {
+    /// Images in the order received.
+    pub images: Vec<UploadedImage>,
+    /// Text fields (multipart only); a repeated name keeps the last value.
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Upload {
+    /// The bytes of every image whose field is `field`.
+    pub fn images_in(&self, field: &str) -> Vec<Bytes> {
+        self.images
+            .iter()
+            .filter(|i| i.field == field)
+            .map(|i| i.bytes.clone())
+            .collect()
+    }
+
+    /// All image bytes, in order.
+    pub fn all_images(&self) -> Vec<Bytes> {
+        self.images.iter().map(|i| i.bytes.clone()).collect()
+    }
+}
+
+/// Limits applied while reading.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    /// Largest body in bytes.
+    pub max_bytes: usize,
+    /// Most images.
+    pub max_images: usize,
+}
+
+/// Whether the request's content type is one [`read`] accepts.
+pub fn is_upload(req: &HttpRequest) -> bool {
+    let ct = content_type(req);
+    ct.starts_with("multipart/form-data")
+        || ct.starts_with("image/")
+        || ct.starts_with("application/octet-stream")
+}
+
+fn content_type(req: &HttpRequest) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// Reads the request's images and fields; at least one image is required.
+pub async fn read(
+    req: &HttpRequest,
+    payload: Payload,
+    limits: UploadLimits,
+) -> Result<Upload, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limits.max_bytes) {
+        return Err(ApiError::PayloadTooLarge {
+            limit: limits.max_bytes,
+        });
+    }
+    let ct = content_type(req);
+    let upload = if ct.starts_with("multipart/form-data") {
+        read_multipart(req, payload, limits).await?
+    } else if ct.starts_with("image/") || ct.starts_with("application/octet-stream") {
+        let bytes = read_body(payload, limits.max_bytes).await?;
+        Upload {
+            images: vec![UploadedImage {
+                field: "image".into(),
+                filename: None,
+                bytes,
+            }],
+            fields: BTreeMap::new(),
+        }
+    } else {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "content type {:?} is not accepted here; send the image as the raw body with an image/* \
+             content type, or as multipart/form-data with a file part named \"image\"",
+            if ct.is_empty() { "(none)" } else { ct.as_str() }
+        )));
+    };
+    if upload.images.is_empty() {
+        return Err(ApiError::BadRequest(
+            "the request holds no image (the body is empty, or no multipart part carries a file); \
+             send an image file"
+                .into(),
+        ));
+    }
+    if upload.images.len() > limits.max_images {
+        return Err(ApiError::BadRequest(format!(
+            "{} images in one request, over the limit of {}; split the request",
+            upload.images.len(),
+            limits.max_images
+        )));
+    }
+    for (i, image) in upload.images.iter().enumerate() {
+        check_format(&image.bytes, i, upload.images.len())?;
+    }
+    Ok(upload)
+}
+
+/// Rejects empty images and formats the decoder does not read; leaves undecodable bytes to the
+/// decoder, whose message says what is wrong.
+fn check_format(bytes: &[u8], index: usize, count: usize) -> Result<(), ApiError> {
+    let which = if count > 1 {
+        format!("image {} of {count}", index + 1)
+    } else {
+        "the image".to_string()
+    };
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "{which} is empty (0 bytes); send an image file"
+        )));
+    }
+    match image::guess_format(bytes) {
+        Ok(format) if !SUPPORTED.contains(&format) => Err(ApiError::UnsupportedMediaType(format!(
+            "{which} is in {format:?} format, which is not supported; send JPEG, PNG, WebP, GIF or BMP"
+        ))),
+        // The JPEG decoder pads a cut-off file with grey instead of failing: look for the
+        // end-of-image marker (0xFFD9) near the end ourselves.
+        Ok(ImageFormat::Jpeg) if !has_jpeg_end(bytes) => Err(ApiError::BadImage(format!(
+            "cannot decode {which}: the JPEG data is truncated (no end-of-image marker); send the \
+             complete file"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a JPEG's last KiB holds the end-of-image marker (some writers append padding).
+fn has_jpeg_end(bytes: &[u8]) -> bool {
+    bytes[bytes.len().saturating_sub(1024)..]
+        .windows(2)
+        .any(|w| w == [0xFF, 0xD9])
+}
+
+/// Reads a whole body, failing with 413 past `max` bytes.
+async fn read_body(mut payload: Payload, max: usize) -> Result<Bytes, ApiError> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > max {
+            return Err(ApiError::PayloadTooLarge { limit: max });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Reads every part of a multipart body: parts with a file name or an image content type are
+/// images, the others text fields.
+async fn read_multipart(
+    req: &HttpRequest,
+    payload: Payload,
+    limits: UploadLimits,
+) -> Result<Upload, ApiError> {
+    let bad = |e: actix_multipart::MultipartError| {
+        ApiError::BadRequest(format!(
+            "malformed multipart body ({e}); send multipart/form-data with a file part named \"image\""
+        ))
+    };
+    let mut multipart = Multipart::new(req.headers(), payload);
+    let mut upload = Upload::default();
+    let mut total = 0usize;
+    while let Some(field) = multipart.next().await {
+        let mut field = field.map_err(bad)?;
+        let name = field.name().unwrap_or("").to_string();
+        let filename = field
+            .content_disposition()
+            .and_then(|cd| cd.get_filename())
+            .map(str::to_string);
+        let is_image = filename.is_some()
+            || field.content_type().is_some_and(|m| {
+                m.type_() == "image" || m.essence_str() == "application/octet-stream"
+            });
+        let mut data = BytesMut::new();
+        while let Some(chunk) = field.next().await {
+            let chunk = chunk.map_err(bad)?;
+            total += chunk.len();
+            if total > limits.max_bytes {
+                return Err(ApiError::PayloadTooLarge {
+                    limit: limits.max_bytes,
+                });
+            }
+            data.extend_from_slice(&chunk);
+        }
+        if is_image {
+            upload.images.push(UploadedImage {
+                field: name,
+                filename,
+                bytes: data.freeze(),
+            });
+        } else {
+            let text = String::from_utf8(data.to_vec()).map_err(|_| {
+                ApiError::BadRequest(format!("form field {name:?} is not UTF-8 text"))
+            })?;
+            upload.fields.insert(name, text);
+        }
+    }
+    Ok(upload)
+}
+
+/// Reads a JSON body into `T`: 415 unless the content type is JSON, 413 past `max_bytes`,
+/// 400 with the parser's message when malformed.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: &HttpRequest,
+    payload: Payload,
+    max_bytes: usize,
+) -> Result<T, ApiError> {
+    let ct = content_type(req);
+    if !ct.starts_with("application/json") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "content type {:?} is not accepted here; send a JSON body with Content-Type: application/json",
+            if ct.is_empty() { "(none)" } else { ct.as_str() }
+        )));
+    }
+    let body = read_body(payload, max_bytes).await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "malformed JSON body: {e}; see /api/v1/openapi.json for the expected fields"
+        ))
+    })
+}

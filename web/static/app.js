@@ -1,0 +1,209 @@
+// AnimeLens web UI: pick or drop an image -> character verdict, lookalike characters and
+// lookalike images; click an image to search from it; like/dislike to shape the "for you" feed.
+// Talks only to the JSON API under /api/v1.
+"use strict";
+
+const API = "/api/v1";
+const $ = (id) => document.getElementById(id);
+const user = localStorage.getItem("animelens-user") ||
+  (() => { const u = "web-" + Math.random().toString(36).slice(2, 10); localStorage.setItem("animelens-user", u); return u; })();
+const verdicts = new Map(); // item id -> "like" | "dislike"
+let current = null; // the query on screen: { file } or { id }
+
+async function call(path, options = {}) {
+  const res = await fetch(API + path, options);
+  const isJson = (res.headers.get("content-type") || "").includes("json");
+  const body = isJson ? await res.json() : null;
+  if (!res.ok) throw new Error(body && body.error ? body.error : `HTTP ${res.status}`);
+  return body;
+}
+
+function showError(e) {
+  const p = $("error");
+  p.textContent = e ? String(e.message || e) : "";
+  p.hidden = !e;
+}
+
+function pct(x) { return (100 * x).toFixed(0) + "%"; }
+
+function card(hit, onOpen) {
+  const item = hit.item;
+  const div = document.createElement("div");
+  div.className = "card";
+  div.dataset.id = item.id;
+  const img = document.createElement("img");
+  img.src = item.thumbnail_url;
+  img.alt = item.labels.character || item.source;
+  img.loading = "lazy";
+  img.title = "Search from this picture";
+  img.addEventListener("click", () => onOpen(item));
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  meta.innerHTML = `<span class="name"></span><span class="score">${hit.score.toFixed(2)}</span>`;
+  meta.querySelector(".name").textContent = item.labels.character || "—";
+  const actions = document.createElement("div");
+  actions.className = "actions";
+  for (const kind of ["like", "dislike"]) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = kind + (verdicts.get(item.id) === kind ? " on" : "");
+    b.textContent = kind === "like" ? "♥ like" : "✕ nope";
+    b.addEventListener("click", () => rate(item.id, kind, actions));
+    actions.appendChild(b);
+  }
+  div.append(img, meta, actions);
+  return div;
+}
+
+function fill(grid, hits) {
+  grid.replaceChildren(...hits.map((h) => card(h, openItem)));
+}
+
+async function rate(id, kind, actions) {
+  try {
+    await call(`/users/${encodeURIComponent(user)}/events`, {
+      method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ item: id, kind }),
+    });
+    verdicts.set(id, kind);
+    document.querySelectorAll(`.card[data-id="${id}"] .actions button`).forEach((b) =>
+      b.classList.toggle("on", b.classList.contains(kind)));
+    await loadFeed();
+  } catch (e) { showError(e); }
+}
+
+async function loadFeed() {
+  try {
+    const { hits } = await call(`/users/${encodeURIComponent(user)}/feed?k=12`);
+    fill($("feed"), hits);
+  } catch (e) { showError(e); }
+}
+
+function showVerdict(result) {
+  const v = $("verdict");
+  const c = result.character;
+  v.classList.toggle("unknown", c.unknown);
+  if (c.unknown) {
+    v.innerHTML = `Unknown character<span class="conf"></span>`;
+    v.querySelector(".conf").textContent =
+      `closest: ${c.candidates[0] ? c.candidates[0].name : "none"} (similarity ${c.score.toFixed(2)} < ${c.threshold.toFixed(2)})`;
+  } else {
+    const top = result.heads[0] && result.heads[0].top[0];
+    const confidence = c.probability != null ? c.probability : top ? top.probability : c.score;
+    v.innerHTML = `<span class="name"></span><span class="conf"></span>`;
+    v.querySelector(".name").textContent = c.name;
+    v.querySelector(".conf").textContent = `confidence ${pct(confidence)} · similarity ${c.score.toFixed(2)}`;
+  }
+  showCharacters(c.candidates.slice(c.unknown ? 0 : 1));
+}
+
+function showCharacters(list) {
+  $("characters").replaceChildren(...list.map((s) => {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = s.name;
+    b.addEventListener("click", () => searchCharacter(s.name));
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = s.score.toFixed(2);
+    li.append(b, score);
+    return li;
+  }));
+}
+
+function showResults(title, query, hits) {
+  $("results-title").textContent = title;
+  $("results").dataset.query = query;
+  fill($("results"), hits);
+  $("results-empty").hidden = hits.length > 0;
+}
+
+async function searchFile(file) {
+  showError(null);
+  current = { file };
+  const preview = $("preview");
+  preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  $("drop-hint").hidden = true;
+  $("verdict").textContent = "Looking…";
+  const headers = { "content-type": file.type || "application/octet-stream" };
+  try {
+    const [classified, found] = await Promise.all([
+      call("/classify?k=5", { method: "POST", headers, body: file }),
+      call("/search?k=12", { method: "POST", headers, body: file }),
+    ]);
+    showVerdict(classified.results[0]);
+    showResults("Lookalikes", "upload:" + file.name, found.hits);
+  } catch (e) {
+    $("verdict").textContent = "";
+    showError(e);
+  }
+}
+
+async function openItem(item) {
+  showError(null);
+  current = { id: item.id };
+  $("preview").src = item.thumbnail_url;
+  $("preview").hidden = false;
+  $("drop-hint").hidden = true;
+  try {
+    const [found] = await Promise.all([
+      call(`/items/${item.id}/similar?k=12`),
+      call(`/users/${encodeURIComponent(user)}/events`, {
+        method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify({ item: item.id, kind: "view" }),
+      }),
+    ]);
+    const name = item.labels.character;
+    const v = $("verdict");
+    v.classList.remove("unknown");
+    v.textContent = name || "";
+    if (name) {
+      const { similar } = await call(`/characters/${encodeURIComponent(name)}/similar?k=5`);
+      showCharacters(similar);
+    }
+    showResults("Similar to item " + item.id, "item:" + item.id, found.hits);
+  } catch (e) { showError(e); }
+}
+
+// Re-runs the current query restricted to one character, and lists that character's lookalikes.
+async function searchCharacter(name) {
+  if (!current) return;
+  showError(null);
+  const filter = "&character=" + encodeURIComponent(name);
+  try {
+    const [found, similar] = await Promise.all([
+      current.file
+        ? call("/search?k=12" + filter, { method: "POST", headers: { "content-type": current.file.type || "application/octet-stream" }, body: current.file })
+        : call(`/items/${current.id}/similar?k=12` + filter),
+      call(`/characters/${encodeURIComponent(name)}/similar?k=5`),
+    ]);
+    showResults(`Closest pictures of ${name}`, "character:" + name, found.hits);
+    showCharacters(similar.similar);
+  } catch (e) { showError(e); }
+}
+
+function setUpDrop() {
+  const drop = $("drop");
+  $("file-input").addEventListener("change", (e) => { if (e.target.files[0]) searchFile(e.target.files[0]); });
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    if (e.dataTransfer.files[0]) searchFile(e.dataTransfer.files[0]);
+  });
+}
+
+async function loadStatus() {
+  try {
+    const h = await fetch("/healthz").then((r) => r.json());
+    $("status").textContent = `${h.items} pictures · user ${user}`;
+  } catch (e) { $("status").textContent = ""; }
+}
+
+setUpDrop();
+$("feed-refresh").addEventListener("click", loadFeed);
+loadStatus();
+loadFeed();
