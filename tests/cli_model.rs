@@ -56,6 +56,45 @@ fn train_eval_classify_embed_on_the_sample() {
     }
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 2);
+    // Resuming continues the epoch count from the checkpoint.
+    let last = run.join("last");
+    let o = animelens(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--input-size",
+        "64",
+        "--epochs",
+        "3",
+        "--max-batches",
+        "2",
+        "--batch-size",
+        "8",
+        "--resume",
+        last.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics.lines().last().unwrap().split(',').next().unwrap(),
+        "{\"epoch\":3"
+    );
+    // An f16 export loads and is half the size.
+    let half = dir.path().join("half");
+    let o = animelens(&[
+        "export",
+        "--model",
+        last.to_str().unwrap(),
+        "--out",
+        half.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
+    let ratio =
+        size(&half.with_extension("safetensors")) / size(&last.with_extension("safetensors"));
+    assert!((0.45..0.55).contains(&ratio), "f16 size ratio {ratio}");
 
     let model = run.join("best");
     let eval_dir = dir.path().join("eval");
