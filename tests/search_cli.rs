@@ -286,6 +286,27 @@ fn reembed_switches_the_model() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("rebuild --reembed"));
 
+    // An item whose source file disappears is re-embedded from its thumbnail.
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("pikachu")).unwrap();
+    let sprite = data.join("pikachu/sprite.png");
+    std::fs::copy(
+        sample("pokemon/images/025/black-white__normal__25.png"),
+        &sprite,
+    )
+    .unwrap();
+    let add = [
+        "index",
+        "--db",
+        &db,
+        "add",
+        data.to_str().unwrap(),
+        "--model",
+        &old,
+    ];
+    ok(&add);
+    std::fs::remove_file(&sprite).unwrap();
+
     let out = ok(&[
         "index",
         "--db",
@@ -295,7 +316,8 @@ fn reembed_switches_the_model() {
         "--model",
         &new,
     ]);
-    assert!(out.contains("re-embedded 180 items"), "{out}");
+    assert!(out.contains("re-embedded 181 items"), "{out}");
+    assert!(out.contains("1 of them from their thumbnail"), "{out}");
     let hits = search(&db, &new, &["--image", &gura, "-k", "3"]);
     assert_eq!(hits[0]["source"], gura.as_str());
     assert!(hits[0]["score"].as_f64().unwrap() > 0.999);

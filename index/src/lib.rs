@@ -45,5 +45,5 @@ pub use recommend::{best_score, RecommendQuery, RecommendStrategy};
 pub use record::{
     AddOutcome, Event, EventKind, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, PRIMARY_LEVEL,
 };
-pub use reembed::ReembedReport;
+pub use reembed::{ReembedItem, ReembedReport};
 pub use vector::{dot, normalise, QuantizedVector};

@@ -2,8 +2,9 @@
 //! caller (from the item's stored source), written to a new vector set beside the current one,
 //! and the new set and model tag become current in one sled transaction. Until that switch the
 //! catalogue answers with the old model; a crash leaves it on the old model, never half-switched.
-//! Items the caller cannot re-embed (source gone, unreadable) are tombstoned at the switch, since
-//! their old vectors are not comparable with the new model's.
+//! The caller gets each item with its stored thumbnail, a fallback when the source is gone (e.g.
+//! uploads); items it still cannot re-embed are tombstoned at the switch, since their old vectors
+//! are not comparable with the new model's.
 
 use crate::catalog::Catalog;
 use crate::error::{CatalogError, Result};
@@ -11,6 +12,15 @@ use crate::record::{Item, ItemId, ModelTag};
 use crate::store::Store;
 use crate::vector;
 use std::path::Path;
+
+/// A live item handed to the re-embedding callback.
+#[derive(Debug, Clone)]
+pub struct ReembedItem {
+    /// The item's record (its `source` names the original image).
+    pub item: Item,
+    /// The stored JPEG thumbnail, if any (a lower-resolution fallback for a missing source).
+    pub thumbnail: Option<Vec<u8>>,
+}
 
 /// What [`Catalog::reembed`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +48,7 @@ impl Catalog {
         mut embed: F,
     ) -> Result<ReembedReport>
     where
-        F: FnMut(&[Item]) -> Vec<std::result::Result<Vec<f32>, String>>,
+        F: FnMut(&[ReembedItem]) -> Vec<std::result::Result<Vec<f32>, String>>,
     {
         if !Store::path_in(dir).exists() {
             return Err(CatalogError::NotInitialised {
@@ -60,7 +70,16 @@ impl Catalog {
         let mut removed = Vec::new();
         let mut reembedded = 0usize;
         for chunk in items.chunks(batch.max(1)) {
-            let results = embed(chunk);
+            let inputs = chunk
+                .iter()
+                .map(|item| {
+                    Ok(ReembedItem {
+                        thumbnail: store.thumbnail(item.id)?,
+                        item: item.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let results = embed(&inputs);
             if results.len() != chunk.len() {
                 return Err(CatalogError::invalid(
                     format!(
@@ -149,9 +168,9 @@ mod tests {
         let report = Catalog::reembed(&db, &tag("new", 2), 2, |batch| {
             batch
                 .iter()
-                .map(|i| match i.source.as_str() {
+                .map(|i| match i.item.source.as_str() {
                     "img3.png" => Err("source file is gone".to_string()),
-                    _ => Ok(vec![i.id as f32, 1.0]),
+                    _ => Ok(vec![i.item.id as f32, 1.0]),
                 })
                 .collect()
         })

@@ -39,6 +39,10 @@ pub enum CatalogCommand {
         /// Checkpoint to re-embed with.
         #[arg(long, requires = "reembed")]
         model: Option<PathBuf>,
+        /// Folder that relative item sources are resolved against (e.g. the gallery folder of
+        /// `animelens serve`); items whose source is missing are re-embedded from their thumbnail.
+        #[arg(long, requires = "reembed", default_value = ".")]
+        source_root: PathBuf,
     },
     /// Add precomputed embeddings from a JSON-lines file; prints `added <id>` for each durable add.
     ImportVectors {
@@ -98,8 +102,10 @@ pub fn run(db: &Path, cmd: CatalogCommand) -> anyhow::Result<()> {
         CatalogCommand::Add(args) => super::ingest::run_add(db, args)?,
         CatalogCommand::Calibrate(args) => super::characters::run_calibrate(db, args)?,
         CatalogCommand::Rebuild {
-            model: Some(model), ..
-        } => super::reembed::run_reembed(db, &model)?,
+            model: Some(model),
+            source_root,
+            ..
+        } => super::reembed::run_reembed(db, &model, &source_root)?,
         CatalogCommand::Stats => println!("{}", open_existing(db)?.stats()?),
         CatalogCommand::Remove { id } => {
             open_existing(db)?.remove(id)?;
