@@ -125,7 +125,7 @@ fn every_endpoint_end_to_end() {
     // Items: metadata, thumbnail, similar items.
     let (status, item) = server.get_json(&format!("/api/v1/items/{first_id}"));
     assert_eq!(status, 200);
-    assert_eq!(item["tags"], json!(["train"]));
+    assert_eq!(item["tags"], json!(["split:train"]));
     let thumb = server.request(
         "GET",
         &format!("/api/v1/items/{first_id}/thumbnail"),

@@ -32,7 +32,7 @@ pub struct ServeArgs {
     model: Option<PathBuf>,
     /// Gallery ingested when the catalogue is empty ("" for none).
     #[arg(long)]
-    gallery: Option<PathBuf>,
+    gallery: Option<String>,
 }
 
 /// Runs the service until SIGINT/SIGTERM.
@@ -55,7 +55,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         settings.model = model;
     }
     if let Some(gallery) = args.gallery {
-        settings.gallery = Some(gallery).filter(|g| !g.as_os_str().is_empty());
+        settings.gallery = Some(PathBuf::from(gallery)).filter(|g| !g.as_os_str().is_empty());
     }
     let classifier = Classifier::load(&settings.model)
         .with_context(|| {

@@ -20,7 +20,7 @@ python3 "$HERE/make_catalog.py" "$ITEMS" > "$WORK/vectors.jsonl"
 
 "$BIN" serve --model "$MODEL" --data-dir "$WORK/data" --gallery "" --bind 127.0.0.1:18080 2> "$WORK/serve.log" &
 SERVER=$!
-until grep -q "listening on" "$WORK/serve.log"; do sleep 0.5; done
+until grep -qs "listening on" "$WORK/serve.log"; do kill -0 $SERVER; sleep 0.5; done
 rss() { awk '/VmRSS/ {print $2 " kB"}' "/proc/$SERVER/status"; }
 echo "RSS before: $(rss)"
 

@@ -82,7 +82,7 @@ pub fn content_hash(bytes: &[u8]) -> String {
 }
 
 /// Image files under `root`, sorted, with the metadata their place gives them: the parent folder
-/// is the character, a folder above it (such as `train` or `val`) becomes a tag.
+/// is the character, a folder above it (such as `train` or `val`) becomes a `split:NAME` tag.
 fn gallery_files(root: &Path) -> Result<Vec<(PathBuf, ItemMeta)>, IngestError> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -123,7 +123,7 @@ fn gallery_files(root: &Path) -> Result<Vec<(PathBuf, ItemMeta)>, IngestError> {
                 .filter(|p| *p != root)
                 .and_then(name)
             {
-                meta.tags.push(split);
+                meta.tags.push(format!("split:{split}"));
             }
             out.push((path, meta));
         }
