@@ -9,6 +9,8 @@ pub mod items;
 pub mod recommend;
 pub mod search;
 pub mod system;
+#[cfg(test)]
+mod tests;
 pub mod types;
 pub mod users;
 

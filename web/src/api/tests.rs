@@ -1,0 +1,138 @@
+//! In-process tests of the routes with a fake embedder (vectors derived from the image bytes) and
+//! a temporary catalogue: no network, no trained model.
+
+use crate::config::Settings;
+use crate::inference::InferencePool;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use actix_web::{test, web, App};
+use animelens_index::{Catalog, ModelTag, NewItem, OpenOptions};
+use animelens_models::{EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Embeds an image as its first four bytes (plus one), with a fixed one-label head.
+struct FakeEmbedder;
+
+impl Embedder for FakeEmbedder {
+    fn dim(&self) -> usize {
+        4
+    }
+    fn fingerprint(&self) -> String {
+        "fake".into()
+    }
+    fn heads(&self) -> Vec<String> {
+        vec!["character".into()]
+    }
+    fn predict_batch(
+        &self,
+        images: &[&[u8]],
+        _top_k: usize,
+    ) -> Vec<Result<Prediction, EmbedError>> {
+        images
+            .iter()
+            .map(|b| {
+                let embedding = (0..4)
+                    .map(|i| *b.get(i).unwrap_or(&0) as f32 + 1.0)
+                    .collect();
+                Ok(Prediction {
+                    heads: vec![HeadPrediction {
+                        head: "character".into(),
+                        top: vec![LabelScore {
+                            label: "a".into(),
+                            probability: 1.0,
+                        }],
+                    }],
+                    embedding,
+                })
+            })
+            .collect()
+    }
+}
+
+fn state(dir: &std::path::Path) -> web::Data<AppState> {
+    let catalog = Catalog::open(
+        dir,
+        OpenOptions::new(ModelTag {
+            fingerprint: "fake".into(),
+            dim: 4,
+        }),
+    )
+    .unwrap();
+    let items = [
+        ("a", [9.0, 1.0, 1.0, 1.0]),
+        ("a", [8.0, 2.0, 1.0, 1.0]),
+        ("b", [1.0, 1.0, 9.0, 1.0]),
+    ]
+    .iter()
+    .map(|(c, v)| NewItem {
+        source: format!("{c}.png"),
+        labels: [("character".to_string(), c.to_string())].into(),
+        vector: v.to_vec(),
+        ..NewItem::default()
+    })
+    .collect();
+    catalog.add_batch(items).unwrap();
+    let mut settings = Settings::with_paths(PathBuf::from("fake"), None);
+    settings.api_key = Some("k".into());
+    web::Data::new(AppState {
+        catalog: Arc::new(catalog),
+        pool: InferencePool::start(Arc::new(FakeEmbedder), 1, 4, 4),
+        settings,
+        metrics: Metrics::default(),
+    })
+}
+
+#[actix_web::test]
+async fn routes_answer_with_the_catalogue_and_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = test::init_service(
+        App::new()
+            .app_data(state(dir.path()))
+            .configure(super::configure),
+    )
+    .await;
+    // An "image" whose fake embedding points at the two items of character a.
+    let req = test::TestRequest::post()
+        .uri("/api/v1/search?k=2")
+        .insert_header(("content-type", "image/png"))
+        .set_payload(vec![200u8, 10, 0, 0])
+        .to_request();
+    let body: Value = test::call_and_read_body_json(&app, req).await;
+    let hits = body["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 2);
+    assert!(hits.iter().all(|h| h["item"]["labels"]["character"] == "a"));
+
+    let req = test::TestRequest::post()
+        .uri("/api/v1/classify")
+        .insert_header(("content-type", "image/png"))
+        .set_payload(vec![0u8, 0, 200, 0])
+        .to_request();
+    let body: Value = test::call_and_read_body_json(&app, req).await;
+    assert_eq!(body["results"][0]["character"]["name"], "b");
+
+    let req = test::TestRequest::get()
+        .uri("/api/v1/characters/a/similar")
+        .to_request();
+    let body: Value = test::call_and_read_body_json(&app, req).await;
+    assert_eq!(body["similar"][0]["name"], "b");
+
+    let req = test::TestRequest::delete()
+        .uri("/api/v1/items/1")
+        .to_request();
+    let res = test::call_service(&app, req).await;
+    assert_eq!(res.status(), 401);
+    let req = test::TestRequest::get().uri("/api/v1/nowhere").to_request();
+    let res = test::call_service(&app, req).await;
+    assert_eq!(res.status(), 404);
+    let body: Value = test::read_body_json(res).await;
+    assert!(body["error"].as_str().unwrap().contains("openapi.json"));
+
+    let req = test::TestRequest::get()
+        .uri("/api/v1/openapi.json")
+        .to_request();
+    let doc: Value = test::call_and_read_body_json(&app, req).await;
+    assert!(doc["paths"]["/api/v1/search"]["post"].is_object());
+    assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+}
