@@ -55,8 +55,17 @@ fn bad_requests_get_json_errors_and_the_server_stays_healthy() {
     let model = tiny_model(tmp.path());
     let gallery = small_gallery(&tmp.path().join("gallery"), 2, 3);
     let data = tmp.path().join("data");
+    // Limits from a TOML config file (the API key comes from ANIMELENS_API_KEY).
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        "max_upload_bytes = 100000\nmax_images_per_request = 4\n",
+    )
+    .unwrap();
     let server = Server::start(
         &[
+            "--config",
+            config.to_str().unwrap(),
             "--data-dir",
             data.to_str().unwrap(),
             "--model",
@@ -64,7 +73,7 @@ fn bad_requests_get_json_errors_and_the_server_stays_healthy() {
             "--gallery",
             gallery.to_str().unwrap(),
         ],
-        &[("ANIMELENS_MAX_UPLOAD_BYTES", "100000")],
+        &[],
     );
     let image = sample_image("ame", 0);
     assert!(image.len() < 100_000);
@@ -130,6 +139,14 @@ fn bad_requests_get_json_errors_and_the_server_stays_healthy() {
         server.request("POST", "/api/v1/search", &[("content-type", &ct)], &body),
         422,
         "image 2 of 2",
+    );
+    let tiny = &image[..0];
+    let (ct, body) = multipart(&[("image", Some("1.jpg"), tiny); 5]);
+    check(
+        "more images than max_images_per_request",
+        server.request("POST", "/api/v1/search", &[("content-type", &ct)], &body),
+        400,
+        "over the limit of 4",
     );
     check(
         "body over the limit",
