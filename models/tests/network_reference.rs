@@ -173,7 +173,7 @@ fn network_matches_a_plain_candle_reference() -> Result<()> {
                 * b.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?);
         eprintln!("{name}: gradient cosine {cosine}");
         assert!(
-            cosine > 0.999,
+            cosine > 0.995,
             "{name}: gradient cosine similarity {cosine}"
         );
     }
