@@ -371,18 +371,8 @@ impl CustomOp2 for ConvWeightGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::max_abs_diff;
     use candle_core::{Device, Var};
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Forward and both gradients agree with candle's own conv2d (1e-4 forward, 1e-3 gradients).
     fn check(batch: usize, kernel: usize, stride: usize, pad: usize, size: usize) -> Result<()> {

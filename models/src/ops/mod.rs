@@ -51,3 +51,11 @@ pub(crate) fn window_output_len(
     }
     out
 }
+
+/// Largest absolute element-wise difference of two tensors (test helper).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs()?.max_all()?.to_scalar::<f32>())
+        .expect("tensors of the same shape")
+}
