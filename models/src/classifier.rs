@@ -104,6 +104,7 @@ impl Embedder for Classifier {
             .map(|bytes| {
                 decode(bytes, self.max_pixels).map_err(|e| match e {
                     ImageError::Decode(m) => EmbedError::Decode(m),
+                    ImageError::Unsupported(f) => EmbedError::Unsupported(f),
                     ImageError::TooLarge {
                         width,
                         height,

@@ -38,6 +38,9 @@ pub enum EmbedError {
     /// The bytes are not a decodable image.
     #[error("cannot decode image: {0}. Send a JPEG, PNG, WebP, GIF or BMP file")]
     Decode(String),
+    /// A known image format that AnimeLens does not decode.
+    #[error("images in {0} format are not supported; send JPEG, PNG, WebP, GIF or BMP")]
+    Unsupported(String),
     /// The image is larger than the configured pixel limit.
     #[error(
         "image is {width}x{height} pixels, over the limit of {limit} pixels. Send a smaller image"

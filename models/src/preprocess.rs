@@ -3,7 +3,7 @@
 //! equalisation and YCrCb conversion, and normalisation to [-1, 1] in CHW order.
 
 use candle_core::{Device, Tensor};
-use image::{DynamicImage, ImageReader, Limits, RgbImage, RgbaImage};
+use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage, RgbaImage};
 use serde::{Deserialize, Serialize};
 use std::io::Cursor;
 
@@ -43,12 +43,24 @@ impl Preprocessing {
     }
 }
 
+/// Formats AnimeLens decodes.
+pub const SUPPORTED_FORMATS: [ImageFormat; 5] = [
+    ImageFormat::Jpeg,
+    ImageFormat::Png,
+    ImageFormat::WebP,
+    ImageFormat::Gif,
+    ImageFormat::Bmp,
+];
+
 /// Why an image could not be used.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum ImageError {
     /// Not a decodable image.
     #[error("not a readable image ({0}); use a JPEG, PNG, WebP, GIF or BMP file")]
     Decode(String),
+    /// A recognised image format that AnimeLens does not decode.
+    #[error("images in {0} format are not supported; send JPEG, PNG, WebP, GIF or BMP")]
+    Unsupported(String),
     /// Header claims more pixels than allowed.
     #[error(
         "image is {width}x{height} pixels, over the limit of {limit} pixels; send a smaller image"
@@ -69,8 +81,19 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImageError::Decode(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(ImageError::Decode("unknown image format".into()));
+    match reader.format() {
+        None => return Err(ImageError::Decode("unknown image format".into())),
+        Some(f) if !SUPPORTED_FORMATS.contains(&f) => {
+            return Err(ImageError::Unsupported(format!("{f:?}")))
+        }
+        // The JPEG decoder pads a cut-off file with grey instead of failing.
+        Some(ImageFormat::Jpeg) if !has_jpeg_end(bytes) => {
+            return Err(ImageError::Decode(
+                "the JPEG data is truncated (no end-of-image marker); send the complete file"
+                    .into(),
+            ))
+        }
+        Some(_) => {}
     }
     let (width, height) = reader
         .into_dimensions()
@@ -93,6 +116,13 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
         .decode()
         .map_err(|e| ImageError::Decode(e.to_string()))?;
     Ok(flatten_onto_white(img))
+}
+
+/// Whether a JPEG's last KiB holds the end-of-image marker 0xFFD9 (some writers append padding).
+fn has_jpeg_end(bytes: &[u8]) -> bool {
+    bytes[bytes.len().saturating_sub(1024)..]
+        .windows(2)
+        .any(|w| w == [0xFF, 0xD9])
 }
 
 /// Composites transparent pixels onto a white background.
@@ -240,6 +270,18 @@ mod tests {
         ));
         let truncated = &big[..big.len() / 2];
         assert!(decode(truncated, DEFAULT_MAX_PIXELS).is_err());
+        let mut jpeg = Vec::new();
+        DynamicImage::ImageRgb8(RgbImage::new(64, 64))
+            .write_to(&mut Cursor::new(&mut jpeg), ImageFormat::Jpeg)
+            .unwrap();
+        assert!(decode(&jpeg, DEFAULT_MAX_PIXELS).is_ok());
+        let cut = decode(&jpeg[..jpeg.len() - 40], DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(cut.to_string().contains("truncated"), "{cut}");
+        let tiff = b"II*\x00\x08\x00\x00\x00rest";
+        assert!(matches!(
+            decode(tiff, DEFAULT_MAX_PIXELS),
+            Err(ImageError::Unsupported(_))
+        ));
     }
 
     #[test]

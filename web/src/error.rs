@@ -57,6 +57,7 @@ impl ApiError {
             EmbedError::Decode(_) | EmbedError::TooLarge { .. } => {
                 ApiError::BadImage(format!("{which}{err}"))
             }
+            EmbedError::Unsupported(_) => ApiError::UnsupportedMediaType(format!("{which}{err}")),
             EmbedError::Inference(_) => ApiError::Internal(format!("{which}{err}")),
         }
     }

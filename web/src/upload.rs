@@ -1,7 +1,7 @@
 //! Reading images out of a request: a `multipart/form-data` body (one or more file parts plus
 //! text fields) or a raw image body (`image/*`, `application/octet-stream`). Enforces the body
-//! size limit (413), the content type (415), the per-request image count, and sniffs each image's
-//! format so that an unsupported one is a 415 and an empty one a 400 before the network sees it.
+//! size limit (413), the content type (415), the per-request image count, and refuses empty
+//! images (400); the decoder in `animelens_models` judges formats (415) and damaged files (422).
 
 use crate::error::ApiError;
 use actix_multipart::Multipart;
@@ -9,17 +9,7 @@ use actix_web::http::header;
 use actix_web::web::{Bytes, BytesMut, Payload};
 use actix_web::HttpRequest;
 use futures_util::StreamExt;
-use image::ImageFormat;
 use std::collections::BTreeMap;
-
-/// Image formats the network's decoder reads.
-const SUPPORTED: &[ImageFormat] = &[
-    ImageFormat::Jpeg,
-    ImageFormat::Png,
-    ImageFormat::WebP,
-    ImageFormat::Gif,
-    ImageFormat::Bmp,
-];
 
 /// One uploaded image and the form field it came in.
 #[derive(Debug, Clone)]
@@ -133,43 +123,24 @@ pub async fn read(
         )));
     }
     for (i, image) in upload.images.iter().enumerate() {
-        check_format(&image.bytes, i, upload.images.len())?;
+        check_not_empty(&image.bytes, i, upload.images.len())?;
     }
     Ok(upload)
 }
 
-/// Rejects empty images and formats the decoder does not read; leaves undecodable bytes to the
-/// decoder, whose message says what is wrong.
-fn check_format(bytes: &[u8], index: usize, count: usize) -> Result<(), ApiError> {
-    let which = if count > 1 {
-        format!("image {} of {count}", index + 1)
-    } else {
-        "the image".to_string()
-    };
+/// Rejects empty images; everything else about the bytes is the decoder's to judge.
+fn check_not_empty(bytes: &[u8], index: usize, count: usize) -> Result<(), ApiError> {
     if bytes.is_empty() {
+        let which = if count > 1 {
+            format!("image {} of {count}", index + 1)
+        } else {
+            "the image".to_string()
+        };
         return Err(ApiError::BadRequest(format!(
             "{which} is empty (0 bytes); send an image file"
         )));
     }
-    match image::guess_format(bytes) {
-        Ok(format) if !SUPPORTED.contains(&format) => Err(ApiError::UnsupportedMediaType(format!(
-            "{which} is in {format:?} format, which is not supported; send JPEG, PNG, WebP, GIF or BMP"
-        ))),
-        // The JPEG decoder pads a cut-off file with grey instead of failing: look for the
-        // end-of-image marker (0xFFD9) near the end ourselves.
-        Ok(ImageFormat::Jpeg) if !has_jpeg_end(bytes) => Err(ApiError::BadImage(format!(
-            "cannot decode {which}: the JPEG data is truncated (no end-of-image marker); send the \
-             complete file"
-        ))),
-        _ => Ok(()),
-    }
-}
-
-/// Whether a JPEG's last KiB holds the end-of-image marker (some writers append padding).
-fn has_jpeg_end(bytes: &[u8]) -> bool {
-    bytes[bytes.len().saturating_sub(1024)..]
-        .windows(2)
-        .any(|w| w == [0xFF, 0xD9])
+    Ok(())
 }
 
 /// Reads a whole body, failing with 413 past `max` bytes.
