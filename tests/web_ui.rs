@@ -193,7 +193,10 @@ fn ui_upload_click_like_and_feed() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_model(tmp.path());
+    // ANIMELENS_UI_MODEL swaps in a real checkpoint (e.g. models/demo/holoen) for the screenshot.
+    let model = std::env::var_os("ANIMELENS_UI_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| tiny_model(tmp.path()));
     let gallery = small_gallery(&tmp.path().join("gallery"), 8, 4);
     let data = tmp.path().join("data");
     let server = Server::start(
