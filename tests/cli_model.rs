@@ -23,12 +23,9 @@ fn text(o: &Output) -> String {
     )
 }
 
-#[test]
-fn train_eval_classify_embed_on_the_sample() {
-    let dir = tempfile::tempdir().unwrap();
-    let run = dir.path().join("run");
-    let data = sample();
-    let o = animelens(&[
+/// Trains a 64 px model for `epochs` epochs of two batches of 8 images.
+fn train_tiny(data: &Path, run: &Path, epochs: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
         "train",
         "--data",
         data.to_str().unwrap(),
@@ -37,12 +34,22 @@ fn train_eval_classify_embed_on_the_sample() {
         "--input-size",
         "64",
         "--epochs",
-        "2",
+        epochs,
         "--max-batches",
         "2",
         "--batch-size",
         "8",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    animelens(&args)
+}
+
+#[test]
+fn train_eval_classify_embed_on_the_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let data = sample();
+    let o = train_tiny(&data, &run, "2", &[]);
     assert!(o.status.success(), "{}", text(&o));
     for f in [
         "best.safetensors",
@@ -58,23 +65,7 @@ fn train_eval_classify_embed_on_the_sample() {
     assert_eq!(metrics.lines().count(), 2);
     // Resuming continues the epoch count from the checkpoint.
     let last = run.join("last");
-    let o = animelens(&[
-        "train",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--input-size",
-        "64",
-        "--epochs",
-        "3",
-        "--max-batches",
-        "2",
-        "--batch-size",
-        "8",
-        "--resume",
-        last.to_str().unwrap(),
-    ]);
+    let o = train_tiny(&data, &run, "3", &["--resume", last.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     assert_eq!(
