@@ -17,12 +17,26 @@ use crate::error::{CatalogError, Result};
 use crate::record::{now_ms, Event, EventKind, Item, ItemId, ItemUpdate, ModelTag};
 use crate::vector::{self, QuantizedVector, VectorSum};
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+    UnabortableTransactionError,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 const KEY_MODEL: &[u8] = b"model";
 const KEY_GENERATION: &[u8] = b"generation";
+
+/// Increments the catalogue generation inside a transaction and returns the new value.
+fn bump_generation(meta: &TransactionalTree) -> Result<u64, UnabortableTransactionError> {
+    let generation = meta
+        .get(KEY_GENERATION)?
+        .and_then(|v| id_of(&v))
+        .unwrap_or(0)
+        + 1;
+    meta.insert(KEY_GENERATION, &generation.to_be_bytes())?;
+    Ok(generation)
+}
 const KEY_NEXT_ID: &[u8] = b"next_id";
 const KEY_THRESHOLD: &[u8] = b"open_set_threshold";
 const KEY_VECTOR_SET: &[u8] = b"vector_set";
@@ -287,13 +301,7 @@ impl Store {
                 if !hash.is_empty() && by_hash.get(hash)?.and_then(|v| id_of(&v)) == Some(id) {
                     by_hash.remove(hash)?;
                 }
-                let generation = meta
-                    .get(KEY_GENERATION)?
-                    .and_then(|v| id_of(&v))
-                    .unwrap_or(0)
-                    + 1;
-                meta.insert(KEY_GENERATION, &generation.to_be_bytes())?;
-                Ok(generation)
+                Ok(bump_generation(meta)?)
             })
             .map_err(|e| self.tx_err(e))?;
         self.flush()?;
@@ -317,13 +325,7 @@ impl Store {
         let generation = (&self.items, &self.meta)
             .transaction(|(items, meta)| {
                 items.insert(&key(id), json.as_slice())?;
-                let generation = meta
-                    .get(KEY_GENERATION)?
-                    .and_then(|v| id_of(&v))
-                    .unwrap_or(0)
-                    + 1;
-                meta.insert(KEY_GENERATION, &generation.to_be_bytes())?;
-                Ok(generation)
+                Ok(bump_generation(meta)?)
             })
             .map_err(|e| self.tx_err(e))?;
         self.flush()?;
@@ -603,13 +605,7 @@ impl Store {
                 meta.remove(KEY_THRESHOLD)?;
                 meta.insert(KEY_MODEL, model_json.as_slice())?;
                 meta.insert(KEY_VECTOR_SET, &set.n.to_be_bytes())?;
-                let generation = meta
-                    .get(KEY_GENERATION)?
-                    .and_then(|v| id_of(&v))
-                    .unwrap_or(0)
-                    + 1;
-                meta.insert(KEY_GENERATION, &generation.to_be_bytes())?;
-                Ok(generation)
+                Ok(bump_generation(meta)?)
             })
             .map_err(|e| self.tx_err(e))?;
         self.flush()?;
