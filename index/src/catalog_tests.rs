@@ -415,7 +415,7 @@ fn characters_centroids_enrolment_and_open_set() {
         .collect();
     let (strangers, _) = clustered_vectors(40, DIM, 40, 0.1, 777);
     samples.extend(strangers.into_iter().map(|v| (v, "stranger".to_string())));
-    let cal = cat.calibrate_threshold(&samples).unwrap();
+    let cal = cat.calibrate_open_set(&samples).unwrap();
     assert!(cal.accuracy > 0.9, "{cal:?}");
     assert_eq!(cat.open_set_threshold().unwrap(), cal.threshold);
     drop(cat);

@@ -16,7 +16,7 @@ use crate::record::{AddOutcome, NewItem, PRIMARY_LEVEL};
 use crate::vector::{self, VectorSum};
 use std::collections::HashMap;
 
-/// Threshold used until [`Catalog::calibrate_threshold`] stores one.
+/// Threshold used until [`Catalog::calibrate_open_set`] stores one.
 pub const DEFAULT_OPEN_SET_THRESHOLD: f32 = 0.5;
 
 /// Per-character vector sums (items and enrolment shots together).
@@ -82,7 +82,7 @@ pub struct Classification {
     pub candidates: Vec<CharacterScore>,
 }
 
-/// Result of [`Catalog::calibrate_threshold`].
+/// Result of [`Catalog::calibrate_open_set`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Calibration {
     /// The chosen (and stored) threshold.
@@ -236,39 +236,11 @@ impl Catalog {
             candidates: candidates.into_iter().take(k).collect(),
         })
     }
-
-    /// Chooses the open-set threshold on validation `samples` of (embedding, true character) and
-    /// stores it. True characters absent from the catalogue are the "should answer unknown" cases.
-    pub fn calibrate_threshold(&self, samples: &[(Vec<f32>, String)]) -> Result<Calibration> {
-        let centroids = self.character_centroids()?;
-        if samples.is_empty() || centroids.is_empty() {
-            return Err(CatalogError::invalid(
-                "calibration needs validation samples and at least one character in the catalogue",
-                "add labelled items or enroll characters, then pass (embedding, true character) pairs",
-            ));
-        }
-        let mut scored = Vec::with_capacity(samples.len());
-        for (v, truth) in samples {
-            let q = self.check_vector(v)?;
-            let best = rank(&q, centroids.iter().cloned(), 1).remove(0);
-            let known = centroids.iter().any(|(n, _)| n == truth);
-            scored.push((best.score, known && &best.name == truth, known));
-        }
-        let known = scored.iter().filter(|s| s.2).count();
-        let (threshold, accuracy) = best_threshold(&mut scored);
-        let _writer = lock(&self.writer);
-        self.store.set_threshold(threshold)?;
-        Ok(Calibration {
-            threshold,
-            accuracy,
-            known,
-            unknown: samples.len() - known,
-        })
-    }
 }
 
 impl Catalog {
-    /// Like [`Catalog::calibrate_threshold`], with simulated unseen characters: each sample whose
+    /// Chooses the open-set threshold on validation `samples` of (embedding, true character), with
+    /// simulated unseen characters, and stores it: each sample whose
     /// character is in the catalogue counts twice, once as a known query (right when its nearest
     /// centroid is its character with cosine ≥ t) and once, with its own character left out, as
     /// an unknown query (right when the best other centroid has cosine < t); samples of
