@@ -1,6 +1,6 @@
 //! Turning an image and its prediction into a catalogue item (thumbnail, content hash, size), and
 //! ingesting an image gallery folder (`<split>/<character>/*.jpg`) at first start, with progress
-//! in the log.
+//! in the log; the gallery's `val` images then calibrate the open-set threshold.
 
 use crate::inference::InferencePool;
 use actix_web::web::Bytes;
@@ -132,8 +132,51 @@ fn gallery_files(root: &Path) -> Result<Vec<(PathBuf, ItemMeta)>, IngestError> {
     Ok(out)
 }
 
-/// Embeds and adds every image of the gallery at `root`, logging progress; unreadable images are
-/// skipped with a warning. Returns the number of items added. Blocking.
+/// Embeds one chunk of gallery files: the catalogue items, and (embedding, character) for each
+/// image of the `val` split.
+fn embed_chunk(
+    pool: &InferencePool,
+    chunk: &[(PathBuf, ItemMeta)],
+    max_pixels: u64,
+) -> (Vec<NewItem>, Vec<(Vec<f32>, String)>) {
+    let mut loaded = Vec::new();
+    for (path, meta) in chunk {
+        match std::fs::read(path) {
+            Ok(bytes) => loaded.push((Bytes::from(bytes), meta.clone())),
+            Err(e) => tracing::warn!(path = %path.display(), "skipped: {e}"),
+        }
+    }
+    let predictions = pool.predict_blocking(loaded.iter().map(|(b, _)| b.clone()).collect(), 1);
+    let (mut items, mut validation) = (Vec::new(), Vec::new());
+    for ((bytes, meta), prediction) in loaded.into_iter().zip(predictions) {
+        let source = meta.source.clone();
+        if let (Ok(p), Some(character), true) = (
+            &prediction,
+            meta.labels.get(PRIMARY_LEVEL),
+            is_validation(&meta),
+        ) {
+            validation.push((p.embedding.clone(), character.clone()));
+        }
+        match prediction
+            .map_err(|e| e.to_string())
+            .and_then(|p| new_item(&bytes, p, meta, max_pixels))
+        {
+            Ok(item) => items.push(item),
+            Err(e) => tracing::warn!(%source, "skipped: {e}"),
+        }
+    }
+    (items, validation)
+}
+
+/// Whether a gallery image belongs to the `val` split.
+fn is_validation(meta: &ItemMeta) -> bool {
+    meta.tags.iter().any(|t| t == "split:val")
+}
+
+/// Ingests every image under `root` (`<split>/<character>/*` or `<character>/*`) in batches,
+/// logging progress. The `val` images calibrate the open-set "unknown" threshold against the
+/// centroids of the other images before they are added themselves (so that they do not judge
+/// centroids they belong to). Returns the number of items added.
 pub fn ingest_gallery(
     catalog: &Catalog,
     pool: &InferencePool,
@@ -143,34 +186,46 @@ pub fn ingest_gallery(
     let files = gallery_files(root)?;
     let total = files.len();
     tracing::info!(gallery = %root.display(), images = total, "ingesting the sample gallery into the empty catalogue");
+    let (val_files, other_files): (Vec<_>, Vec<_>) =
+        files.into_iter().partition(|(_, meta)| is_validation(meta));
     let (mut done, mut added) = (0usize, 0usize);
-    for chunk in files.chunks(GALLERY_BATCH) {
-        let mut loaded = Vec::new();
-        for (path, meta) in chunk {
-            match std::fs::read(path) {
-                Ok(bytes) => loaded.push((Bytes::from(bytes), meta.clone())),
-                Err(e) => tracing::warn!(path = %path.display(), "skipped: {e}"),
-            }
+    let mut held_back = Vec::new();
+    let mut validation = Vec::new();
+    for (is_val, chunk) in other_files
+        .chunks(GALLERY_BATCH)
+        .map(|c| (false, c))
+        .chain(val_files.chunks(GALLERY_BATCH).map(|c| (true, c)))
+    {
+        let (items, samples) = embed_chunk(pool, chunk, max_pixels);
+        if is_val {
+            held_back.extend(items);
+            validation.extend(samples);
+        } else {
+            added += catalog
+                .add_batch(items)?
+                .iter()
+                .filter(|o| !o.duplicate)
+                .count();
         }
-        let predictions = pool.predict_blocking(loaded.iter().map(|(b, _)| b.clone()).collect(), 1);
-        let mut items = Vec::new();
-        for ((bytes, meta), prediction) in loaded.into_iter().zip(predictions) {
-            let source = meta.source.clone();
-            match prediction
-                .map_err(|e| e.to_string())
-                .and_then(|p| new_item(&bytes, p, meta, max_pixels))
-            {
-                Ok(item) => items.push(item),
-                Err(e) => tracing::warn!(%source, "skipped: {e}"),
-            }
-        }
-        added += catalog
-            .add_batch(items)?
-            .iter()
-            .filter(|o| !o.duplicate)
-            .count();
         done += chunk.len();
-        tracing::info!("ingested {done}/{total} gallery images");
+        tracing::info!("embedded {done}/{total} gallery images");
     }
+    if !validation.is_empty() {
+        match catalog.calibrate_open_set(&validation) {
+            Ok(c) => tracing::info!(
+                threshold = c.threshold,
+                accuracy = c.accuracy,
+                samples = validation.len(),
+                "open-set threshold calibrated on the gallery's validation images"
+            ),
+            Err(e) => tracing::warn!("open-set threshold left at its default: {e}"),
+        }
+    }
+    added += catalog
+        .add_batch(held_back)?
+        .iter()
+        .filter(|o| !o.duplicate)
+        .count();
+    tracing::info!("ingested {done}/{total} gallery images");
     Ok(added)
 }
