@@ -152,6 +152,35 @@ pub fn resize_square(img: &RgbImage, size: usize) -> RgbImage {
     )
 }
 
+/// A JPEG copy of `img` whose longer side is at most `max_side` (aspect ratio kept; smaller
+/// images keep their size), for catalogue thumbnails.
+pub fn jpeg_thumbnail(img: &RgbImage, max_side: u32, quality: u8) -> Result<Vec<u8>, ImageError> {
+    let (w, h) = (img.width().max(1), img.height().max(1));
+    let scale = max_side as f32 / w.max(h) as f32;
+    let fit = |side: u32| ((side as f32 * scale).round() as u32).max(1);
+    let resized;
+    let thumb = if scale >= 1.0 {
+        img
+    } else {
+        resized = image::imageops::thumbnail(img, fit(w), fit(h));
+        &resized
+    };
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, quality)
+        .encode_image(thumb)
+        .map_err(|e| ImageError::Decode(format!("cannot encode the thumbnail: {e}")))?;
+    Ok(jpeg)
+}
+
+/// Hex SHA-256 of an image file's bytes (exact duplicates share it).
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// BT.601 full-range RGB → (Y, Cr, Cb), each in 0..=255.
 fn rgb_to_ycrcb(p: [u8; 3]) -> [f32; 3] {
     let (r, g, b) = (p[0] as f32, p[1] as f32, p[2] as f32);
@@ -244,6 +273,16 @@ mod tests {
         img.write_to(&mut Cursor::new(&mut buf), image::ImageFormat::Png)
             .unwrap();
         buf
+    }
+
+    #[test]
+    fn thumbnails_fit_the_limit_and_keep_the_aspect_ratio() {
+        let jpeg = jpeg_thumbnail(&RgbImage::new(200, 100), 50, 80).unwrap();
+        let thumb = image::load_from_memory(&jpeg).unwrap();
+        assert_eq!((thumb.width(), thumb.height()), (50, 25));
+        let small = jpeg_thumbnail(&RgbImage::new(20, 10), 50, 80).unwrap();
+        assert_eq!(image::load_from_memory(&small).unwrap().width(), 20);
+        assert_eq!(content_hash(b"abc").len(), 64);
     }
 
     #[test]

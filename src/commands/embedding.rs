@@ -3,12 +3,11 @@
 //! `enroll`, `identify`, `search --image`, re-embedding and the index benchmark.
 
 use animelens_index::{ModelTag, NewItem};
-use animelens_models::preprocess::{decode, DEFAULT_MAX_PIXELS};
+use animelens_models::preprocess::{content_hash, decode, jpeg_thumbnail, DEFAULT_MAX_PIXELS};
 use animelens_models::{Classifier, Embedder};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -64,7 +63,7 @@ impl ImageFile {
     /// Reads `path`; the error says why it cannot be used.
     pub fn read(path: &Path) -> std::result::Result<ImageFile, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
-        let content_hash = format!("{:x}", Sha256::digest(&bytes));
+        let content_hash = content_hash(&bytes);
         Ok(ImageFile {
             path: path.to_path_buf(),
             bytes,
@@ -82,11 +81,7 @@ impl ImageFile {
         embedding: Vec<f32>,
     ) -> std::result::Result<NewItem, String> {
         let image = decode(&self.bytes, DEFAULT_MAX_PIXELS).map_err(|e| e.to_string())?;
-        let thumb = thumbnail(&image);
-        let mut jpeg = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
-            .encode_image(&thumb)
-            .map_err(|e| format!("cannot encode the thumbnail: {e}"))?;
+        let jpeg = jpeg_thumbnail(&image, THUMBNAIL_SIZE, 80).map_err(|e| e.to_string())?;
         let source = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
         Ok(NewItem {
             source: source.display().to_string(),
@@ -99,17 +94,6 @@ impl ImageFile {
             vector: embedding,
         })
     }
-}
-
-/// A copy of `image` whose longer side is at most [`THUMBNAIL_SIZE`], aspect ratio kept.
-fn thumbnail(image: &image::RgbImage) -> image::RgbImage {
-    let (w, h) = (image.width().max(1), image.height().max(1));
-    let scale = THUMBNAIL_SIZE as f32 / w.max(h) as f32;
-    if scale >= 1.0 {
-        return image.clone();
-    }
-    let fit = |side: u32| ((side as f32 * scale).round() as u32).max(1);
-    image::imageops::thumbnail(image, fit(w), fit(h))
 }
 
 /// Reads `paths` in parallel.

@@ -5,9 +5,8 @@
 use crate::inference::InferencePool;
 use actix_web::web::Bytes;
 use animelens_index::{Catalog, CatalogError, NewItem, PRIMARY_LEVEL};
-use animelens_models::preprocess::decode;
+use animelens_models::preprocess::{content_hash, decode, jpeg_thumbnail};
 use animelens_models::Prediction;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -54,13 +53,7 @@ pub fn new_item(
 ) -> Result<NewItem, String> {
     let image = decode(bytes, max_pixels).map_err(|e| e.to_string())?;
     let (width, height) = image.dimensions();
-    let scale = (THUMBNAIL_SIZE as f32 / width.max(height) as f32).min(1.0);
-    let side = |n: u32| ((n as f32 * scale).round() as u32).max(1);
-    let thumb = image::imageops::thumbnail(&image, side(width), side(height));
-    let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85)
-        .encode_image(&thumb)
-        .map_err(|e| format!("cannot encode the thumbnail: {e}"))?;
+    let jpeg = jpeg_thumbnail(&image, THUMBNAIL_SIZE, 85).map_err(|e| e.to_string())?;
     Ok(NewItem {
         source: meta.source,
         labels: meta.labels,
@@ -71,14 +64,6 @@ pub fn new_item(
         thumbnail: jpeg,
         vector: prediction.embedding,
     })
-}
-
-/// Hex SHA-256 of an image's bytes (exact duplicates share it).
-pub fn content_hash(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Image files under `root`, sorted, with the metadata their place gives them: the parent folder
