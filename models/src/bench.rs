@@ -1,5 +1,6 @@
 //! Speed of the network on this machine: training steps and inference, images per second.
 
+use crate::folded::FoldedGoogLeNet;
 use crate::googlenet::{GoogLeNet, HeadSpec};
 use crate::loss::{smoothed_targets, soft_cross_entropy};
 use crate::optimiser::adamw;
@@ -15,9 +16,9 @@ pub struct SpeedRow {
     pub size: usize,
     /// Batch size used for the throughput figures.
     pub batch: usize,
-    /// Training images/s (forward + backward + AdamW step).
-    pub train_img_s: f64,
-    /// Inference images/s (eval-mode forward).
+    /// Training images/s (forward + backward + AdamW step); `None` when not measured.
+    pub train_img_s: Option<f64>,
+    /// Inference images/s (eval-mode forward, BatchNorm folded).
     pub infer_img_s: f64,
     /// Eval-mode forward latency of a single image, in milliseconds.
     pub latency_ms: f64,
@@ -32,8 +33,9 @@ fn timed<F: FnMut() -> Result<()>>(repeats: usize, mut f: F) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64() / repeats as f64)
 }
 
-/// Measures a randomly initialised 1000-class GoogLeNet at `size` px with `repeats` timed runs.
-pub fn measure(size: usize, batch: usize, repeats: usize) -> Result<SpeedRow> {
+/// Measures a randomly initialised 1000-class GoogLeNet at `size` px with `repeats` timed runs;
+/// `training` adds the training-step measurement.
+pub fn measure(size: usize, batch: usize, repeats: usize, training: bool) -> Result<SpeedRow> {
     let dev = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
@@ -46,18 +48,24 @@ pub fn measure(size: usize, batch: usize, repeats: usize) -> Result<SpeedRow> {
     let x = Tensor::randn(0f32, 1., (batch, 3, size, size), &dev)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i * 7 % 1000).collect();
     let targets = smoothed_targets(&labels, 1000, 0.1, &dev)?;
-    let train = timed(repeats, || {
-        let out = net.forward_t(&x, true)?;
-        let loss = soft_cross_entropy(&out.logits[0], &targets)?;
-        opt.backward_step(&loss)
-    })?;
-    let infer = timed(repeats, || net.forward_t(&x, false).map(drop))?;
+    let train = if training {
+        Some(timed(repeats, || {
+            let out = net.forward_t(&x, true)?;
+            let loss = soft_cross_entropy(&out.logits[0], &targets)?;
+            opt.backward_step(&loss)
+        })?)
+    } else {
+        None
+    };
+    // Inference runs the way the product serves: BatchNorm folded, buffers reused.
+    let folded = FoldedGoogLeNet::new(&net)?;
+    let infer = timed(repeats, || folded.forward(&x).map(drop))?;
     let one = x.narrow(0, 0, 1)?;
-    let latency = timed(repeats * 4, || net.forward_t(&one, false).map(drop))?;
+    let latency = timed(repeats * 4, || folded.forward(&one).map(drop))?;
     Ok(SpeedRow {
         size,
         batch,
-        train_img_s: batch as f64 / train,
+        train_img_s: train.map(|t| batch as f64 / t),
         infer_img_s: batch as f64 / infer,
         latency_ms: latency * 1e3,
     })
@@ -69,9 +77,10 @@ pub fn markdown_table(rows: &[SpeedRow]) -> String {
         "| input | batch | training img/s | inference img/s | batch-1 latency ms |\n|---|---|---|---|---|\n",
     );
     for r in rows {
+        let train = r.train_img_s.map_or("–".into(), |v| format!("{v:.1}"));
         s += &format!(
-            "| {} px | {} | {:.1} | {:.1} | {:.1} |\n",
-            r.size, r.batch, r.train_img_s, r.infer_img_s, r.latency_ms
+            "| {} px | {} | {train} | {:.1} | {:.1} |\n",
+            r.size, r.batch, r.infer_img_s, r.latency_ms
         );
     }
     s

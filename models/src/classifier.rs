@@ -3,16 +3,18 @@
 
 use crate::checkpoint::{self, CheckpointError, ModelCard};
 use crate::embedder::{EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
-use crate::googlenet::{GoogLeNet, EMBEDDING_DIM};
+use crate::folded::FoldedGoogLeNet;
+use crate::googlenet::EMBEDDING_DIM;
 use crate::metrics::top_k;
 use crate::preprocess::{batch_tensor, decode, ImageError, DEFAULT_MAX_PIXELS};
 use candle_core::{Device, Result, D};
 use image::RgbImage;
 use std::path::Path;
 
-/// A loaded model ready for inference. Cheap to share behind an `Arc`.
+/// A loaded model ready for inference (BatchNorm folded, see [`FoldedGoogLeNet`]). Cheap to
+/// share behind an `Arc`.
 pub struct Classifier {
-    net: GoogLeNet,
+    net: FoldedGoogLeNet,
     card: ModelCard,
     max_pixels: u64,
 }
@@ -22,19 +24,10 @@ impl Classifier {
     pub fn load(path: &Path) -> std::result::Result<Self, CheckpointError> {
         let model = checkpoint::load(path)?;
         Ok(Self {
-            net: model.net,
+            net: FoldedGoogLeNet::new(&model.net)?,
             card: model.card,
             max_pixels: DEFAULT_MAX_PIXELS,
         })
-    }
-
-    /// Wraps an already built network.
-    pub fn new(net: GoogLeNet, card: ModelCard) -> Self {
-        Self {
-            net,
-            card,
-            max_pixels: DEFAULT_MAX_PIXELS,
-        }
     }
 
     /// Sets the decoding pixel limit (decompression-bomb guard).
@@ -54,7 +47,7 @@ impl Classifier {
             return Ok(Vec::new());
         }
         let x = batch_tensor(images, &self.card.preprocessing, &Device::Cpu)?;
-        let out = self.net.forward_t(&x, false)?;
+        let out = self.net.forward(&x)?;
         let embeddings = out.embedding.to_vec2::<f32>()?;
         let mut heads_per_image: Vec<Vec<HeadPrediction>> = vec![Vec::new(); images.len()];
         for (head, logits) in self.card.heads.iter().zip(&out.logits) {

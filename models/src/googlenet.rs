@@ -138,6 +138,21 @@ impl GoogLeNet {
         })
     }
 
+    /// The stem convolutions (`conv1`, `conv2`, `conv3`).
+    pub(crate) fn stem(&self) -> &[BasicConv2d; 3] {
+        &self.stem
+    }
+
+    /// The Inception blocks with their names, in forward order.
+    pub(crate) fn blocks(&self) -> &[(String, Inception)] {
+        &self.blocks
+    }
+
+    /// The linear heads, in head order.
+    pub(crate) fn heads(&self) -> &[Linear] {
+        &self.heads
+    }
+
     /// Freezes the first `n` layers of [`LAYER_NAMES`] (eval-mode BatchNorm, no gradient).
     pub fn set_frozen(&mut self, n: usize) {
         self.frozen = n.min(LAYER_NAMES.len() - 1);

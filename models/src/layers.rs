@@ -4,7 +4,7 @@
 use crate::ops::{
     batch_norm_relu, channel_stats, conv2d, max_pool2d, Conv2dGeometry, PoolGeometry,
 };
-use candle_core::{Result, Tensor, Var, D};
+use candle_core::{DType, Result, Tensor, Var, D};
 use candle_nn::{Init, VarBuilder};
 
 /// Spatial batch normalisation followed by ReLU over channel-major `(C, N, H, W)`
@@ -58,6 +58,20 @@ impl BatchNormRelu {
         batch_norm_relu(x, &params)
     }
 
+    /// The eval-mode normalisation as a per-channel affine map `y = scale·x + shift`
+    /// (before the ReLU): `scale = γ/√(σ²+ε)`, `shift = β − scale·μ`.
+    pub(crate) fn eval_affine(&self) -> Result<(Vec<f32>, Vec<f32>)> {
+        let scale = (self.running_var.as_tensor() + self.eps)?
+            .sqrt()?
+            .recip()?
+            .mul(&self.weight)?;
+        let shift = (&self.bias - scale.mul(self.running_mean.as_tensor())?)?;
+        Ok((
+            scale.to_dtype(DType::F32)?.to_vec1()?,
+            shift.to_dtype(DType::F32)?.to_vec1()?,
+        ))
+    }
+
     fn update_running(&self, mean: &Tensor, var: &Tensor, count: usize) -> Result<()> {
         let m = self.momentum;
         let unbias = count as f64 / (count.max(2) - 1) as f64;
@@ -103,6 +117,11 @@ impl BasicConv2d {
             },
             bn: BatchNormRelu::new(c_out, 1e-3, vb.pp("bn"))?,
         })
+    }
+
+    /// The convolution weight `(O, C, k, k)`, its geometry and the BatchNorm that follows.
+    pub(crate) fn parts(&self) -> (&Tensor, Conv2dGeometry, &BatchNormRelu) {
+        (&self.weight, self.geometry, &self.bn)
     }
 
     /// Runs conv → BN → ReLU on channel-major `(C, N, H, W)` activations.
@@ -162,6 +181,19 @@ impl Inception {
             ],
             branch4: BasicConv2d::new(s.c_in, s.pool_proj, 1, 1, 0, vb.pp("branch4.1"))?,
         })
+    }
+
+    /// The six convolutions in torchvision order: `branch1`, `branch2.0`, `branch2.1`,
+    /// `branch3.0`, `branch3.1`, `branch4.1`.
+    pub(crate) fn convs(&self) -> [&BasicConv2d; 6] {
+        [
+            &self.branch1,
+            &self.branch2[0],
+            &self.branch2[1],
+            &self.branch3[0],
+            &self.branch3[1],
+            &self.branch4,
+        ]
     }
 
     /// Runs the four branches on `(C, N, H, W)` and concatenates them along channels.

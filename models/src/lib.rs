@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod data;
 pub mod embedder;
+pub mod folded;
 pub mod googlenet;
 pub mod layers;
 pub mod loss;

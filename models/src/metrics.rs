@@ -2,6 +2,7 @@
 //! same-character retrieval on the embeddings (leave-one-out recall@1 and mAP@10).
 
 use crate::data::{BatchLoader, DecodedSet, LoaderConfig};
+use crate::folded::FoldedGoogLeNet;
 use crate::googlenet::GoogLeNet;
 use crate::preprocess::Preprocessing;
 use candle_core::{Device, Result, Tensor};
@@ -17,7 +18,7 @@ pub struct SetOutputs {
     pub embeddings: Vec<Vec<f32>>,
 }
 
-/// Runs the network in eval mode over `set` (no augmentation), `batch_size` images at a time.
+/// Runs the network in eval mode (BatchNorm folded) over `set` (no augmentation), `batch_size` images at a time.
 pub fn run_set(
     net: &GoogLeNet,
     set: &Arc<DecodedSet>,
@@ -33,9 +34,10 @@ pub fn run_set(
         seed: 0,
         shuffle: false,
     };
+    let net = FoldedGoogLeNet::new(net)?;
     let mut out = SetOutputs::default();
     for batch in BatchLoader::start(set.clone(), cfg, 0) {
-        let o = net.forward_t(&batch.images, false)?;
+        let o = net.forward(&batch.images)?;
         if out.logits.is_empty() {
             out.logits = vec![Vec::new(); o.logits.len()];
         }

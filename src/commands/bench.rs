@@ -45,6 +45,9 @@ pub struct ModelBenchArgs {
     /// Timed repetitions per measurement (after one warm-up).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// Measure inference only (skip the training step).
+    #[arg(long)]
+    inference_only: bool,
     /// Print one JSON object per size (for models/benches/reference/compare.sh) instead of a table.
     #[arg(long)]
     json: bool,
@@ -54,11 +57,8 @@ pub struct ModelBenchArgs {
 pub fn run_model(args: ModelBenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     for size in args.sizes {
-        let row = measure(size, args.batch, args.repeats)?;
-        eprintln!(
-            "{size} px: train {:.1} img/s, infer {:.1} img/s",
-            row.train_img_s, row.infer_img_s
-        );
+        let row = measure(size, args.batch, args.repeats, !args.inference_only)?;
+        eprintln!("{size} px: {row:?}");
         if args.json {
             let mut value = serde_json::to_value(&row)?;
             value["engine"] = "animelens".into();

@@ -11,7 +11,7 @@
 //! late layers (3×3 pixels at 96 px input). A 1×1 stride-1 convolution (most of GoogLeNet) uses
 //! the input itself as its columns.
 
-use super::{contiguous_f32, window_output_len};
+use super::{contiguous_f32, vectorized, window_output_len, Tap};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -103,6 +103,7 @@ fn im2col(g: Conv2dGeometry, d: Dims, x: &[f32], cols: &mut [f32]) {
         .for_each(|(block, xc)| {
             for ki in 0..k {
                 for kj in 0..k {
+                    let tap = Tap::new(g.stride, g.pad, kj, d.w, d.ow);
                     let row = &mut block[(ki * k + kj) * l..][..l];
                     for (n, xn) in xc.chunks(plane).enumerate() {
                         let out = &mut row[n * d.oh * d.ow..][..d.oh * d.ow];
@@ -114,19 +115,19 @@ fn im2col(g: Conv2dGeometry, d: Dims, x: &[f32], cols: &mut [f32]) {
                                 continue;
                             }
                             let src = &xn[y as usize * d.w..(y as usize + 1) * d.w];
-                            for (ox, v) in dst.iter_mut().enumerate() {
-                                let xx = (ox * g.stride + kj) as isize - g.pad as isize;
-                                *v = if xx >= 0 && xx < d.w as isize {
-                                    src[xx as usize]
-                                } else {
-                                    0.0
-                                };
-                            }
+                            copy_row(tap, src, dst);
                         }
                     }
                 }
             }
         });
+}
+
+/// Fills one im2col row segment: `dst[ox] = src[ox·stride + kj − pad]`, zero outside the row.
+fn copy_row(tap: Tap, src: &[f32], dst: &mut [f32]) {
+    dst[..tap.lo].fill(0.0);
+    dst[tap.hi..].fill(0.0);
+    tap.apply(src, dst, |_, x| x);
 }
 
 /// Folds `cols` `(C·k·k, N·OH·OW)` onto `(C, N, H, W)`, summing overlaps, one channel per task.
@@ -138,6 +139,7 @@ fn col2im(g: Conv2dGeometry, d: Dims, cols: &[f32], x: &mut [f32]) {
             xc.fill(0.0);
             for ki in 0..k {
                 for kj in 0..k {
+                    let tap = Tap::new(g.stride, g.pad, kj, d.w, d.ow);
                     let row = &block[(ki * k + kj) * l..][..l];
                     for (n, xn) in xc.chunks_mut(plane).enumerate() {
                         let src = &row[n * d.oh * d.ow..][..d.oh * d.ow];
@@ -147,12 +149,8 @@ fn col2im(g: Conv2dGeometry, d: Dims, cols: &[f32], x: &mut [f32]) {
                                 continue;
                             }
                             let dst = &mut xn[y as usize * d.w..(y as usize + 1) * d.w];
-                            for (ox, v) in src[oy * d.ow..(oy + 1) * d.ow].iter().enumerate() {
-                                let xx = (ox * g.stride + kj) as isize - g.pad as isize;
-                                if xx >= 0 && xx < d.w as isize {
-                                    dst[xx as usize] += *v;
-                                }
-                            }
+                            let values = &src[oy * d.ow..(oy + 1) * d.ow];
+                            tap.scatter_add(values, dst);
                         }
                     }
                 }
@@ -220,9 +218,131 @@ fn columns<'a>(g: Conv2dGeometry, d: Dims, x: &'a [f32], buffer: &'a mut Vec<f32
     if g.is_pointwise() {
         return x;
     }
-    buffer.resize(d.k(g) * d.l(), 0.0);
-    im2col(g, d, x, buffer);
-    buffer
+    let len = d.k(g) * d.l();
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    let cols = &mut buffer[..len];
+    im2col(g, d, x, cols);
+    cols
+}
+
+/// Width of the column blocks an inference convolution splits its output into, so that each
+/// block's bias + ReLU pass runs while the block is still in cache; `None` when there are too
+/// few columns to give every thread at least two blocks.
+fn column_block(rows: usize, columns: usize, threads: usize) -> Option<usize> {
+    const BLOCK_FLOATS: usize = 1 << 17; // 512 KiB of output per block
+    let by_cache = (BLOCK_FLOATS / rows.max(1)).max(64) / 16 * 16;
+    let by_balance = columns.div_ceil(2 * threads).div_ceil(16) * 16;
+    let block = by_cache.min(by_balance);
+    (columns >= 2 * threads * 32).then_some(block)
+}
+
+/// `v = max(v + b, 0)` over a row.
+#[inline(always)]
+fn bias_relu(row: &mut [f32], b: f32) {
+    for v in row {
+        *v = (*v + b).max(0.0);
+    }
+}
+
+/// `dst (m×n, row stride ld) = weight (m×k, row-major) · rhs (k×n, row stride ld)` on the calling
+/// thread.
+///
+/// # Safety
+/// `dst` and `rhs` must be valid for the given shapes and strides, and no other thread may
+/// touch the `dst` region meanwhile.
+unsafe fn gemm_block(
+    dst: *mut f32,
+    ld: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    weight: &[f32],
+    rhs: *const f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ld as isize,
+        false,
+        weight.as_ptr(),
+        1,
+        k as isize,
+        rhs,
+        1,
+        ld as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+/// Inference convolution with BatchNorm folded in: `out = ReLU(weight · cols(x) + bias)`.
+///
+/// Works on raw channel-major buffers: `x` is `(C, N, H, W)` as given by `x_dims`, `weight`
+/// `(O, C·k·k)`, `bias` `(O)`; `out` receives `(O, N, OH, OW)` and must hold exactly that many
+/// values. `cols` is scratch that keeps its allocation between calls. Returns `(OH, OW)`.
+pub(crate) fn conv_bias_relu(
+    g: Conv2dGeometry,
+    x: &[f32],
+    x_dims: [usize; 4],
+    weight: &[f32],
+    bias: &[f32],
+    cols: &mut Vec<f32>,
+    out: &mut [f32],
+) -> Result<(usize, usize)> {
+    let d = Dims::new(g, &x_dims, bias.len())?;
+    let (k, l) = (d.k(g), d.l());
+    if weight.len() != d.o * k || out.len() != d.o * l || x.len() != d.c * d.n * d.h * d.w {
+        candle_core::bail!(
+            "conv_bias_relu: buffers do not fit input {x_dims:?} with {} outputs and kernel {}",
+            d.o,
+            g.kernel
+        );
+    }
+    let cols = columns(g, d, x, cols);
+    let threads = rayon::current_num_threads();
+    match column_block(d.o, l, threads) {
+        Some(block) => {
+            let (out_addr, cols_addr) = (out.as_mut_ptr() as usize, cols.as_ptr() as usize);
+            (0..l.div_ceil(block)).into_par_iter().for_each(|b| {
+                let (j0, width) = (b * block, block.min(l - b * block));
+                // SAFETY: each task reads columns [j0, j0+width) of `cols` (k×l) and writes the
+                // same columns of `out` (o×l): the tasks' regions are disjoint and in bounds.
+                unsafe {
+                    let dst = (out_addr as *mut f32).add(j0);
+                    gemm_block(
+                        dst,
+                        l,
+                        d.o,
+                        width,
+                        k,
+                        weight,
+                        (cols_addr as *const f32).add(j0),
+                    );
+                    vectorized(|| {
+                        for (r, &b) in bias.iter().enumerate() {
+                            bias_relu(std::slice::from_raw_parts_mut(dst.add(r * l), width), b);
+                        }
+                    });
+                }
+            });
+        }
+        None => {
+            matmul(out, d.o, l, k, Mat::rows(weight, k), Mat::rows(cols, l));
+            out.par_chunks_mut(l)
+                .zip(bias)
+                .for_each(|(row, &b)| vectorized(|| bias_relu(row, b)));
+        }
+    }
+    Ok((d.oh, d.ow))
 }
 
 struct Conv(Conv2dGeometry);

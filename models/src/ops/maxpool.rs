@@ -4,7 +4,7 @@
 //! `max_pool2d` has neither padding nor ceil mode, and its backward is only right when the
 //! kernel size equals the stride.
 
-use super::{contiguous_f32, window_output_len};
+use super::{contiguous_f32, vectorized, window_output_len, Tap};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,8 @@ pub struct PoolGeometry {
 }
 
 impl PoolGeometry {
-    fn output_hw(&self, h: usize, w: usize) -> (usize, usize) {
+    /// Output height and width for an `h`×`w` input.
+    pub(crate) fn output_hw(&self, h: usize, w: usize) -> (usize, usize) {
         (
             window_output_len(h, self.kernel, self.stride, self.pad, self.ceil),
             window_output_len(w, self.kernel, self.stride, self.pad, self.ceil),
@@ -36,6 +37,35 @@ impl PoolGeometry {
         let start = (o * self.stride) as isize - self.pad as isize;
         let end = ((start + self.kernel as isize).max(0) as usize).min(len);
         (start.max(0) as usize, end)
+    }
+
+    /// Pools one `h`×`w` plane without recording positions (inference), separably: window
+    /// maxima along each row into `rows` (`h × OW`), then down the columns, a whole output row
+    /// at a time. Same values as [`Self::pool_plane`].
+    fn max_plane(&self, plane: &[f32], h: usize, w: usize, out: &mut [f32], rows: &mut Vec<f32>) {
+        let (oh, ow) = self.output_hw(h, w);
+        rows.resize(h * ow, 0.0);
+        let taps: Vec<Tap> = (0..self.kernel)
+            .map(|t| Tap::new(self.stride, self.pad, t, w, ow))
+            .collect();
+        for (src, dst) in plane.chunks(w).zip(rows.chunks_mut(ow)) {
+            dst.fill(f32::NEG_INFINITY);
+            for tap in &taps {
+                tap.apply(src, dst, f32::max);
+            }
+        }
+        for (oy, dst) in out.chunks_mut(ow).take(oh).enumerate() {
+            let (hs, he) = self.window(oy, h);
+            dst.copy_from_slice(&rows[hs * ow..(hs + 1) * ow]);
+            for y in hs + 1..he {
+                max_into(dst, &rows[y * ow..(y + 1) * ow]);
+            }
+        }
+    }
+
+    /// Whether this is the 3×3, stride 1, padding 1 pool that keeps the size ("same").
+    fn is_same3(&self) -> bool {
+        self.kernel == 3 && self.stride == 1 && self.pad == 1
     }
 
     /// Pools one `h`×`w` plane: writes the maxima to `out` and their positions in the plane to
@@ -70,6 +100,83 @@ pub fn max_pool2d(x: &Tensor, geometry: PoolGeometry) -> Result<Tensor> {
         geometry,
         argmax: Mutex::new(None),
     })
+}
+
+/// `dst[i] = max(dst[i], src[i])`.
+fn max_into(dst: &mut [f32], src: &[f32]) {
+    vectorized(|| {
+        for (v, &x) in dst.iter_mut().zip(src) {
+            *v = v.max(x);
+        }
+    })
+}
+
+/// `dst[i] = max(src[i − s], src[i], src[i + s])` over the neighbours inside the buffer.
+fn max3_shifted(src: &[f32], s: usize, dst: &mut [f32]) {
+    dst.copy_from_slice(src);
+    let n = src.len();
+    if s < n {
+        max_into(&mut dst[s..], &src[..n - s]);
+        max_into(&mut dst[..n - s], &src[s..]);
+    }
+}
+
+/// The "same" 3×3 pool of whole `h`×`w` planes laid end to end in `x`, on the flat buffer:
+/// each direction is the maximum of three shifted copies of the whole group, after which the
+/// plane borders, where a shift crossed into the neighbouring row or plane, are recomputed.
+fn max_pool_same3(x: &[f32], h: usize, w: usize, out: &mut [f32], rows: &mut Vec<f32>) {
+    rows.resize(x.len(), 0.0);
+    let along_rows = &mut rows[..x.len()];
+    max3_shifted(x, 1, along_rows);
+    for (t, src) in along_rows.chunks_mut(w).zip(x.chunks(w)) {
+        t[0] = src[..w.min(2)]
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        t[w - 1] = src[w.saturating_sub(2)..]
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    }
+    max3_shifted(along_rows, w, out);
+    for (o, t) in out.chunks_mut(h * w).zip(along_rows.chunks(h * w)) {
+        let (first, last) = (0..w, (h - 1) * w..h * w);
+        o[first.clone()].copy_from_slice(&t[first.clone()]);
+        o[last.clone()].copy_from_slice(&t[last.clone()]);
+        if h > 1 {
+            max_into(&mut o[first], &t[w..2 * w]);
+            max_into(&mut o[last], &t[(h - 2) * w..(h - 1) * w]);
+        }
+    }
+}
+
+/// Forward-only max pooling on a raw buffer of `h`×`w` planes (inference); `out` must hold
+/// exactly one pooled plane per input plane. Returns `(OH, OW)`.
+pub(crate) fn max_pool_planes(
+    geometry: PoolGeometry,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    out: &mut [f32],
+) -> Result<(usize, usize)> {
+    let (oh, ow) = geometry.output_hw(h, w);
+    if !x.len().is_multiple_of(h * w) || out.len() != x.len() / (h * w) * oh * ow {
+        candle_core::bail!("max_pool_planes: buffers do not hold whole {h}x{w} planes");
+    }
+    if geometry.is_same3() {
+        // Groups of about 16k values, each pooled as one flat buffer.
+        let group = (1 << 14) / (h * w) * (h * w) + h * w;
+        out.par_chunks_mut(group)
+            .zip(x.par_chunks(group))
+            .for_each_init(Vec::new, |rows, (o, planes)| {
+                max_pool_same3(planes, h, w, o, rows)
+            });
+    } else {
+        out.par_chunks_mut(oh * ow)
+            .zip(x.par_chunks(h * w))
+            .for_each_init(Vec::new, |rows, (o, plane)| {
+                geometry.max_plane(plane, h, w, o, rows)
+            });
+    }
+    Ok((oh, ow))
 }
 
 /// The forward op keeps the position of each window's maximum for its backward pass.
@@ -175,6 +282,32 @@ mod tests {
         // 96 px: 48 -> 24 -> 12 -> 6 -> 3.
         assert_eq!(geometry(3, 2, 0, true).output_hw(48, 48), (24, 24));
         assert_eq!(geometry(2, 2, 0, true).output_hw(7, 7), (4, 4));
+    }
+
+    #[test]
+    fn separable_inference_pool_equals_the_training_pool() -> Result<()> {
+        for (g, size) in [
+            (geometry(3, 2, 0, true), 12),
+            (geometry(3, 2, 0, true), 13),
+            (geometry(2, 2, 0, true), 7),
+            (geometry(3, 1, 1, true), 5),
+            (geometry(3, 1, 1, true), 1),
+            (geometry(3, 1, 1, true), 2),
+            (geometry(3, 1, 1, true), 40), // several groups of planes
+        ] {
+            let x = Tensor::randn(0f32, 1., (3, 5, size, size), &Device::Cpu)?;
+            let expected = max_pool2d(&x, g)?;
+            let (_, _, oh, ow) = expected.dims4()?;
+            let mut out = vec![0f32; 15 * oh * ow];
+            let input = x.flatten_all()?.to_vec1::<f32>()?;
+            assert_eq!(max_pool_planes(g, &input, size, size, &mut out)?, (oh, ow));
+            assert_eq!(
+                out,
+                expected.flatten_all()?.to_vec1::<f32>()?,
+                "{g:?} at {size}"
+            );
+        }
+        Ok(())
     }
 
     #[test]

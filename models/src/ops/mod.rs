@@ -10,7 +10,9 @@ mod conv;
 mod maxpool;
 
 pub use batchnorm::{batch_norm_relu, channel_stats};
+pub(crate) use conv::conv_bias_relu;
 pub use conv::{conv2d, Conv2dGeometry};
+pub(crate) use maxpool::max_pool_planes;
 pub use maxpool::{max_pool2d, PoolGeometry};
 
 use candle_core::{CpuStorage, Layout, Result};
@@ -50,6 +52,81 @@ pub(crate) fn window_output_len(
         out -= 1;
     }
     out
+}
+
+/// Runs `f` compiled for the best instruction set of this CPU (AVX-512, AVX2 + FMA, or the
+/// baseline), chosen at run time, so that the element-wise loops inside it are vectorised with
+/// the widest registers available. The crate itself is built for baseline x86-64.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
+/// Where one tap (kernel offset) of a sliding window lands along an axis: the outputs
+/// `[lo, hi)` whose input position `o·stride + tap − pad` lies inside the input, the first of
+/// those positions being `start`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tap {
+    pub(crate) lo: usize,
+    pub(crate) hi: usize,
+    start: usize,
+    stride: usize,
+}
+
+impl Tap {
+    /// Tap `tap` of a window with `stride` and `pad` over `len` inputs and `outputs` outputs.
+    pub(crate) fn new(stride: usize, pad: usize, tap: usize, len: usize, outputs: usize) -> Self {
+        // Smallest o with o·stride + tap ≥ bound.
+        let first_at = |bound: usize| bound.saturating_sub(tap).div_ceil(stride).min(outputs);
+        let lo = first_at(pad);
+        let hi = first_at(pad + len).max(lo);
+        Self {
+            lo,
+            hi,
+            start: (lo * stride + tap).saturating_sub(pad),
+            stride,
+        }
+    }
+
+    /// `dst[o] = f(dst[o], src[o·stride + tap − pad])` for the outputs in `[lo, hi)`.
+    #[inline]
+    pub(crate) fn apply(&self, src: &[f32], dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
+        if self.lo == self.hi {
+            return;
+        }
+        let dst = &mut dst[self.lo..self.hi];
+        vectorized(|| {
+            if self.stride == 1 {
+                for (v, &x) in dst.iter_mut().zip(&src[self.start..]) {
+                    *v = f(*v, x);
+                }
+            } else {
+                for (v, &x) in dst
+                    .iter_mut()
+                    .zip(src[self.start..].iter().step_by(self.stride))
+                {
+                    *v = f(*v, x);
+                }
+            }
+        })
+    }
+
+    /// The transpose of [`Self::apply`] with `+`: `dst[o·stride + tap − pad] += values[o]` for
+    /// the outputs in `[lo, hi)`.
+    #[inline]
+    pub(crate) fn scatter_add(&self, values: &[f32], dst: &mut [f32]) {
+        if self.lo == self.hi {
+            return;
+        }
+        let values = &values[self.lo..self.hi];
+        for (x, v) in dst[self.start..]
+            .iter_mut()
+            .step_by(self.stride)
+            .zip(values)
+        {
+            *x += *v;
+        }
+    }
 }
 
 /// Largest absolute element-wise difference of two tensors (test helper).
