@@ -10,8 +10,8 @@
 //!
 //! Results equal [`GoogLeNet::forward_t`] in eval mode up to float rounding (tested).
 
-use crate::googlenet::{GoogLeNet, Output, EMBEDDING_DIM};
-use crate::layers::{l2_normalise, BasicConv2d};
+use crate::googlenet::{pool_after, GoogLeNet, Output, EMBEDDING_DIM, STEM_POOL};
+use crate::layers::{l2_normalise, BasicConv2d, BRANCH_POOL};
 use crate::ops::{conv_bias_relu, max_pool_planes, Conv2dGeometry, PoolGeometry};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, Module};
@@ -171,13 +171,8 @@ impl FoldedInception {
             reduce.run(input, x, &mut scratch.cols, reduced)?;
             conv.run(reduced, r, &mut scratch.cols, o)?;
         }
-        let same = PoolGeometry {
-            kernel: 3,
-            stride: 1,
-            pad: 1,
-            ceil: true,
-        };
-        let p = max_pool(same, input, x, &mut scratch.pooled)?;
+
+        let p = max_pool(BRANCH_POOL, input, x, &mut scratch.pooled)?;
         b4.run(&scratch.pooled, p, &mut scratch.cols, o4)?;
         Ok(y)
     }
@@ -211,15 +206,6 @@ pub struct FoldedGoogLeNet {
     workspaces: Mutex<Vec<Workspace>>,
 }
 
-fn ceil_pool(kernel: usize) -> PoolGeometry {
-    PoolGeometry {
-        kernel,
-        stride: 2,
-        pad: 0,
-        ceil: true,
-    }
-}
-
 impl FoldedGoogLeNet {
     /// Folds the eval-mode BatchNorm of `net` into its convolutions.
     pub fn new(net: &GoogLeNet) -> Result<Self> {
@@ -230,16 +216,11 @@ impl FoldedGoogLeNet {
             .map(|(name, block)| {
                 let convs = block.convs().map(FoldedConv::new);
                 let [a, b, c, d, e, f] = convs;
-                let pool = match name.as_str() {
-                    "inception3b" => Some(ceil_pool(3)),
-                    "inception4e" => Some(ceil_pool(2)),
-                    _ => None,
-                };
                 Ok((
                     FoldedInception {
                         convs: [a?, b?, c?, d?, e?, f?],
                     },
-                    pool,
+                    pool_after(name),
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -298,7 +279,7 @@ impl FoldedGoogLeNet {
         let mut a = c1.output(x);
         c1.run(input, x, &mut ws.block.cols, prefix(&mut ws.next, a.len()))?;
         ws.advance();
-        a = max_pool(ceil_pool(3), &ws.current, a, &mut ws.next)?;
+        a = max_pool(STEM_POOL, &ws.current, a, &mut ws.next)?;
         ws.advance();
         for conv in [c2, c3] {
             let y = conv.output(a);
@@ -311,7 +292,7 @@ impl FoldedGoogLeNet {
             ws.advance();
             a = y;
         }
-        a = max_pool(ceil_pool(3), &ws.current, a, &mut ws.next)?;
+        a = max_pool(STEM_POOL, &ws.current, a, &mut ws.next)?;
         ws.advance();
         for (block, pool) in &self.blocks {
             a = block.run(&ws.current, a, &mut ws.block, &mut ws.next)?;

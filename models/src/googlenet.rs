@@ -63,12 +63,24 @@ pub struct Output {
     pub embedding: Tensor,
 }
 
-fn ceil_pool(kernel: usize) -> PoolGeometry {
+const fn ceil_pool(kernel: usize) -> PoolGeometry {
     PoolGeometry {
         kernel,
         stride: 2,
         pad: 0,
         ceil: true,
+    }
+}
+
+/// The 3×3 stride-2 ceil-mode pool after `conv1` and after `conv3`.
+pub(crate) const STEM_POOL: PoolGeometry = ceil_pool(3);
+
+/// The max pool GoogLeNet runs after the Inception block `name`, if any.
+pub(crate) fn pool_after(name: &str) -> Option<PoolGeometry> {
+    match name {
+        "inception3b" => Some(ceil_pool(3)),
+        "inception4e" => Some(ceil_pool(2)),
+        _ => None,
     }
 }
 
@@ -176,17 +188,15 @@ impl GoogLeNet {
         // Channel-major inside: every convolution is then one matrix product over the batch.
         let x = x.permute((1, 0, 2, 3))?.contiguous()?;
         let x = step(&|t| self.stem[0].forward_t(&x, t))?;
-        let x = max_pool2d(&x, ceil_pool(3))?;
+        let x = max_pool2d(&x, STEM_POOL)?;
         let x = step(&|t| self.stem[1].forward_t(&x, t))?;
         let x = step(&|t| self.stem[2].forward_t(&x, t))?;
-        let mut x = max_pool2d(&x, ceil_pool(3))?;
+        let mut x = max_pool2d(&x, STEM_POOL)?;
         for (name, block) in &self.blocks {
             let input = x.clone();
             x = step(&|t| block.forward_t(&input, t))?;
-            match name.as_str() {
-                "inception3b" => x = max_pool2d(&x, ceil_pool(3))?,
-                "inception4e" => x = max_pool2d(&x, ceil_pool(2))?,
-                _ => {}
+            if let Some(pool) = pool_after(name) {
+                x = max_pool2d(&x, pool)?;
             }
         }
         x.mean((2, 3))?.t()?.contiguous()

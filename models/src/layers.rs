@@ -157,6 +157,14 @@ impl InceptionSpec {
     }
 }
 
+/// The 3×3 stride-1 "same" max pool in front of an Inception block's fourth branch.
+pub(crate) const BRANCH_POOL: PoolGeometry = PoolGeometry {
+    kernel: 3,
+    stride: 1,
+    pad: 1,
+    ceil: true,
+};
+
 /// The Inception block: four parallel branches concatenated along channels.
 #[derive(Debug, Clone)]
 pub struct Inception {
@@ -201,13 +209,10 @@ impl Inception {
         let b1 = self.branch1.forward_t(x, train)?;
         let b2 = self.branch2[1].forward_t(&self.branch2[0].forward_t(x, train)?, train)?;
         let b3 = self.branch3[1].forward_t(&self.branch3[0].forward_t(x, train)?, train)?;
-        let pool = PoolGeometry {
-            kernel: 3,
-            stride: 1,
-            pad: 1,
-            ceil: true,
-        };
-        let b4 = self.branch4.forward_t(&max_pool2d(x, pool)?, train)?;
+
+        let b4 = self
+            .branch4
+            .forward_t(&max_pool2d(x, BRANCH_POOL)?, train)?;
         Tensor::cat(&[b1, b2, b3, b4], 0)
     }
 }
