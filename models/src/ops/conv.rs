@@ -158,13 +158,18 @@ fn col2im(g: Conv2dGeometry, d: Dims, cols: &[f32], x: &mut [f32]) {
         });
 }
 
-/// A row-major matrix view for `gemm`: pointer, row stride, column stride.
+/// A matrix view for `gemm`: pointer, row stride, column stride.
 #[derive(Clone, Copy)]
 struct Mat {
     ptr: *const f32,
     rs: isize,
     cs: isize,
 }
+
+// SAFETY: a `Mat` is a read-only view into a slice that the caller keeps alive and unchanged
+// for as long as the view is used, from whichever thread.
+unsafe impl Send for Mat {}
+unsafe impl Sync for Mat {}
 
 impl Mat {
     fn rows(data: &[f32], cols: usize) -> Self {
@@ -181,36 +186,161 @@ impl Mat {
             cs: cols as isize,
         }
     }
+    /// The view starting `rows` rows and `cols` columns further.
+    fn offset(self, rows: usize, cols: usize) -> Self {
+        Self {
+            // SAFETY (of the later reads): callers stay inside the viewed matrix.
+            ptr: self
+                .ptr
+                .wrapping_offset(rows as isize * self.rs + cols as isize * self.cs),
+            ..self
+        }
+    }
 }
 
-/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, dst row-major, on all rayon threads.
-fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat) {
+/// `dst (m×n, row stride ld) = lhs (m×k) · rhs (k×n)` on the calling thread.
+///
+/// # Safety
+/// The views must be valid for the given shapes, and no other thread may touch the `dst`
+/// region meanwhile.
+unsafe fn gemm_one_thread(
+    dst: *mut f32,
+    ld: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: Mat,
+    rhs: Mat,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        ld as isize,
+        false,
+        lhs.ptr,
+        lhs.cs,
+        lhs.rs,
+        rhs.ptr,
+        rhs.cs,
+        rhs.rs,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    )
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`, dst row-major, on all rayon threads, then
+/// `per_row(i, segment)` on every row segment while it is still in cache.
+///
+/// Wide products are split into column blocks, each one single-threaded gemm followed by its
+/// rows' `per_row` calls (measured faster than gemm's own threading here, and the epilogue runs
+/// on cache-hot data); narrow ones run as one multi-threaded gemm, then `per_row` on whole rows.
+fn matmul_then(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat,
+    rhs: Mat,
+    per_row: impl Fn(usize, &mut [f32]) + Sync,
+) {
     assert!(dst.len() >= m * n);
-    // SAFETY: the views were built from slices holding at least m×k and k×n elements with the
-    // given strides, and `dst` holds m×n elements (checked above).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.ptr,
-            lhs.cs,
-            lhs.rs,
-            rhs.ptr,
-            rhs.cs,
-            rhs.rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::Rayon(rayon::current_num_threads()),
-        )
+    let threads = rayon::current_num_threads();
+    let Some(block) = column_block(m, n, threads) else {
+        // SAFETY: the views hold m×k and k×n elements, `dst` m×n (checked above).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                lhs.ptr,
+                lhs.cs,
+                lhs.rs,
+                rhs.ptr,
+                rhs.cs,
+                rhs.rs,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                Parallelism::Rayon(threads),
+            )
+        };
+        dst[..m * n]
+            .par_chunks_mut(n)
+            .enumerate()
+            .for_each(|(i, row)| per_row(i, row));
+        return;
+    };
+    let dst_addr = dst.as_mut_ptr() as usize;
+    (0..n.div_ceil(block)).into_par_iter().for_each(|b| {
+        let (j0, width) = (b * block, block.min(n - b * block));
+        // SAFETY: each task writes columns [j0, j0+width) of `dst` (m×n) and only reads the
+        // views: the tasks' regions are disjoint and in bounds.
+        unsafe {
+            let out = (dst_addr as *mut f32).add(j0);
+            gemm_one_thread(out, n, m, width, k, lhs, rhs.offset(0, j0));
+            for i in 0..m {
+                per_row(i, std::slice::from_raw_parts_mut(out.add(i * n), width));
+            }
+        }
+    });
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)` on all rayon threads.
+fn matmul(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat) {
+    matmul_then(dst, (m, n, k), lhs, rhs, |_, _| {});
+}
+
+/// Like [`matmul`] for a small product over a long inner dimension (the kernel gradient: `k` is
+/// every pixel of the batch): each thread reduces its own share of `k` into a partial product,
+/// and the partials are summed.
+fn matmul_long_k(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: Mat) {
+    let threads = rayon::current_num_threads();
+    if threads < 2 || k < threads * 1024 {
+        return matmul(dst, m, n, k, lhs, rhs);
     }
+    let share = k.div_ceil(threads);
+    let partials: Vec<Vec<f32>> = (0..threads)
+        .into_par_iter()
+        .map(|t| {
+            let (k0, len) = (t * share, share.min(k - t * share));
+            let mut part = vec![0f32; m * n];
+            // SAFETY: `part` holds m×n values; the views are offset inside their k extent.
+            unsafe {
+                gemm_one_thread(
+                    part.as_mut_ptr(),
+                    n,
+                    m,
+                    n,
+                    len,
+                    lhs.offset(0, k0),
+                    rhs.offset(k0, 0),
+                )
+            };
+            part
+        })
+        .collect();
+    dst[..m * n]
+        .par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(i, row)| {
+            row.copy_from_slice(&partials[0][i * n..(i + 1) * n]);
+            for p in &partials[1..] {
+                for (v, x) in row.iter_mut().zip(&p[i * n..(i + 1) * n]) {
+                    *v += x;
+                }
+            }
+        });
 }
 
 /// The column matrix of `x`: `x` itself for a pointwise convolution, else `im2col(x)`.
@@ -227,9 +357,9 @@ fn columns<'a>(g: Conv2dGeometry, d: Dims, x: &'a [f32], buffer: &'a mut Vec<f32
     cols
 }
 
-/// Width of the column blocks an inference convolution splits its output into, so that each
-/// block's bias + ReLU pass runs while the block is still in cache; `None` when there are too
-/// few columns to give every thread at least two blocks.
+/// Width of the column blocks a product with `rows`×`columns` output is split into (about
+/// 512 KiB of output each, so a block's epilogue runs while it is in cache, and at least two
+/// blocks per thread); `None` when there are too few columns for that.
 fn column_block(rows: usize, columns: usize, threads: usize) -> Option<usize> {
     const BLOCK_FLOATS: usize = 1 << 17; // 512 KiB of output per block
     let by_cache = (BLOCK_FLOATS / rows.max(1)).max(64) / 16 * 16;
@@ -244,44 +374,6 @@ fn bias_relu(row: &mut [f32], b: f32) {
     for v in row {
         *v = (*v + b).max(0.0);
     }
-}
-
-/// `dst (m×n, row stride ld) = weight (m×k, row-major) · rhs (k×n, row stride ld)` on the calling
-/// thread.
-///
-/// # Safety
-/// `dst` and `rhs` must be valid for the given shapes and strides, and no other thread may
-/// touch the `dst` region meanwhile.
-unsafe fn gemm_block(
-    dst: *mut f32,
-    ld: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    weight: &[f32],
-    rhs: *const f32,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        ld as isize,
-        false,
-        weight.as_ptr(),
-        1,
-        k as isize,
-        rhs,
-        1,
-        ld as isize,
-        0.0,
-        1.0,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    )
 }
 
 /// Inference convolution with BatchNorm folded in: `out = ReLU(weight · cols(x) + bias)`.
@@ -308,40 +400,13 @@ pub(crate) fn conv_bias_relu(
         );
     }
     let cols = columns(g, d, x, cols);
-    let threads = rayon::current_num_threads();
-    match column_block(d.o, l, threads) {
-        Some(block) => {
-            let (out_addr, cols_addr) = (out.as_mut_ptr() as usize, cols.as_ptr() as usize);
-            (0..l.div_ceil(block)).into_par_iter().for_each(|b| {
-                let (j0, width) = (b * block, block.min(l - b * block));
-                // SAFETY: each task reads columns [j0, j0+width) of `cols` (k×l) and writes the
-                // same columns of `out` (o×l): the tasks' regions are disjoint and in bounds.
-                unsafe {
-                    let dst = (out_addr as *mut f32).add(j0);
-                    gemm_block(
-                        dst,
-                        l,
-                        d.o,
-                        width,
-                        k,
-                        weight,
-                        (cols_addr as *const f32).add(j0),
-                    );
-                    vectorized(|| {
-                        for (r, &b) in bias.iter().enumerate() {
-                            bias_relu(std::slice::from_raw_parts_mut(dst.add(r * l), width), b);
-                        }
-                    });
-                }
-            });
-        }
-        None => {
-            matmul(out, d.o, l, k, Mat::rows(weight, k), Mat::rows(cols, l));
-            out.par_chunks_mut(l)
-                .zip(bias)
-                .for_each(|(row, &b)| vectorized(|| bias_relu(row, b)));
-        }
-    }
+    matmul_then(
+        out,
+        (d.o, l, k),
+        Mat::rows(weight, k),
+        Mat::rows(cols, l),
+        |row, values| vectorized(|| bias_relu(values, bias[row])),
+    );
     Ok((d.oh, d.ow))
 }
 
@@ -473,7 +538,7 @@ impl CustomOp2 for ConvWeightGrad {
         let mut buffer = Vec::new();
         let cols = columns(g, d, x, &mut buffer);
         let mut dw = vec![0f32; o * k];
-        matmul(
+        matmul_long_k(
             &mut dw,
             o,
             k,
@@ -531,6 +596,8 @@ mod tests {
             check(batch, 7, 2, 3, 15)?; // stem
             check(batch, 3, 2, 0, 9)?;
         }
+        // Wide enough for column-blocked products and a split kernel-gradient reduction.
+        check(2, 3, 1, 1, 40)?;
         Ok(())
     }
 }
