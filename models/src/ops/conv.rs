@@ -198,19 +198,18 @@ impl Mat {
     }
 }
 
-/// `dst (m×n, row stride ld) = lhs (m×k) · rhs (k×n)` on the calling thread.
+/// `dst (m×n, row stride ld) = lhs (m×k) · rhs (k×n)` with the given threading.
 ///
 /// # Safety
 /// The views must be valid for the given shapes, and no other thread may touch the `dst`
 /// region meanwhile.
-unsafe fn gemm_one_thread(
+unsafe fn gemm_into(
     dst: *mut f32,
     ld: usize,
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     lhs: Mat,
     rhs: Mat,
+    parallelism: Parallelism,
 ) {
     gemm::gemm(
         m,
@@ -231,7 +230,7 @@ unsafe fn gemm_one_thread(
         false,
         false,
         false,
-        Parallelism::None,
+        parallelism,
     )
 }
 
@@ -253,25 +252,12 @@ fn matmul_then(
     let Some(block) = column_block(m, n, threads) else {
         // SAFETY: the views hold m×k and k×n elements, `dst` m×n (checked above).
         unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
+            gemm_into(
                 dst.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                lhs.ptr,
-                lhs.cs,
-                lhs.rs,
-                rhs.ptr,
-                rhs.cs,
-                rhs.rs,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+                n,
+                (m, n, k),
+                lhs,
+                rhs,
                 Parallelism::Rayon(threads),
             )
         };
@@ -288,7 +274,8 @@ fn matmul_then(
         // views: the tasks' regions are disjoint and in bounds.
         unsafe {
             let out = (dst_addr as *mut f32).add(j0);
-            gemm_one_thread(out, n, m, width, k, lhs, rhs.offset(0, j0));
+            let shape = (m, width, k);
+            gemm_into(out, n, shape, lhs, rhs.offset(0, j0), Parallelism::None);
             for i in 0..m {
                 per_row(i, std::slice::from_raw_parts_mut(out.add(i * n), width));
             }
@@ -317,14 +304,13 @@ fn matmul_long_k(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: M
             let mut part = vec![0f32; m * n];
             // SAFETY: `part` holds m×n values; the views are offset inside their k extent.
             unsafe {
-                gemm_one_thread(
+                gemm_into(
                     part.as_mut_ptr(),
                     n,
-                    m,
-                    n,
-                    len,
+                    (m, n, len),
                     lhs.offset(0, k0),
                     rhs.offset(k0, 0),
+                    Parallelism::None,
                 )
             };
             part
