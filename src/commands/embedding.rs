@@ -116,6 +116,24 @@ pub fn embed(
         .collect()
 }
 
+/// Reads and embeds one batch of image files; one result per path, in order, the error saying
+/// why a file could not be read or embedded.
+pub fn embed_batch(
+    embedder: &dyn Embedder,
+    paths: &[PathBuf],
+) -> Vec<std::result::Result<Vec<f32>, String>> {
+    let files = read_files(paths);
+    let bytes: Vec<&[u8]> = files
+        .iter()
+        .filter_map(|f| f.as_ref().ok().map(|f| f.bytes.as_slice()))
+        .collect();
+    let mut embedded = embed(embedder, &bytes).into_iter();
+    files
+        .into_iter()
+        .map(|f| f.and_then(|_| embedded.next().expect("one result per readable file")))
+        .collect()
+}
+
 /// Reads and embeds image files in batches of [`BATCH`], advancing `bar`.
 pub fn embed_files(
     embedder: &dyn Embedder,
@@ -124,17 +142,7 @@ pub fn embed_files(
 ) -> Vec<std::result::Result<Vec<f32>, String>> {
     let mut out = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(BATCH) {
-        let files = read_files(chunk);
-        let bytes: Vec<&[u8]> = files
-            .iter()
-            .filter_map(|f| f.as_ref().ok().map(|f| f.bytes.as_slice()))
-            .collect();
-        let mut embedded = embed(embedder, &bytes).into_iter();
-        out.extend(
-            files
-                .into_iter()
-                .map(|f| f.and_then(|_| embedded.next().expect("one result per readable file"))),
-        );
+        out.extend(embed_batch(embedder, chunk));
         bar.inc(chunk.len() as u64);
     }
     out

@@ -5,7 +5,7 @@
 //! File `<dir>/<fingerprint>.emb`: records of `u32 LE path length, path (UTF-8), u32 LE dimension,
 //! dimension × f32 LE`. A truncated last record (a run killed mid-write) is ignored.
 
-use super::embedding::{embed, read_files, BATCH};
+use super::embedding::{embed_batch, BATCH};
 use animelens_models::Embedder;
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
@@ -99,18 +99,8 @@ impl EmbeddingCache {
         bar.inc((paths.len() - missing.len()) as u64);
         let mut failures: HashMap<PathBuf, String> = HashMap::new();
         for chunk in missing.chunks(BATCH) {
-            let files = read_files(chunk);
-            let bytes: Vec<&[u8]> = files
-                .iter()
-                .filter_map(|f| f.as_ref().ok().map(|f| f.bytes.as_slice()))
-                .collect();
-            let mut embedded = embed(embedder, &bytes).into_iter();
             let mut records = Vec::new();
-            for (path, file) in chunk.iter().zip(&files) {
-                let result = match file {
-                    Ok(_) => embedded.next().expect("one result per readable file"),
-                    Err(e) => Err(e.clone()),
-                };
+            for (path, result) in chunk.iter().zip(embed_batch(embedder, chunk)) {
                 match result {
                     Ok(v) => records.push((path.clone(), v)),
                     Err(reason) => {
