@@ -81,13 +81,12 @@ impl FoldedConv {
 
     /// The output shape for input `x`.
     fn output(&self, x: Activation) -> Activation {
-        let g = self.geometry;
-        let side = |s: usize| (s + 2 * g.pad - g.kernel) / g.stride + 1;
+        let (h, w) = self.geometry.output_hw(x.h, x.w);
         Activation {
             c: self.out_channels(),
             n: x.n,
-            h: side(x.h),
-            w: side(x.w),
+            h,
+            w,
         }
     }
 

@@ -28,7 +28,8 @@ pub struct Conv2dGeometry {
 }
 
 impl Conv2dGeometry {
-    fn output_hw(&self, h: usize, w: usize) -> (usize, usize) {
+    /// Output height and width for an `h`×`w` input.
+    pub(crate) fn output_hw(&self, h: usize, w: usize) -> (usize, usize) {
         (
             window_output_len(h, self.kernel, self.stride, self.pad, false),
             window_output_len(w, self.kernel, self.stride, self.pad, false),
