@@ -163,8 +163,8 @@ pub fn clustered_vectors(
     (vectors, labels)
 }
 
-/// Indices of the exact top `k` of `q` among `vectors`.
-fn exact_top(q: &[f32], vectors: &[Vec<f32>], k: usize) -> Vec<usize> {
+/// The exact top `k` of `q` among `vectors`: (index, dot product), most similar first.
+fn exact_top(q: &[f32], vectors: &[Vec<f32>], k: usize) -> Vec<(usize, f32)> {
     let mut scored: Vec<(usize, f32)> = vectors
         .iter()
         .enumerate()
@@ -177,7 +177,7 @@ fn exact_top(q: &[f32], vectors: &[Vec<f32>], k: usize) -> Vec<usize> {
     scored.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
     scored.truncate(k);
     scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-    scored.into_iter().map(|(i, _)| i).collect()
+    scored
 }
 
 /// Runs the benchmark on synthetic clustered vectors in `dir`, which must not exist yet or be
@@ -247,23 +247,22 @@ pub fn run_on(
     let reload_secs = started.elapsed().as_secs_f32();
 
     let started = Instant::now();
-    let truth: Vec<Vec<usize>> = queries.iter().map(|q| exact_top(q, items, 10)).collect();
+    let truth: Vec<Vec<(usize, f32)>> = queries.iter().map(|q| exact_top(q, items, 10)).collect();
     let exact_qps = queries.len() as f32 / started.elapsed().as_secs_f32();
 
-    // Similarity of each query's exact 10th neighbour.
-    let tenth: Vec<f32> = queries
-        .iter()
-        .zip(&truth)
-        .map(|(q, want)| want.last().map_or(f32::MIN, |&i| dot(q, &items[i])))
-        .collect();
     let mut rows = Vec::new();
     for &ef in efs {
         let started = Instant::now();
         let (mut found, mut near_enough, mut wanted) = (0usize, 0usize, 0usize);
-        for ((q, want), &bound) in queries.iter().zip(&truth).zip(&tenth) {
+        for (q, want) in queries.iter().zip(&truth) {
             let hits = cat.search_with_ef(q, 10, &Filter::any(), ef)?;
             let got: HashSet<ItemId> = hits.iter().map(|h| h.id).collect();
-            found += want.iter().filter(|&&i| got.contains(&index_of[i])).count();
+            found += want
+                .iter()
+                .filter(|&&(i, _)| got.contains(&index_of[i]))
+                .count();
+            // Similarity of the exact 10th neighbour.
+            let bound = want.last().map_or(f32::MIN, |&(_, s)| s);
             near_enough += hits
                 .iter()
                 .filter(|h| h.score >= bound - 1e-5)
@@ -330,6 +329,7 @@ pub fn retrieval_quality(vectors: &[Vec<f32>], labels: &[String]) -> RetrievalQu
         .map(|i| {
             let others: Vec<usize> = exact_top(&normed[i], &normed, 11)
                 .into_iter()
+                .map(|(j, _)| j)
                 .filter(|&j| j != i)
                 .take(10)
                 .collect();
