@@ -12,7 +12,7 @@
 
 use crate::googlenet::{pool_after, GoogLeNet, Output, EMBEDDING_DIM, STEM_POOL};
 use crate::layers::{l2_normalise, BasicConv2d, BRANCH_POOL};
-use crate::ops::{conv_bias_relu, max_pool_planes, Conv2dGeometry, PoolGeometry};
+use crate::ops::{conv_bias_relu, max_pool_planes, prefix, Conv2dGeometry, PoolGeometry};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, Module};
 use rayon::prelude::*;
@@ -35,14 +35,6 @@ impl Activation {
     fn dims(&self) -> [usize; 4] {
         [self.c, self.n, self.h, self.w]
     }
-}
-
-/// The first `len` values of `buffer`, growing it (never shrinking) when it is too short.
-fn prefix(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
 }
 
 /// One conv → BN → ReLU with the BatchNorm folded into the weights and a bias.
@@ -170,7 +162,6 @@ impl FoldedInception {
             reduce.run(input, x, &mut scratch.cols, reduced)?;
             conv.run(reduced, r, &mut scratch.cols, o)?;
         }
-
         let p = max_pool(BRANCH_POOL, input, x, &mut scratch.pooled)?;
         b4.run(&scratch.pooled, p, &mut scratch.cols, o4)?;
         Ok(y)

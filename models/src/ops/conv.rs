@@ -11,7 +11,7 @@
 //! late layers (3×3 pixels at 96 px input). A 1×1 stride-1 convolution (most of GoogLeNet) uses
 //! the input itself as its columns.
 
-use super::{contiguous_f32, vectorized, window_output_len, Tap};
+use super::{contiguous_f32, prefix, vectorized, window_output_len, Tap};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -335,11 +335,7 @@ fn columns<'a>(g: Conv2dGeometry, d: Dims, x: &'a [f32], buffer: &'a mut Vec<f32
     if g.is_pointwise() {
         return x;
     }
-    let len = d.k(g) * d.l();
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    let cols = &mut buffer[..len];
+    let cols = prefix(buffer, d.k(g) * d.l());
     im2col(g, d, x, cols);
     cols
 }

@@ -4,7 +4,7 @@
 //! `max_pool2d` has neither padding nor ceil mode, and its backward is only right when the
 //! kernel size equals the stride.
 
-use super::{contiguous_f32, vectorized, window_output_len, Tap};
+use super::{contiguous_f32, prefix, vectorized, window_output_len, Tap};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -44,7 +44,7 @@ impl PoolGeometry {
     /// at a time. Same values as [`Self::pool_plane`].
     fn max_plane(&self, plane: &[f32], h: usize, w: usize, out: &mut [f32], rows: &mut Vec<f32>) {
         let (oh, ow) = self.output_hw(h, w);
-        rows.resize(h * ow, 0.0);
+        let rows = prefix(rows, h * ow);
         let taps: Vec<Tap> = (0..self.kernel)
             .map(|t| Tap::new(self.stride, self.pad, t, w, ow))
             .collect();
@@ -125,8 +125,7 @@ fn max3_shifted(src: &[f32], s: usize, dst: &mut [f32]) {
 /// each direction is the maximum of three shifted copies of the whole group, after which the
 /// plane borders, where a shift crossed into the neighbouring row or plane, are recomputed.
 fn max_pool_same3(x: &[f32], h: usize, w: usize, out: &mut [f32], rows: &mut Vec<f32>) {
-    rows.resize(x.len(), 0.0);
-    let along_rows = &mut rows[..x.len()];
+    let along_rows = prefix(rows, x.len());
     max3_shifted(x, 1, along_rows);
     for (t, src) in along_rows.chunks_mut(w).zip(x.chunks(w)) {
         t[0] = src[..w.min(2)]

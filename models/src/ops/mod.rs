@@ -54,6 +54,15 @@ pub(crate) fn window_output_len(
     out
 }
 
+/// The first `len` values of `buffer`, growing it (never shrinking) when it is too short, so
+/// that scratch buffers keep their allocation between calls.
+pub(crate) fn prefix(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
+
 /// Runs `f` compiled for the best instruction set of this CPU (AVX-512, AVX2 + FMA, or the
 /// baseline), chosen at run time, so that the element-wise loops inside it are vectorised with
 /// the widest registers available. The crate itself is built for baseline x86-64.
