@@ -94,54 +94,138 @@ impl Dims {
     fn l(&self) -> usize {
         self.n * self.oh * self.ow
     }
+    /// Whether the convolution has stride 1 and keeps the plane size (padding `(k − 1) / 2`),
+    /// so that each kernel tap reads the input shifted by a fixed offset.
+    fn keeps_size(&self, g: Conv2dGeometry) -> bool {
+        g.stride == 1 && self.oh == self.h && self.ow == self.w
+    }
 }
 
 /// Unfolds `(C, N, H, W)` into `cols` `(C·k·k, N·OH·OW)`, one channel per task.
 fn im2col(g: Conv2dGeometry, d: Dims, x: &[f32], cols: &mut [f32]) {
     let (k, l, plane) = (g.kernel, d.l(), d.h * d.w);
+    let same = d.keeps_size(g);
     cols.par_chunks_mut(k * k * l)
         .zip(x.par_chunks(d.n * plane))
         .for_each(|(block, xc)| {
             for ki in 0..k {
                 for kj in 0..k {
-                    let tap = Tap::new(g.stride, g.pad, kj, d.w, d.ow);
                     let row = &mut block[(ki * k + kj) * l..][..l];
-                    for (n, xn) in xc.chunks(plane).enumerate() {
-                        let out = &mut row[n * d.oh * d.ow..][..d.oh * d.ow];
-                        for oy in 0..d.oh {
-                            let dst = &mut out[oy * d.ow..(oy + 1) * d.ow];
-                            let y = (oy * g.stride + ki) as isize - g.pad as isize;
-                            if y < 0 || y >= d.h as isize {
-                                dst.fill(0.0);
-                                continue;
-                            }
-                            let src = &xn[y as usize * d.w..(y as usize + 1) * d.w];
-                            copy_row(tap, src, dst);
-                        }
+                    if same {
+                        shifted_copy(xc, row, (d.h, d.w), shift(g, ki, kj));
+                        continue;
                     }
+                    let tap = Tap::new(g.stride, g.pad, kj, d.w, d.ow);
+                    vectorized(|| {
+                        for (n, xn) in xc.chunks(plane).enumerate() {
+                            let out = &mut row[n * d.oh * d.ow..][..d.oh * d.ow];
+                            for oy in 0..d.oh {
+                                let dst = &mut out[oy * d.ow..(oy + 1) * d.ow];
+                                let y = (oy * g.stride + ki) as isize - g.pad as isize;
+                                if y < 0 || y >= d.h as isize {
+                                    dst.fill(0.0);
+                                    continue;
+                                }
+                                let src = &xn[y as usize * d.w..(y as usize + 1) * d.w];
+                                copy_row(tap, src, dst);
+                            }
+                        }
+                    });
                 }
             }
         });
 }
 
 /// Fills one im2col row segment: `dst[ox] = src[ox·stride + kj − pad]`, zero outside the row.
+#[inline(always)]
 fn copy_row(tap: Tap, src: &[f32], dst: &mut [f32]) {
     dst[..tap.lo].fill(0.0);
     dst[tap.hi..].fill(0.0);
     tap.apply(src, dst, |_, x| x);
 }
 
+/// The offset `(dy, dx)` from an output pixel to the input pixel that kernel tap `(ki, kj)`
+/// reads, for a stride-1 convolution.
+fn shift(g: Conv2dGeometry, ki: usize, kj: usize) -> (isize, isize) {
+    (ki as isize - g.pad as isize, kj as isize - g.pad as isize)
+}
+
+/// The range of flat positions `p` of a buffer of `len` values for which `p + offset` is
+/// inside it too.
+fn overlap(len: usize, offset: isize) -> std::ops::Range<usize> {
+    let lo = (-offset).clamp(0, len as isize) as usize;
+    let hi = (len as isize - offset).clamp(lo as isize, len as isize) as usize;
+    lo..hi
+}
+
+/// For the `(h, w)` planes laid end to end in `buf`: zeroes every pixel `(y, x)` whose
+/// neighbour `(y + dy, x + dx)` is outside its plane.
+fn zero_outside(buf: &mut [f32], (h, w): (usize, usize), (dy, dx): (isize, isize)) {
+    let rows_out = dy.unsigned_abs().min(h);
+    let cols_out = dx.unsigned_abs().min(w);
+    for plane in buf.chunks_mut(h * w) {
+        let inside = if dy >= 0 {
+            plane[(h - rows_out) * w..].fill(0.0);
+            &mut plane[..(h - rows_out) * w]
+        } else {
+            plane[..rows_out * w].fill(0.0);
+            &mut plane[rows_out * w..]
+        };
+        if cols_out > 0 {
+            for row in inside.chunks_mut(w) {
+                if dx > 0 {
+                    row[w - cols_out..].fill(0.0);
+                } else {
+                    row[..cols_out].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// The im2col row of one tap of a size-keeping stride-1 convolution, for one channel's `(h, w)`
+/// planes: `dst[p] = src[p + dy·w + dx]` where that neighbour is in `p`'s plane, else 0. One
+/// shifted copy of the whole channel, then the plane borders are zeroed.
+fn shifted_copy(src: &[f32], dst: &mut [f32], (h, w): (usize, usize), (dy, dx): (isize, isize)) {
+    let offset = dy * w as isize + dx;
+    let valid = overlap(dst.len(), offset);
+    if valid.is_empty() {
+        dst.fill(0.0);
+        return;
+    }
+    dst[..valid.start].fill(0.0);
+    dst[valid.end..].fill(0.0);
+    let from = (valid.start as isize + offset) as usize;
+    dst[valid.clone()].copy_from_slice(&src[from..from + valid.len()]);
+    zero_outside(dst, (h, w), (dy, dx));
+}
+
 /// Folds `cols` `(C·k·k, N·OH·OW)` onto `(C, N, H, W)`, summing overlaps, one channel per task.
-fn col2im(g: Conv2dGeometry, d: Dims, cols: &[f32], x: &mut [f32]) {
+/// `cols` is used as scratch (its out-of-plane entries are zeroed).
+fn col2im(g: Conv2dGeometry, d: Dims, cols: &mut [f32], x: &mut [f32]) {
     let (k, l, plane) = (g.kernel, d.l(), d.h * d.w);
+    let same = d.keeps_size(g);
     x.par_chunks_mut(d.n * plane)
-        .zip(cols.par_chunks(k * k * l))
+        .zip(cols.par_chunks_mut(k * k * l))
         .for_each(|(xc, block)| {
             xc.fill(0.0);
             for ki in 0..k {
                 for kj in 0..k {
+                    let row = &mut block[(ki * k + kj) * l..][..l];
+                    if same {
+                        // The transpose of `shifted_copy`: x[p + offset] += row[p] where valid.
+                        let (dy, dx) = shift(g, ki, kj);
+                        zero_outside(row, (d.h, d.w), (dy, dx));
+                        let offset = dy * d.w as isize + dx;
+                        let valid = overlap(l, offset);
+                        if valid.is_empty() {
+                            continue;
+                        }
+                        let to = (valid.start as isize + offset) as usize;
+                        add_into(&mut xc[to..to + valid.len()], &row[valid]);
+                        continue;
+                    }
                     let tap = Tap::new(g.stride, g.pad, kj, d.w, d.ow);
-                    let row = &block[(ki * k + kj) * l..][..l];
                     for (n, xn) in xc.chunks_mut(plane).enumerate() {
                         let src = &row[n * d.oh * d.ow..][..d.oh * d.ow];
                         for oy in 0..d.oh {
@@ -157,6 +241,15 @@ fn col2im(g: Conv2dGeometry, d: Dims, cols: &[f32], x: &mut [f32]) {
                 }
             }
         });
+}
+
+/// `dst[i] += src[i]`.
+fn add_into(dst: &mut [f32], src: &[f32]) {
+    vectorized(|| {
+        for (v, x) in dst.iter_mut().zip(src) {
+            *v += x;
+        }
+    })
 }
 
 /// A matrix view for `gemm`: pointer, row stride, column stride.
@@ -330,6 +423,28 @@ fn matmul_long_k(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: M
         });
 }
 
+/// `dst (cols×rows) = srcᵀ` for a row-major `src (rows×cols)`, in 16×16 tiles, the rows of
+/// `dst` shared among the threads.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const TILE: usize = 16;
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    dst[..rows * cols]
+        .par_chunks_mut(TILE * rows)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let c0 = block * TILE;
+            let width = TILE.min(cols - c0);
+            for r0 in (0..rows).step_by(TILE) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    let row = &src[r * cols + c0..][..width];
+                    for (j, &v) in row.iter().enumerate() {
+                        out[j * rows + r] = v;
+                    }
+                }
+            }
+        });
+}
+
 /// The column matrix of `x`: `x` itself for a pointwise convolution, else `im2col(x)`.
 fn columns<'a>(g: Conv2dGeometry, d: Dims, x: &'a [f32], buffer: &'a mut Vec<f32>) -> &'a [f32] {
     if g.is_pointwise() {
@@ -489,7 +604,7 @@ impl CustomOp2 for ConvInputGrad {
                 Mat::transposed(w, k),
                 Mat::rows(grad, l),
             );
-            col2im(g, d, &dcols, &mut dx);
+            col2im(g, d, &mut dcols, &mut dx);
         }
         Ok((CpuStorage::F32(dx), Shape::from((c, d.n, d.h, d.w))))
     }
@@ -520,15 +635,22 @@ impl CustomOp2 for ConvWeightGrad {
         let (k, l, o) = (d.k(g), d.l(), d.o);
         let mut buffer = Vec::new();
         let cols = columns(g, d, x, &mut buffer);
-        let mut dw = vec![0f32; o * k];
+        // Both operands run along the pixels, so gemm would have to pack one of them through a
+        // strided gather; with the (smaller) gradient transposed first it packs contiguous
+        // rows. The product is then dWᵀ, transposed back at the end (small).
+        let mut grad_t = vec![0f32; l * o];
+        transpose(grad, o, l, &mut grad_t);
+        let mut dw_t = vec![0f32; k * o];
         matmul_long_k(
-            &mut dw,
-            o,
+            &mut dw_t,
             k,
+            o,
             l,
-            Mat::rows(grad, l),
-            Mat::transposed(cols, l),
+            Mat::rows(cols, l),
+            Mat::rows(&grad_t, o),
         );
+        let mut dw = vec![0f32; o * k];
+        transpose(&dw_t, k, o, &mut dw);
         Ok((
             CpuStorage::F32(dw),
             Shape::from((o, d.c, g.kernel, g.kernel)),
@@ -572,12 +694,33 @@ mod tests {
     }
 
     #[test]
+    fn transpose_swaps_rows_and_columns() {
+        for (rows, cols) in [(1, 1), (3, 40), (17, 33), (40, 3)] {
+            let src: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+            let mut dst = vec![0f32; rows * cols];
+            transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(dst[c * rows + r], src[r * cols + c]);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn matches_candle_conv_for_googlenet_shapes() -> Result<()> {
         for batch in [1, 5] {
             check(batch, 1, 1, 0, 6)?; // pointwise
             check(batch, 3, 1, 1, 7)?; // inception 3x3
             check(batch, 7, 2, 3, 15)?; // stem
             check(batch, 3, 2, 0, 9)?;
+            // Size-keeping stride-1 kernels on planes as small as the late layers' (and
+            // smaller than the kernel), and a stride-1 kernel that shrinks the plane.
+            for size in [1, 2, 3] {
+                check(batch, 3, 1, 1, size)?;
+            }
+            check(batch, 5, 1, 2, 6)?;
+            check(batch, 3, 1, 0, 6)?;
         }
         // Wide enough for column-blocked products and a split kernel-gradient reduction.
         check(2, 3, 1, 1, 40)?;
