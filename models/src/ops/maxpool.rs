@@ -39,28 +39,37 @@ impl PoolGeometry {
         (start.max(0) as usize, end)
     }
 
-    /// Pools one `h`×`w` plane without recording positions (inference), separably: window
-    /// maxima along each row into `rows` (`h × OW`), then down the columns, a whole output row
-    /// at a time. Same values as [`Self::pool_plane`].
-    fn max_plane(&self, plane: &[f32], h: usize, w: usize, out: &mut [f32], rows: &mut Vec<f32>) {
+    /// Pools the `h`×`w` planes laid end to end in `planes` without recording positions
+    /// (inference), separably: for each output row, the maximum of its window's input rows
+    /// (contiguous, into `column_max`), then the window maxima along that row. Same values as
+    /// [`Self::pool_plane`].
+    fn max_planes(
+        &self,
+        planes: &[f32],
+        (h, w): (usize, usize),
+        out: &mut [f32],
+        column_max: &mut Vec<f32>,
+    ) {
         let (oh, ow) = self.output_hw(h, w);
-        let rows = prefix(rows, h * ow);
+        let column_max = prefix(column_max, w);
         let taps: Vec<Tap> = (0..self.kernel)
             .map(|t| Tap::new(self.stride, self.pad, t, w, ow))
             .collect();
-        for (src, dst) in plane.chunks(w).zip(rows.chunks_mut(ow)) {
-            dst.fill(f32::NEG_INFINITY);
-            for tap in &taps {
-                tap.apply(src, dst, f32::max);
+        let rows: Vec<(usize, usize)> = (0..oh).map(|oy| self.window(oy, h)).collect();
+        vectorized(|| {
+            for (plane, out) in planes.chunks(h * w).zip(out.chunks_mut(oh * ow)) {
+                for (&(hs, he), dst) in rows.iter().zip(out.chunks_mut(ow)) {
+                    column_max.copy_from_slice(&plane[hs * w..(hs + 1) * w]);
+                    for y in hs + 1..he {
+                        max_into(column_max, &plane[y * w..(y + 1) * w]);
+                    }
+                    dst.fill(f32::NEG_INFINITY);
+                    for tap in &taps {
+                        tap.apply(column_max, dst, f32::max);
+                    }
+                }
             }
-        }
-        for (oy, dst) in out.chunks_mut(ow).take(oh).enumerate() {
-            let (hs, he) = self.window(oy, h);
-            dst.copy_from_slice(&rows[hs * ow..(hs + 1) * ow]);
-            for y in hs + 1..he {
-                max_into(dst, &rows[y * ow..(y + 1) * ow]);
-            }
-        }
+        })
     }
 
     /// Whether this is the 3×3, stride 1, padding 1 pool that keeps the size ("same").
@@ -103,12 +112,11 @@ pub fn max_pool2d(x: &Tensor, geometry: PoolGeometry) -> Result<Tensor> {
 }
 
 /// `dst[i] = max(dst[i], src[i])`.
+#[inline(always)]
 fn max_into(dst: &mut [f32], src: &[f32]) {
-    vectorized(|| {
-        for (v, &x) in dst.iter_mut().zip(src) {
-            *v = v.max(x);
-        }
-    })
+    for (v, &x) in dst.iter_mut().zip(src) {
+        *v = v.max(x);
+    }
 }
 
 /// `dst[i] = max(src[i − s], src[i], src[i + s])` over the neighbours inside the buffer.
@@ -166,13 +174,15 @@ pub(crate) fn max_pool_planes(
         out.par_chunks_mut(group)
             .zip(x.par_chunks(group))
             .for_each_init(Vec::new, |rows, (o, planes)| {
-                max_pool_same3(planes, h, w, o, rows)
+                vectorized(|| max_pool_same3(planes, h, w, o, rows))
             });
     } else {
-        out.par_chunks_mut(oh * ow)
-            .zip(x.par_chunks(h * w))
-            .for_each_init(Vec::new, |rows, (o, plane)| {
-                geometry.max_plane(plane, h, w, o, rows)
+        // Groups of about 16k input values.
+        let planes = (1 << 14) / (h * w) + 1;
+        out.par_chunks_mut(planes * oh * ow)
+            .zip(x.par_chunks(planes * h * w))
+            .for_each_init(Vec::new, |column_max, (o, group)| {
+                geometry.max_planes(group, (h, w), o, column_max)
             });
     }
     Ok((oh, ow))
@@ -293,6 +303,7 @@ mod tests {
             (geometry(3, 1, 1, true), 1),
             (geometry(3, 1, 1, true), 2),
             (geometry(3, 1, 1, true), 40), // several groups of planes
+            (geometry(3, 2, 0, true), 40),
         ] {
             let x = Tensor::randn(0f32, 1., (3, 5, size, size), &Device::Cpu)?;
             let expected = max_pool2d(&x, g)?;
@@ -366,6 +377,52 @@ mod tests {
         let g = grads.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?;
         // The centre wins all nine windows.
         assert_eq!(g, vec![0., 0., 0., 0., 9., 0., 0., 0., 0.]);
+        Ok(())
+    }
+
+    /// Values and gradient of the GoogLeNet pools against a direct scan of every window, on
+    /// random input (no ties), including ceil-mode windows cut by the border.
+    #[test]
+    fn overlapping_pools_match_a_direct_window_scan() -> Result<()> {
+        let dev = Device::Cpu;
+        for (g, size) in [
+            (geometry(3, 2, 0, true), 13),
+            (geometry(3, 2, 0, true), 40),
+            (geometry(3, 1, 1, true), 6),
+            (geometry(2, 2, 0, true), 7),
+        ] {
+            let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, size, size), &dev)?)?;
+            let y = max_pool2d(x.as_tensor(), g)?;
+            let (_, _, oh, ow) = y.dims4()?;
+            let probe = Tensor::randn(0f32, 1., y.shape(), &dev)?;
+            let grads = (&y * &probe)?.sum_all()?.backward()?;
+            let xs = x.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let ps = probe.flatten_all()?.to_vec1::<f32>()?;
+            let mut expected_y = Vec::new();
+            let mut expected_grad = vec![0f32; xs.len()];
+            for plane in 0..6 {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (hs, he) = g.window(oy, size);
+                        let (ws, we) = g.window(ox, size);
+                        let at = (hs..he)
+                            .flat_map(|y| (ws..we).map(move |x| plane * size * size + y * size + x))
+                            .max_by(|&a, &b| xs[a].total_cmp(&xs[b]))
+                            .unwrap();
+                        expected_y.push(xs[at]);
+                        expected_grad[at] += ps[(plane * oh + oy) * ow + ox];
+                    }
+                }
+            }
+            assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, expected_y);
+            let grad = grads.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?;
+            let d = grad
+                .iter()
+                .zip(&expected_grad)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-5, "gradient differs by {d} for {g:?} at {size} px");
+        }
         Ok(())
     }
 }

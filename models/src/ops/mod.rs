@@ -98,26 +98,26 @@ impl Tap {
     }
 
     /// `dst[o] = f(dst[o], src[o·stride + tap − pad])` for the outputs in `[lo, hi)`.
-    #[inline]
+    ///
+    /// Inlined into its caller, which should run inside [`vectorized`].
+    #[inline(always)]
     pub(crate) fn apply(&self, src: &[f32], dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
         if self.lo == self.hi {
             return;
         }
         let dst = &mut dst[self.lo..self.hi];
-        vectorized(|| {
-            if self.stride == 1 {
-                for (v, &x) in dst.iter_mut().zip(&src[self.start..]) {
-                    *v = f(*v, x);
-                }
-            } else {
-                for (v, &x) in dst
-                    .iter_mut()
-                    .zip(src[self.start..].iter().step_by(self.stride))
-                {
-                    *v = f(*v, x);
-                }
+        if self.stride == 1 {
+            for (v, &x) in dst.iter_mut().zip(&src[self.start..]) {
+                *v = f(*v, x);
             }
-        })
+        } else {
+            for (v, &x) in dst
+                .iter_mut()
+                .zip(src[self.start..].iter().step_by(self.stride))
+            {
+                *v = f(*v, x);
+            }
+        }
     }
 
     /// The transpose of [`Self::apply`] with `+`: `dst[o·stride + tap − pad] += values[o]` for
