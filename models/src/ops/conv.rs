@@ -15,6 +15,7 @@ use super::{contiguous_f32, prefix, vectorized, window_output_len, Tap};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::cell::RefCell;
 
 /// Kernel size, stride and zero padding of a convolution (same along both axes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,15 +201,15 @@ fn shifted_copy(src: &[f32], dst: &mut [f32], (h, w): (usize, usize), (dy, dx): 
     zero_outside(dst, (h, w), (dy, dx));
 }
 
-/// Folds `cols` `(C·k·k, N·OH·OW)` onto `(C, N, H, W)`, summing overlaps, one channel per task.
-/// `cols` is used as scratch (its out-of-plane entries are zeroed).
+/// Adds `cols` `(C·k·k, N·OH·OW)` folded back onto `(C, N, H, W)` into `x` (zeroed by the
+/// caller), summing overlaps, one channel per task. `cols` is used as scratch (its out-of-plane
+/// entries are zeroed).
 fn col2im(g: Conv2dGeometry, d: Dims, cols: &mut [f32], x: &mut [f32]) {
     let (k, l, plane) = (g.kernel, d.l(), d.h * d.w);
     let same = d.keeps_size(g);
     x.par_chunks_mut(d.n * plane)
         .zip(cols.par_chunks_mut(k * k * l))
         .for_each(|(xc, block)| {
-            xc.fill(0.0);
             for ki in 0..k {
                 for kj in 0..k {
                     let row = &mut block[(ki * k + kj) * l..][..l];
@@ -445,6 +446,19 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
         });
 }
 
+/// Runs `f` with a scratch buffer owned by this thread, which keeps its allocation between
+/// calls (the training step's im2col columns and gradient copies are large and alike from one
+/// step to the next). Nested calls get distinct buffers.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    thread_local! {
+        static BUFFERS: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+    }
+    let mut buffer = BUFFERS.with(|b| b.borrow_mut().pop()).unwrap_or_default();
+    let result = f(&mut buffer);
+    BUFFERS.with(|b| b.borrow_mut().push(buffer));
+    result
+}
+
 /// The column matrix of `x`: `x` itself for a pointwise convolution, else `im2col(x)`.
 fn columns<'a>(g: Conv2dGeometry, d: Dims, x: &'a [f32], buffer: &'a mut Vec<f32>) -> &'a [f32] {
     if g.is_pointwise() {
@@ -527,10 +541,11 @@ impl CustomOp2 for Conv {
         let w = contiguous_f32(self.name(), s2, l2)?;
         let d = Dims::new(g, l1.dims(), l2.dims()[0])?;
         let (k, l) = (d.k(g), d.l());
-        let mut buffer = Vec::new();
-        let cols = columns(g, d, x, &mut buffer);
         let mut out = vec![0f32; d.o * l];
-        matmul(&mut out, d.o, l, k, Mat::rows(w, k), Mat::rows(cols, l));
+        with_scratch(|buffer| {
+            let cols = columns(g, d, x, buffer);
+            matmul(&mut out, d.o, l, k, Mat::rows(w, k), Mat::rows(cols, l));
+        });
         Ok((CpuStorage::F32(out), Shape::from((d.o, d.n, d.oh, d.ow))))
     }
 
@@ -595,16 +610,11 @@ impl CustomOp2 for ConvInputGrad {
         if g.is_pointwise() {
             matmul(&mut dx, k, l, o, Mat::transposed(w, k), Mat::rows(grad, l));
         } else {
-            let mut dcols = vec![0f32; k * l];
-            matmul(
-                &mut dcols,
-                k,
-                l,
-                o,
-                Mat::transposed(w, k),
-                Mat::rows(grad, l),
-            );
-            col2im(g, d, &mut dcols, &mut dx);
+            with_scratch(|buffer| {
+                let dcols = prefix(buffer, k * l);
+                matmul(dcols, k, l, o, Mat::transposed(w, k), Mat::rows(grad, l));
+                col2im(g, d, dcols, &mut dx);
+            });
         }
         Ok((CpuStorage::F32(dx), Shape::from((c, d.n, d.h, d.w))))
     }
@@ -633,22 +643,18 @@ impl CustomOp2 for ConvWeightGrad {
         let grad = contiguous_f32(self.name(), s2, l2)?;
         let d = Dims::new(g, l1.dims(), self.o)?;
         let (k, l, o) = (d.k(g), d.l(), d.o);
-        let mut buffer = Vec::new();
-        let cols = columns(g, d, x, &mut buffer);
         // Both operands run along the pixels, so gemm would have to pack one of them through a
         // strided gather; with the (smaller) gradient transposed first it packs contiguous
         // rows. The product is then dWᵀ, transposed back at the end (small).
-        let mut grad_t = vec![0f32; l * o];
-        transpose(grad, o, l, &mut grad_t);
         let mut dw_t = vec![0f32; k * o];
-        matmul_long_k(
-            &mut dw_t,
-            k,
-            o,
-            l,
-            Mat::rows(cols, l),
-            Mat::rows(&grad_t, o),
-        );
+        with_scratch(|cols_buffer| {
+            with_scratch(|grad_t| {
+                let cols = columns(g, d, x, cols_buffer);
+                let grad_t = prefix(grad_t, l * o);
+                transpose(grad, o, l, grad_t);
+                matmul_long_k(&mut dw_t, k, o, l, Mat::rows(cols, l), Mat::rows(grad_t, o));
+            })
+        });
         let mut dw = vec![0f32; o * k];
         transpose(&dw_t, k, o, &mut dw);
         Ok((
