@@ -242,7 +242,10 @@ impl FoldedGoogLeNet {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let pooled = self.pooled_features(&input, Activation { c, n, h, w }, &mut ws);
+        // Run the whole pass on a pool thread: the many short parallel loops inside it then
+        // start from a worker instead of each waking and waiting from outside the pool.
+        let pooled =
+            rayon::scope(|_| self.pooled_features(&input, Activation { c, n, h, w }, &mut ws));
         if let Ok(mut pool) = self.workspaces.lock() {
             pool.push(ws);
         }
