@@ -3,6 +3,7 @@
 use crate::folded::FoldedGoogLeNet;
 use crate::googlenet::{GoogLeNet, HeadSpec};
 use crate::loss::{smoothed_targets, soft_cross_entropy};
+use crate::ops::on_pool;
 use crate::optimiser::adamw;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
@@ -50,9 +51,11 @@ pub fn measure(size: usize, batch: usize, repeats: usize, training: bool) -> Res
     let targets = smoothed_targets(&labels, 1000, 0.1, &dev)?;
     let train = if training {
         Some(timed(repeats, || {
-            let out = net.forward_t(&x, true)?;
-            let loss = soft_cross_entropy(&out.logits[0], &targets)?;
-            opt.backward_step(&loss)
+            on_pool(|| {
+                let out = net.forward_t(&x, true)?;
+                let loss = soft_cross_entropy(&out.logits[0], &targets)?;
+                opt.backward_step(&loss)
+            })
         })?)
     } else {
         None

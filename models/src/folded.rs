@@ -12,7 +12,7 @@
 
 use crate::googlenet::{pool_after, GoogLeNet, Output, EMBEDDING_DIM, STEM_POOL};
 use crate::layers::{l2_normalise, BasicConv2d, BRANCH_POOL};
-use crate::ops::{conv_bias_relu, max_pool_planes, prefix, Conv2dGeometry, PoolGeometry};
+use crate::ops::{conv_bias_relu, max_pool_planes, on_pool, prefix, Conv2dGeometry, PoolGeometry};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, Module};
 use rayon::prelude::*;
@@ -242,10 +242,7 @@ impl FoldedGoogLeNet {
             .ok()
             .flatten()
             .unwrap_or_default();
-        // Run the whole pass on a pool thread: the many short parallel loops inside it then
-        // start from a worker instead of each waking and waiting from outside the pool.
-        let pooled =
-            rayon::scope(|_| self.pooled_features(&input, Activation { c, n, h, w }, &mut ws));
+        let pooled = on_pool(|| self.pooled_features(&input, Activation { c, n, h, w }, &mut ws));
         if let Ok(mut pool) = self.workspaces.lock() {
             pool.push(ws);
         }

@@ -9,6 +9,7 @@ use crate::checkpoint::{
 use crate::data::{decode_all, BatchLoader, Dataset, DecodedSet, LoaderConfig, Split};
 use crate::loss::{mix_targets, smoothed_targets, soft_cross_entropy};
 use crate::metrics::{cross_entropy, run_set, top_k_accuracy};
+use crate::ops::on_pool;
 use crate::optimiser::adamw;
 use crate::plots::{line_chart, Series};
 use crate::preprocess::{ColorSpace, Preprocessing};
@@ -419,14 +420,17 @@ pub fn train(
         {
             lr = schedule.lr(epoch * per_epoch + step);
             opt.set_learning_rate(lr);
-            let out = net.forward_t(&batch.images, true)?;
-            let loss = batch_loss(
-                &out.logits,
-                &batch.labels,
-                &batch.mixup,
-                cfg.label_smoothing,
-            )?;
-            opt.backward_step(&loss)?;
+            let loss = on_pool(|| {
+                let out = net.forward_t(&batch.images, true)?;
+                let loss = batch_loss(
+                    &out.logits,
+                    &batch.labels,
+                    &batch.mixup,
+                    cfg.label_smoothing,
+                )?;
+                opt.backward_step(&loss)?;
+                Ok::<_, candle_core::Error>(loss)
+            })?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             images += batch.indices.len();
             bar.inc(1);

@@ -1,4 +1,5 @@
-//! CPU kernels that candle lacks or runs slowly, each with a forward and a backward pass.
+//! CPU kernels that candle lacks or runs slowly, each with a forward and a backward pass, and
+//! [`on_pool`] to run a whole pass on the thread pool.
 //!
 //! * [`max_pool2d`]: PyTorch-semantics max pooling (padding, ceil mode, any kernel/stride).
 //! * [`batch_norm_relu`]: BatchNorm + ReLU fused into one pass forward and two backward.
@@ -61,6 +62,13 @@ pub(crate) fn prefix(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
         buffer.resize(len, 0.0);
     }
     &mut buffer[..len]
+}
+
+/// Runs `f` on a thread of rayon's pool while the calling thread waits. The many short
+/// parallel loops inside a forward pass or a training step then start from a pool thread,
+/// instead of each one waking the pool from outside and sleeping until it finishes.
+pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
 }
 
 /// Runs `f` compiled for the best instruction set of this CPU (AVX-512, AVX2 + FMA, or the
