@@ -42,7 +42,7 @@ impl PoolGeometry {
     /// Pools the `h`×`w` planes laid end to end in `planes` without recording positions
     /// (inference), separably: for each output row, the maximum of its window's input rows
     /// (contiguous, into `column_max`), then the window maxima along that row. Same values as
-    /// [`Self::pool_plane`].
+    /// [`Self::pool_planes`].
     fn max_planes(
         &self,
         planes: &[f32],
@@ -56,20 +56,44 @@ impl PoolGeometry {
             .map(|t| Tap::new(self.stride, self.pad, t, w, ow))
             .collect();
         let rows: Vec<(usize, usize)> = (0..oh).map(|oy| self.window(oy, h)).collect();
-        vectorized(|| {
-            for (plane, out) in planes.chunks(h * w).zip(out.chunks_mut(oh * ow)) {
-                for (&(hs, he), dst) in rows.iter().zip(out.chunks_mut(ow)) {
-                    column_max.copy_from_slice(&plane[hs * w..(hs + 1) * w]);
+        // A job struct, not a closure: pulp's dispatch only compiles for the wide instruction
+        // set what gets inlined into it, and a closure this large is not.
+        struct MaxRows<'a> {
+            taps: &'a [Tap],
+            rows: &'a [(usize, usize)],
+            w: usize,
+            column_max: &'a mut [f32],
+            plane: &'a [f32],
+            out: &'a mut [f32],
+        }
+        impl pulp::WithSimd for MaxRows<'_> {
+            type Output = ();
+            #[inline(always)]
+            fn with_simd<S: pulp::Simd>(self, _: S) {
+                let (w, ow) = (self.w, self.out.len() / self.rows.len().max(1));
+                for (&(hs, he), dst) in self.rows.iter().zip(self.out.chunks_mut(ow)) {
+                    self.column_max
+                        .copy_from_slice(&self.plane[hs * w..(hs + 1) * w]);
                     for y in hs + 1..he {
-                        max_into(column_max, &plane[y * w..(y + 1) * w]);
+                        max_into(self.column_max, &self.plane[y * w..(y + 1) * w]);
                     }
                     dst.fill(f32::NEG_INFINITY);
-                    for tap in &taps {
-                        tap.apply(column_max, dst, f32::max);
+                    for tap in self.taps {
+                        tap.apply(self.column_max, dst, f32::max);
                     }
                 }
             }
-        })
+        }
+        for (plane, out) in planes.chunks(h * w).zip(out.chunks_mut(oh * ow)) {
+            pulp::Arch::new().dispatch(MaxRows {
+                taps: &taps,
+                rows: &rows,
+                w,
+                column_max,
+                plane,
+                out,
+            });
+        }
     }
 
     /// Whether this is the 3×3, stride 1, padding 1 pool that keeps the size ("same").
@@ -77,26 +101,121 @@ impl PoolGeometry {
         self.kernel == 3 && self.stride == 1 && self.pad == 1
     }
 
-    /// Pools one `h`×`w` plane: writes the maxima to `out` and their positions in the plane to
-    /// `argmax`.
-    fn pool_plane(&self, plane: &[f32], h: usize, w: usize, out: &mut [f32], argmax: &mut [u32]) {
+    /// Pools the `h`×`w` planes laid end to end in `planes`: writes the maxima to `out` and
+    /// their positions in their plane to `argmax`. Separable like [`Self::max_planes`]: each
+    /// output row first takes the maximum, and its position, down every column of its window's
+    /// rows, then the best of those columns for each window. Ties go to the topmost row, then
+    /// to the leftmost column (any maximum is a valid route for the gradient). Positions are
+    /// carried as f32 (exact below 2²⁴), so that every select runs in the same vector lanes as
+    /// the values.
+    fn pool_planes(
+        &self,
+        planes: &[f32],
+        (h, w): (usize, usize),
+        out: &mut [f32],
+        argmax: &mut [u32],
+        scratch: &mut Vec<f32>,
+    ) {
         let (oh, ow) = self.output_hw(h, w);
-        let cols: Vec<(usize, usize)> = (0..ow).map(|ox| self.window(ox, w)).collect();
-        for oy in 0..oh {
-            let (hs, he) = self.window(oy, h);
-            for (ox, &(ws, we)) in cols.iter().enumerate() {
-                let (mut best, mut best_v) = (hs * w + ws, f32::NEG_INFINITY);
-                for y in hs..he {
-                    let row = &plane[y * w..y * w + we];
-                    for (x, &v) in row.iter().enumerate().skip(ws) {
-                        if v > best_v {
-                            best_v = v;
-                            best = y * w + x;
-                        }
-                    }
+        let scratch = prefix(scratch, 3 * w + ow);
+        let (column_max, rest) = scratch.split_at_mut(w);
+        let (column_at, rest) = rest.split_at_mut(w);
+        let (x_of, position) = rest.split_at_mut(w);
+        for (x, v) in x_of.iter_mut().enumerate() {
+            *v = x as f32;
+        }
+        let mut work = ArgmaxRows {
+            taps: (0..self.kernel)
+                .map(|t| Tap::new(self.stride, self.pad, t, w, ow))
+                .collect(),
+            rows: (0..oh).map(|oy| self.window(oy, h)).collect(),
+            w,
+            x_of,
+            column_max,
+            column_at,
+            position,
+        };
+        let outputs = out.chunks_mut(oh * ow).zip(argmax.chunks_mut(oh * ow));
+        for (plane, (out, argmax)) in planes.chunks(h * w).zip(outputs) {
+            // Not a closure: pulp's dispatch only compiles for the wide instruction set what
+            // gets inlined into it, and a closure this large is not.
+            pulp::Arch::new().dispatch(PoolPlane {
+                work: &mut work,
+                plane,
+                out,
+                argmax,
+            });
+        }
+    }
+}
+
+/// One plane's pooling as a job for [`pulp::Arch::dispatch`].
+struct PoolPlane<'a, 'b> {
+    work: &'a mut ArgmaxRows<'b>,
+    plane: &'a [f32],
+    out: &'a mut [f32],
+    argmax: &'a mut [u32],
+}
+
+impl pulp::WithSimd for PoolPlane<'_, '_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _: S) {
+        self.work.pool(self.plane, self.out, self.argmax)
+    }
+}
+
+/// The work buffers and window geometry of [`PoolGeometry::pool_planes`] for one plane size.
+struct ArgmaxRows<'a> {
+    taps: Vec<Tap>,
+    /// Input rows `[start, end)` of each output row's windows.
+    rows: Vec<(usize, usize)>,
+    w: usize,
+    /// `0, 1, …, w − 1` as f32.
+    x_of: &'a [f32],
+    column_max: &'a mut [f32],
+    column_at: &'a mut [f32],
+    position: &'a mut [f32],
+}
+
+impl ArgmaxRows<'_> {
+    /// Pools one plane into `out` and `argmax`. Inlined into [`PoolPlane`]'s dispatch.
+    #[inline(always)]
+    fn pool(&mut self, plane: &[f32], out: &mut [f32], argmax: &mut [u32]) {
+        let w = self.w;
+        let ow = out.len() / self.rows.len().max(1);
+        let windows = self
+            .rows
+            .iter()
+            .zip(out.chunks_mut(ow).zip(argmax.chunks_mut(ow)));
+        for (&(hs, he), (dst, at)) in windows {
+            // Down the columns: column_at[x] = y·w + x of the column's maximum.
+            self.column_max
+                .copy_from_slice(&plane[hs * w..(hs + 1) * w]);
+            let base = (hs * w) as f32;
+            for (a, &x) in self.column_at.iter_mut().zip(self.x_of) {
+                *a = base + x;
+            }
+            for y in hs + 1..he {
+                let row = &plane[y * w..(y + 1) * w];
+                let base = (y * w) as f32;
+                let columns = self.column_max.iter_mut().zip(self.column_at.iter_mut());
+                for (((m, a), &v), &x) in columns.zip(row).zip(self.x_of) {
+                    let better = v > *m;
+                    let (new_m, new_a) = if better { (v, base + x) } else { (*m, *a) };
+                    *m = new_m;
+                    *a = new_a;
                 }
-                out[oy * ow + ox] = plane[best];
-                argmax[oy * ow + ox] = best as u32;
+            }
+            // Along the row, one kernel column (tap) at a time, leftmost first.
+            dst.fill(f32::NEG_INFINITY);
+            self.position.fill(0.0);
+            for tap in &self.taps {
+                tap.apply_at(self.column_max, self.column_at, dst, self.position);
+            }
+            for (a, &p) in at.iter_mut().zip(self.position.iter()) {
+                *a = p as u32;
             }
         }
     }
@@ -213,10 +332,14 @@ impl CustomOp1 for MaxPool {
         let (oh, ow) = g.output_hw(h, w);
         let mut out = vec![0f32; a * b * oh * ow];
         let mut argmax = vec![0u32; a * b * oh * ow];
-        out.par_chunks_mut(oh * ow)
-            .zip(argmax.par_chunks_mut(oh * ow))
-            .zip(x.par_chunks(h * w))
-            .for_each(|((o, am), plane)| g.pool_plane(plane, h, w, o, am));
+        // Groups of about 16k input values.
+        let planes = (1 << 14) / (h * w) + 1;
+        out.par_chunks_mut(planes * oh * ow)
+            .zip(argmax.par_chunks_mut(planes * oh * ow))
+            .zip(x.par_chunks(planes * h * w))
+            .for_each_init(Vec::new, |scratch, ((o, am), group)| {
+                g.pool_planes(group, (h, w), o, am, scratch)
+            });
         *self.argmax.lock().expect("argmax lock") = Some(Arc::new(argmax));
         Ok((CpuStorage::F32(out), Shape::from((a, b, oh, ow))))
     }

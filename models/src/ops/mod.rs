@@ -128,6 +128,36 @@ impl Tap {
         }
     }
 
+    /// Max with position: where `values[i]` (at position `positions[i]`) beats `best[o]` for
+    /// `i = o·stride + tap − pad`, takes it and its position; ties keep the earlier one.
+    ///
+    /// Inlined into its caller, which should run inside [`vectorized`].
+    #[inline(always)]
+    pub(crate) fn apply_at(
+        &self,
+        values: &[f32],
+        positions: &[f32],
+        best: &mut [f32],
+        best_at: &mut [f32],
+    ) {
+        if self.lo == self.hi {
+            return;
+        }
+        let outputs = best[self.lo..self.hi]
+            .iter_mut()
+            .zip(&mut best_at[self.lo..self.hi]);
+        let inputs = values[self.start..]
+            .iter()
+            .zip(&positions[self.start..])
+            .step_by(self.stride);
+        for ((b, a), (&v, &p)) in outputs.zip(inputs) {
+            let better = v > *b;
+            let (new_b, new_a) = if better { (v, p) } else { (*b, *a) };
+            *b = new_b;
+            *a = new_a;
+        }
+    }
+
     /// The transpose of [`Self::apply`] with `+`: `dst[o·stride + tap − pad] += values[o]` for
     /// the outputs in `[lo, hi)`.
     #[inline]
