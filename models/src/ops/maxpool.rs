@@ -276,7 +276,7 @@ fn max_pool_same3(x: &[f32], h: usize, w: usize, out: &mut [f32], rows: &mut Vec
 
 /// Forward-only max pooling on a raw buffer of `h`×`w` planes (inference); `out` must hold
 /// exactly one pooled plane per input plane. Returns `(OH, OW)`.
-pub(crate) fn max_pool_planes(
+pub fn max_pool_planes(
     geometry: PoolGeometry,
     x: &[f32],
     h: usize,

@@ -13,7 +13,7 @@ mod maxpool;
 pub use batchnorm::{batch_norm_relu, channel_stats};
 pub(crate) use conv::conv_bias_relu;
 pub use conv::{conv2d, Conv2dGeometry};
-pub(crate) use maxpool::max_pool_planes;
+pub use maxpool::max_pool_planes;
 pub use maxpool::{max_pool2d, PoolGeometry};
 
 use candle_core::{CpuStorage, Layout, Result};
