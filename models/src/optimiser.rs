@@ -7,10 +7,10 @@
 
 use crate::googlenet::LAYER_NAMES;
 use crate::layers::is_buffer;
-use crate::ops::vectorized;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Var};
 use candle_nn::{Optimizer, ParamsAdamW, VarMap};
+use multiversion::multiversion;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -163,17 +163,19 @@ impl InplaceOp2 for AdamWUpdate<'_> {
             .par_chunks_mut(CHUNK)
             .zip(grad.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-            .for_each(|((theta, grad), (m, v))| {
-                vectorized(|| {
-                    for (((t, &g), m), v) in theta.iter_mut().zip(grad).zip(m).zip(v) {
-                        *m = self.beta1 * *m + (1.0 - self.beta1) * g;
-                        *v = self.beta2 * *v + (1.0 - self.beta2) * g * g;
-                        let step = (*m * self.scale_m) / ((*v * self.scale_v).sqrt() + self.eps);
-                        *t = *t * self.decay - self.lr * step;
-                    }
-                })
-            });
+            .for_each(|((theta, grad), (m, v))| adamw_chunk(self, theta, grad, m, v));
         Ok(())
+    }
+}
+
+/// The AdamW update of one chunk of a parameter and its moments.
+#[multiversion(targets = "simd")]
+fn adamw_chunk(u: &AdamWUpdate<'_>, theta: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32]) {
+    for (((t, &g), m), v) in theta.iter_mut().zip(grad).zip(m).zip(v) {
+        *m = u.beta1 * *m + (1.0 - u.beta1) * g;
+        *v = u.beta2 * *v + (1.0 - u.beta2) * g * g;
+        let step = (*m * u.scale_m) / ((*v * u.scale_v).sqrt() + u.eps);
+        *t = *t * u.decay - u.lr * step;
     }
 }
 

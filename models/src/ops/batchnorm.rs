@@ -6,8 +6,9 @@
 //! mode passes the batch statistics ([`channel_stats`]), eval mode the running ones; the
 //! gradient formula accounts for the batch statistics' dependence on the input.
 
-use super::{contiguous_f32, vectorized};
+use super::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// Channels and values per channel of a `(C, N, H, W)` tensor.
@@ -40,21 +41,21 @@ impl CustomOp1 for ChannelStats {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let (c, m) = per_channel(layout, self.name())?;
         let x = contiguous_f32(self.name(), storage, layout)?;
-        let stats: Vec<(f32, f32)> = x
-            .par_chunks(m)
-            .map(|xc| {
-                vectorized(|| {
-                    let mean = (sum_pairs(xc, xc, |v, _| v) / m as f64) as f32;
-                    let var = sum_pairs(xc, xc, |v, _| (v - mean) * (v - mean)) / m as f64;
-                    (mean, var as f32)
-                })
-            })
-            .collect();
+        let stats: Vec<(f32, f32)> = x.par_chunks(m).map(mean_var).collect();
         debug_assert_eq!(stats.len(), c);
         let mut out: Vec<f32> = stats.iter().map(|s| s.0).collect();
         out.extend(stats.iter().map(|s| s.1));
         Ok((CpuStorage::F32(out), Shape::from((2, c))))
     }
+}
+
+/// Mean and biased variance of one channel's values.
+#[multiversion(targets = "simd")]
+fn mean_var(xc: &[f32]) -> (f32, f32) {
+    let m = xc.len().max(1) as f64;
+    let mean = (sum_pairs(xc, xc, |v, _| v) / m) as f32;
+    let var = sum_pairs(xc, xc, |v, _| (v - mean) * (v - mean)) / m;
+    (mean, var as f32)
 }
 
 /// `Σ f(a[i], b[i])` over two equally long slices: 16 f32 lanes within blocks of 4,096 values
@@ -121,13 +122,7 @@ impl CustomOp2 for BnRelu {
         out.par_chunks_mut(m)
             .zip(x.par_chunks(m))
             .zip(&ss)
-            .for_each(|((o, xc), &(scale, shift))| {
-                vectorized(|| {
-                    for (o, &v) in o.iter_mut().zip(xc) {
-                        *o = (v * scale + shift).max(0.0);
-                    }
-                })
-            });
+            .for_each(|((o, xc), &(scale, shift))| scale_shift_relu(o, xc, scale, shift));
         Ok((CpuStorage::F32(out), Shape::from(l1.dims().to_vec())))
     }
 
@@ -174,16 +169,7 @@ impl CustomOp3 for ParamGrad {
             .par_chunks(m)
             .zip(g.par_chunks(m))
             .enumerate()
-            .map(|(ch, (xc, gc))| {
-                let (scale, shift) = ss[ch];
-                let (mean, inv_std) = (params[2 * c + ch], params[3 * c + ch]);
-                let active = |v: f32, g: f32| if v * scale + shift > 0.0 { g } else { 0.0 };
-                vectorized(|| {
-                    let dw = sum_pairs(xc, gc, |v, g| active(v, g) * (v - mean) * inv_std);
-                    let db = sum_pairs(xc, gc, active);
-                    (dw as f32, db as f32)
-                })
-            })
+            .map(|(ch, (xc, gc))| param_grad_sums(xc, gc, ChannelAffine::of(params, &ss, c, ch)))
             .collect();
         let mut out: Vec<f32> = sums.iter().map(|s| s.0).collect();
         out.extend(sums.iter().map(|s| s.1));
@@ -221,19 +207,77 @@ impl CustomOp3 for InputGrad {
             .zip(x.par_chunks(m).zip(g.par_chunks(m)))
             .enumerate()
             .for_each(|(ch, (o, (xc, gc)))| {
-                let (scale, shift) = ss[ch];
-                let (mean, inv_std) = (p[2 * c + ch], p[3 * c + ch]);
-                let mean_dyx = p[4 * c + ch] / count;
-                let mean_dy = p[5 * c + ch] / count;
-                vectorized(|| {
-                    for ((o, &v), &gv) in o.iter_mut().zip(xc).zip(gc) {
-                        let dy = if v * scale + shift > 0.0 { gv } else { 0.0 };
-                        let xhat = (v - mean) * inv_std;
-                        *o = scale * (dy - (mean_dyx * xhat + mean_dy));
-                    }
-                })
+                let affine = ChannelAffine::of(p, &ss, c, ch);
+                let means = (p[4 * c + ch] / count, p[5 * c + ch] / count);
+                input_grad_channel(o, xc, gc, affine, means)
             });
         Ok((CpuStorage::F32(out), Shape::from(l1.dims().to_vec())))
+    }
+}
+
+/// One channel's BatchNorm + ReLU constants: `relu(x·scale + shift)`, with the statistics.
+#[derive(Debug, Clone, Copy)]
+struct ChannelAffine {
+    scale: f32,
+    shift: f32,
+    mean: f32,
+    inv_std: f32,
+}
+
+impl ChannelAffine {
+    /// Channel `ch` of `c`, from the parameter rows (weight, bias, mean, 1/std, …) and their
+    /// precomputed scale and shift.
+    fn of(params: &[f32], scale_shift: &[(f32, f32)], c: usize, ch: usize) -> Self {
+        let (scale, shift) = scale_shift[ch];
+        Self {
+            scale,
+            shift,
+            mean: params[2 * c + ch],
+            inv_std: params[3 * c + ch],
+        }
+    }
+
+    /// The output gradient `g` passed back through the ReLU at input `v`.
+    #[inline(always)]
+    fn through_relu(&self, v: f32, g: f32) -> f32 {
+        if v * self.scale + self.shift > 0.0 {
+            g
+        } else {
+            0.0
+        }
+    }
+}
+
+/// `out = relu(x·scale + shift)` over one channel.
+#[multiversion(targets = "simd")]
+fn scale_shift_relu(out: &mut [f32], x: &[f32], scale: f32, shift: f32) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v * scale + shift).max(0.0);
+    }
+}
+
+/// One channel's `(Σ dy'·x̂, Σ dy')`, dy' being the output gradient through the ReLU.
+#[multiversion(targets = "simd")]
+fn param_grad_sums(xc: &[f32], gc: &[f32], a: ChannelAffine) -> (f32, f32) {
+    let dw = sum_pairs(xc, gc, |v, g| {
+        a.through_relu(v, g) * (v - a.mean) * a.inv_std
+    });
+    let db = sum_pairs(xc, gc, |v, g| a.through_relu(v, g));
+    (dw as f32, db as f32)
+}
+
+/// One channel's input gradient, given `(mean(dy'·x̂), mean(dy'))`.
+#[multiversion(targets = "simd")]
+fn input_grad_channel(
+    out: &mut [f32],
+    xc: &[f32],
+    gc: &[f32],
+    a: ChannelAffine,
+    (mean_dyx, mean_dy): (f32, f32),
+) {
+    for ((o, &v), &g) in out.iter_mut().zip(xc).zip(gc) {
+        let xhat = (v - a.mean) * a.inv_std;
+        *o = a.scale * (a.through_relu(v, g) - (mean_dyx * xhat + mean_dy));
     }
 }
 

@@ -11,9 +11,10 @@
 //! late layers (3×3 pixels at 96 px input). A 1×1 stride-1 convolution (most of GoogLeNet) uses
 //! the input itself as its columns.
 
-use super::{contiguous_f32, prefix, vectorized, window_output_len, Tap};
+use super::{contiguous_f32, prefix, window_output_len, Tap};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use gemm::Parallelism;
+use multiversion::multiversion;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -116,25 +117,29 @@ fn im2col(g: Conv2dGeometry, d: Dims, x: &[f32], cols: &mut [f32]) {
                         shifted_copy(xc, row, (d.h, d.w), shift(g, ki, kj));
                         continue;
                     }
-                    let tap = Tap::new(g.stride, g.pad, kj, d.w, d.ow);
-                    vectorized(|| {
-                        for (n, xn) in xc.chunks(plane).enumerate() {
-                            let out = &mut row[n * d.oh * d.ow..][..d.oh * d.ow];
-                            for oy in 0..d.oh {
-                                let dst = &mut out[oy * d.ow..(oy + 1) * d.ow];
-                                let y = (oy * g.stride + ki) as isize - g.pad as isize;
-                                if y < 0 || y >= d.h as isize {
-                                    dst.fill(0.0);
-                                    continue;
-                                }
-                                let src = &xn[y as usize * d.w..(y as usize + 1) * d.w];
-                                copy_row(tap, src, dst);
-                            }
-                        }
-                    });
+                    im2col_row(g, d, (ki, kj), xc, row);
                 }
             }
         });
+}
+
+/// The im2col row of kernel tap `(ki, kj)` for one channel's planes `xc`, any geometry.
+#[multiversion(targets = "simd")]
+fn im2col_row(g: Conv2dGeometry, d: Dims, (ki, kj): (usize, usize), xc: &[f32], row: &mut [f32]) {
+    let tap = Tap::new(g.stride, g.pad, kj, d.w, d.ow);
+    for (n, xn) in xc.chunks(d.h * d.w).enumerate() {
+        let out = &mut row[n * d.oh * d.ow..][..d.oh * d.ow];
+        for oy in 0..d.oh {
+            let dst = &mut out[oy * d.ow..(oy + 1) * d.ow];
+            let y = (oy * g.stride + ki) as isize - g.pad as isize;
+            if y < 0 || y >= d.h as isize {
+                dst.fill(0.0);
+                continue;
+            }
+            let src = &xn[y as usize * d.w..(y as usize + 1) * d.w];
+            copy_row(tap, src, dst);
+        }
+    }
 }
 
 /// Fills one im2col row segment: `dst[ox] = src[ox·stride + kj − pad]`, zero outside the row.
@@ -245,12 +250,11 @@ fn col2im(g: Conv2dGeometry, d: Dims, cols: &mut [f32], x: &mut [f32]) {
 }
 
 /// `dst[i] += src[i]`.
+#[multiversion(targets = "simd")]
 fn add_into(dst: &mut [f32], src: &[f32]) {
-    vectorized(|| {
-        for (v, x) in dst.iter_mut().zip(src) {
-            *v += x;
-        }
-    })
+    for (v, x) in dst.iter_mut().zip(src) {
+        *v += x;
+    }
 }
 
 /// A matrix view for `gemm`: pointer, row stride, column stride.
@@ -481,7 +485,7 @@ fn column_block(rows: usize, columns: usize, threads: usize) -> Option<usize> {
 }
 
 /// `v = max(v + b, 0)` over a row.
-#[inline(always)]
+#[multiversion(targets = "simd")]
 fn bias_relu(row: &mut [f32], b: f32) {
     for v in row {
         *v = (*v + b).max(0.0);
@@ -517,7 +521,7 @@ pub(crate) fn conv_bias_relu(
         (d.o, l, k),
         Mat::rows(weight, k),
         Mat::rows(cols, l),
-        |row, values| vectorized(|| bias_relu(values, bias[row])),
+        |row, values| bias_relu(values, bias[row]),
     );
     Ok((d.oh, d.ow))
 }

@@ -4,8 +4,9 @@
 //! `max_pool2d` has neither padding nor ceil mode, and its backward is only right when the
 //! kernel size equals the stride.
 
-use super::{contiguous_f32, prefix, vectorized, window_output_len, Tap};
+use super::{contiguous_f32, prefix, window_output_len, Tap};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use multiversion::multiversion;
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -56,43 +57,8 @@ impl PoolGeometry {
             .map(|t| Tap::new(self.stride, self.pad, t, w, ow))
             .collect();
         let rows: Vec<(usize, usize)> = (0..oh).map(|oy| self.window(oy, h)).collect();
-        // A job struct, not a closure: pulp's dispatch only compiles for the wide instruction
-        // set what gets inlined into it, and a closure this large is not.
-        struct MaxRows<'a> {
-            taps: &'a [Tap],
-            rows: &'a [(usize, usize)],
-            w: usize,
-            column_max: &'a mut [f32],
-            plane: &'a [f32],
-            out: &'a mut [f32],
-        }
-        impl pulp::WithSimd for MaxRows<'_> {
-            type Output = ();
-            #[inline(always)]
-            fn with_simd<S: pulp::Simd>(self, _: S) {
-                let (w, ow) = (self.w, self.out.len() / self.rows.len().max(1));
-                for (&(hs, he), dst) in self.rows.iter().zip(self.out.chunks_mut(ow)) {
-                    self.column_max
-                        .copy_from_slice(&self.plane[hs * w..(hs + 1) * w]);
-                    for y in hs + 1..he {
-                        max_into(self.column_max, &self.plane[y * w..(y + 1) * w]);
-                    }
-                    dst.fill(f32::NEG_INFINITY);
-                    for tap in self.taps {
-                        tap.apply(self.column_max, dst, f32::max);
-                    }
-                }
-            }
-        }
         for (plane, out) in planes.chunks(h * w).zip(out.chunks_mut(oh * ow)) {
-            pulp::Arch::new().dispatch(MaxRows {
-                taps: &taps,
-                rows: &rows,
-                w,
-                column_max,
-                plane,
-                out,
-            });
+            max_rows(&taps, &rows, plane, column_max, out);
         }
     }
 
@@ -137,32 +103,8 @@ impl PoolGeometry {
         };
         let outputs = out.chunks_mut(oh * ow).zip(argmax.chunks_mut(oh * ow));
         for (plane, (out, argmax)) in planes.chunks(h * w).zip(outputs) {
-            // Not a closure: pulp's dispatch only compiles for the wide instruction set what
-            // gets inlined into it, and a closure this large is not.
-            pulp::Arch::new().dispatch(PoolPlane {
-                work: &mut work,
-                plane,
-                out,
-                argmax,
-            });
+            argmax_plane(&mut work, plane, out, argmax);
         }
-    }
-}
-
-/// One plane's pooling as a job for [`pulp::Arch::dispatch`].
-struct PoolPlane<'a, 'b> {
-    work: &'a mut ArgmaxRows<'b>,
-    plane: &'a [f32],
-    out: &'a mut [f32],
-    argmax: &'a mut [u32],
-}
-
-impl pulp::WithSimd for PoolPlane<'_, '_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, _: S) {
-        self.work.pool(self.plane, self.out, self.argmax)
     }
 }
 
@@ -180,7 +122,7 @@ struct ArgmaxRows<'a> {
 }
 
 impl ArgmaxRows<'_> {
-    /// Pools one plane into `out` and `argmax`. Inlined into [`PoolPlane`]'s dispatch.
+    /// Pools one plane into `out` and `argmax`. Inlined into [`argmax_plane`].
     #[inline(always)]
     fn pool(&mut self, plane: &[f32], out: &mut [f32], argmax: &mut [u32]) {
         let w = self.w;
@@ -221,6 +163,35 @@ impl ArgmaxRows<'_> {
     }
 }
 
+/// Pools one plane with argmax (see [`PoolGeometry::pool_planes`]).
+#[multiversion(targets = "simd")]
+fn argmax_plane(work: &mut ArgmaxRows<'_>, plane: &[f32], out: &mut [f32], argmax: &mut [u32]) {
+    work.pool(plane, out, argmax)
+}
+
+/// Pools one `(h, w = column_max.len())` plane without positions: for each output row (its
+/// input rows in `rows`), the maximum down the window's rows, then the row windows (`taps`).
+#[multiversion(targets = "simd")]
+fn max_rows(
+    taps: &[Tap],
+    rows: &[(usize, usize)],
+    plane: &[f32],
+    column_max: &mut [f32],
+    out: &mut [f32],
+) {
+    let (w, ow) = (column_max.len(), out.len() / rows.len().max(1));
+    for (&(hs, he), dst) in rows.iter().zip(out.chunks_mut(ow)) {
+        column_max.copy_from_slice(&plane[hs * w..(hs + 1) * w]);
+        for y in hs + 1..he {
+            max_into(column_max, &plane[y * w..(y + 1) * w]);
+        }
+        dst.fill(f32::NEG_INFINITY);
+        for tap in taps {
+            tap.apply(column_max, dst, f32::max);
+        }
+    }
+}
+
 /// Max-pools every `H×W` plane of a 4-D f32 tensor (`(N, C, H, W)` or `(C, N, H, W)`);
 /// differentiable.
 pub fn max_pool2d(x: &Tensor, geometry: PoolGeometry) -> Result<Tensor> {
@@ -251,6 +222,7 @@ fn max3_shifted(src: &[f32], s: usize, dst: &mut [f32]) {
 /// The "same" 3×3 pool of whole `h`×`w` planes laid end to end in `x`, on the flat buffer:
 /// each direction is the maximum of three shifted copies of the whole group, after which the
 /// plane borders, where a shift crossed into the neighbouring row or plane, are recomputed.
+#[multiversion(targets = "simd")]
 fn max_pool_same3(x: &[f32], h: usize, w: usize, out: &mut [f32], rows: &mut Vec<f32>) {
     let along_rows = prefix(rows, x.len());
     max3_shifted(x, 1, along_rows);
@@ -293,7 +265,7 @@ pub fn max_pool_planes(
         out.par_chunks_mut(group)
             .zip(x.par_chunks(group))
             .for_each_init(Vec::new, |rows, (o, planes)| {
-                vectorized(|| max_pool_same3(planes, h, w, o, rows))
+                max_pool_same3(planes, h, w, o, rows)
             });
     } else {
         // Groups of about 16k input values.

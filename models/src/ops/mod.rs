@@ -1,6 +1,13 @@
 //! CPU kernels that candle lacks or runs slowly, each with a forward and a backward pass, and
 //! [`on_pool`] to run a whole pass on the thread pool.
 //!
+//! The crate is built for baseline x86-64. Every hot element-wise loop lives in a named
+//! function marked `#[multiversion(targets = "simd")]`, compiled once per instruction set
+//! (AVX-512, AVX2 + FMA, …) and chosen at run time, with its helpers `#[inline(always)]` so
+//! that they are compiled into each version. (A closure handed to a run-time dispatcher such as
+//! pulp's is only compiled for the wide instruction set if it gets inlined, which large ones do
+//! not: they silently ran as SSE2 code.)
+//!
 //! * [`max_pool2d`]: PyTorch-semantics max pooling (padding, ceil mode, any kernel/stride).
 //! * [`batch_norm_relu`]: BatchNorm + ReLU fused into one pass forward and two backward.
 //! * [`conv2d`]: convolution as im2col + matrix multiply, so that both the forward and the
@@ -71,14 +78,6 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
-/// Runs `f` compiled for the best instruction set of this CPU (AVX-512, AVX2 + FMA, or the
-/// baseline), chosen at run time, so that the element-wise loops inside it are vectorised with
-/// the widest registers available. The crate itself is built for baseline x86-64.
-#[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    pulp::Arch::new().dispatch(f)
-}
-
 /// Where one tap (kernel offset) of a sliding window lands along an axis: the outputs
 /// `[lo, hi)` whose input position `o·stride + tap − pad` lies inside the input, the first of
 /// those positions being `start`.
@@ -107,7 +106,7 @@ impl Tap {
 
     /// `dst[o] = f(dst[o], src[o·stride + tap − pad])` for the outputs in `[lo, hi)`.
     ///
-    /// Inlined into its caller, which should run inside [`vectorized`].
+    /// Inlined into its caller, which should be a `#[multiversion]` kernel (see the module docs).
     #[inline(always)]
     pub(crate) fn apply(&self, src: &[f32], dst: &mut [f32], f: impl Fn(f32, f32) -> f32) {
         if self.lo == self.hi {
@@ -131,7 +130,7 @@ impl Tap {
     /// Max with position: where `values[i]` (at position `positions[i]`) beats `best[o]` for
     /// `i = o·stride + tap − pad`, takes it and its position; ties keep the earlier one.
     ///
-    /// Inlined into its caller, which should run inside [`vectorized`].
+    /// Inlined into its caller, which should be a `#[multiversion]` kernel (see the module docs).
     #[inline(always)]
     pub(crate) fn apply_at(
         &self,
