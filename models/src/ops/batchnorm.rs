@@ -85,22 +85,6 @@ fn sum_pairs(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     total
 }
 
-/// Per-channel (scale, shift) from the `(4, C)` parameter rows.
-fn scale_shift(params: &[f32], c: usize) -> Vec<(f32, f32)> {
-    (0..c)
-        .map(|ch| {
-            let (w, b, mean, inv_std) = (
-                params[ch],
-                params[c + ch],
-                params[2 * c + ch],
-                params[3 * c + ch],
-            );
-            let scale = w * inv_std;
-            (scale, b - mean * scale)
-        })
-        .collect()
-}
-
 struct BnRelu;
 
 impl CustomOp2 for BnRelu {
@@ -117,12 +101,12 @@ impl CustomOp2 for BnRelu {
     ) -> Result<(CpuStorage, Shape)> {
         let (c, m) = per_channel(l1, self.name())?;
         let x = contiguous_f32(self.name(), s1, l1)?;
-        let ss = scale_shift(contiguous_f32(self.name(), s2, l2)?, c);
+        let params = contiguous_f32(self.name(), s2, l2)?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(m)
             .zip(x.par_chunks(m))
-            .zip(&ss)
-            .for_each(|((o, xc), &(scale, shift))| scale_shift_relu(o, xc, scale, shift));
+            .enumerate()
+            .for_each(|(ch, (o, xc))| scale_shift_relu(o, xc, ChannelAffine::of(params, c, ch)));
         Ok((CpuStorage::F32(out), Shape::from(l1.dims().to_vec())))
     }
 
@@ -164,12 +148,11 @@ impl CustomOp3 for ParamGrad {
         let x = contiguous_f32(self.name(), s1, l1)?;
         let g = contiguous_f32(self.name(), s2, l2)?;
         let params = contiguous_f32(self.name(), s3, l3)?;
-        let ss = scale_shift(params, c);
         let sums: Vec<(f32, f32)> = x
             .par_chunks(m)
             .zip(g.par_chunks(m))
             .enumerate()
-            .map(|(ch, (xc, gc))| param_grad_sums(xc, gc, ChannelAffine::of(params, &ss, c, ch)))
+            .map(|(ch, (xc, gc))| param_grad_sums(xc, gc, ChannelAffine::of(params, c, ch)))
             .collect();
         let mut out: Vec<f32> = sums.iter().map(|s| s.0).collect();
         out.extend(sums.iter().map(|s| s.1));
@@ -200,14 +183,13 @@ impl CustomOp3 for InputGrad {
         let x = contiguous_f32(self.name(), s1, l1)?;
         let g = contiguous_f32(self.name(), s2, l2)?;
         let p = contiguous_f32(self.name(), s3, l3)?;
-        let ss = scale_shift(p, c);
         let count = m as f32;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(m)
             .zip(x.par_chunks(m).zip(g.par_chunks(m)))
             .enumerate()
             .for_each(|(ch, (o, (xc, gc)))| {
-                let affine = ChannelAffine::of(p, &ss, c, ch);
+                let affine = ChannelAffine::of(p, c, ch);
                 let means = (p[4 * c + ch] / count, p[5 * c + ch] / count);
                 input_grad_channel(o, xc, gc, affine, means)
             });
@@ -225,15 +207,21 @@ struct ChannelAffine {
 }
 
 impl ChannelAffine {
-    /// Channel `ch` of `c`, from the parameter rows (weight, bias, mean, 1/std, …) and their
-    /// precomputed scale and shift.
-    fn of(params: &[f32], scale_shift: &[(f32, f32)], c: usize, ch: usize) -> Self {
-        let (scale, shift) = scale_shift[ch];
+    /// Channel `ch` of `c`, from the parameter rows (weight, bias, mean, 1/std, …):
+    /// scale = weight/std, shift = bias − mean·scale.
+    fn of(params: &[f32], c: usize, ch: usize) -> Self {
+        let (w, b, mean, inv_std) = (
+            params[ch],
+            params[c + ch],
+            params[2 * c + ch],
+            params[3 * c + ch],
+        );
+        let scale = w * inv_std;
         Self {
             scale,
-            shift,
-            mean: params[2 * c + ch],
-            inv_std: params[3 * c + ch],
+            shift: b - mean * scale,
+            mean,
+            inv_std,
         }
     }
 
@@ -250,9 +238,9 @@ impl ChannelAffine {
 
 /// `out = relu(x·scale + shift)` over one channel.
 #[multiversion(targets = "simd")]
-fn scale_shift_relu(out: &mut [f32], x: &[f32], scale: f32, shift: f32) {
+fn scale_shift_relu(out: &mut [f32], x: &[f32], a: ChannelAffine) {
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v * scale + shift).max(0.0);
+        *o = (v * a.scale + a.shift).max(0.0);
     }
 }
 
