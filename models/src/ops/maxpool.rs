@@ -40,6 +40,17 @@ impl PoolGeometry {
         (start.max(0) as usize, end)
     }
 
+    /// The two passes of a separable pool over an `h`×`w` plane: the taps of a window along a
+    /// row, and the input rows `[start, end)` of each output row's windows.
+    fn separable_windows(&self, h: usize, w: usize) -> (Vec<Tap>, Vec<(usize, usize)>) {
+        let (oh, ow) = self.output_hw(h, w);
+        let taps = (0..self.kernel)
+            .map(|t| Tap::new(self.stride, self.pad, t, w, ow))
+            .collect();
+        let rows = (0..oh).map(|oy| self.window(oy, h)).collect();
+        (taps, rows)
+    }
+
     /// Pools the `h`×`w` planes laid end to end in `planes` without recording positions
     /// (inference), separably: for each output row, the maximum of its window's input rows
     /// (contiguous, into `column_max`), then the window maxima along that row. Same values as
@@ -53,10 +64,7 @@ impl PoolGeometry {
     ) {
         let (oh, ow) = self.output_hw(h, w);
         let column_max = prefix(column_max, w);
-        let taps: Vec<Tap> = (0..self.kernel)
-            .map(|t| Tap::new(self.stride, self.pad, t, w, ow))
-            .collect();
-        let rows: Vec<(usize, usize)> = (0..oh).map(|oy| self.window(oy, h)).collect();
+        let (taps, rows) = self.separable_windows(h, w);
         for (plane, out) in planes.chunks(h * w).zip(out.chunks_mut(oh * ow)) {
             max_rows(&taps, &rows, plane, column_max, out);
         }
@@ -90,11 +98,10 @@ impl PoolGeometry {
         for (x, v) in x_of.iter_mut().enumerate() {
             *v = x as f32;
         }
+        let (taps, rows) = self.separable_windows(h, w);
         let mut work = ArgmaxRows {
-            taps: (0..self.kernel)
-                .map(|t| Tap::new(self.stride, self.pad, t, w, ow))
-                .collect(),
-            rows: (0..oh).map(|oy| self.window(oy, h)).collect(),
+            taps,
+            rows,
             w,
             x_of,
             column_max,
@@ -246,6 +253,12 @@ fn max_pool_same3(x: &[f32], h: usize, w: usize, out: &mut [f32], rows: &mut Vec
     }
 }
 
+/// How many planes of `plane` values one parallel task pools: about 16k input values, at least
+/// one plane.
+fn planes_per_task(plane: usize) -> usize {
+    (1 << 14) / plane + 1
+}
+
 /// Forward-only max pooling on a raw buffer of `h`×`w` planes (inference); `out` must hold
 /// exactly one pooled plane per input plane. Returns `(OH, OW)`.
 pub fn max_pool_planes(
@@ -260,16 +273,15 @@ pub fn max_pool_planes(
         candle_core::bail!("max_pool_planes: buffers do not hold whole {h}x{w} planes");
     }
     if geometry.is_same3() {
-        // Groups of about 16k values, each pooled as one flat buffer.
-        let group = (1 << 14) / (h * w) * (h * w) + h * w;
+        // Groups of whole planes, each pooled as one flat buffer.
+        let group = planes_per_task(h * w) * h * w;
         out.par_chunks_mut(group)
             .zip(x.par_chunks(group))
             .for_each_init(Vec::new, |rows, (o, planes)| {
                 max_pool_same3(planes, h, w, o, rows)
             });
     } else {
-        // Groups of about 16k input values.
-        let planes = (1 << 14) / (h * w) + 1;
+        let planes = planes_per_task(h * w);
         out.par_chunks_mut(planes * oh * ow)
             .zip(x.par_chunks(planes * h * w))
             .for_each_init(Vec::new, |column_max, (o, group)| {
@@ -304,8 +316,7 @@ impl CustomOp1 for MaxPool {
         let (oh, ow) = g.output_hw(h, w);
         let mut out = vec![0f32; a * b * oh * ow];
         let mut argmax = vec![0u32; a * b * oh * ow];
-        // Groups of about 16k input values.
-        let planes = (1 << 14) / (h * w) + 1;
+        let planes = planes_per_task(h * w);
         out.par_chunks_mut(planes * oh * ow)
             .zip(argmax.par_chunks_mut(planes * oh * ow))
             .zip(x.par_chunks(planes * h * w))
