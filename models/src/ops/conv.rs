@@ -156,12 +156,18 @@ fn shift(g: Conv2dGeometry, ki: usize, kj: usize) -> (isize, isize) {
     (ki as isize - g.pad as isize, kj as isize - g.pad as isize)
 }
 
-/// The range of flat positions `p` of a buffer of `len` values for which `p + offset` is
-/// inside it too.
-fn overlap(len: usize, offset: isize) -> std::ops::Range<usize> {
+/// For a buffer of `len` values (a channel's `(h, w)` planes) and the pixel offset `(dy, dx)`:
+/// the range of flat positions `p` for which `p + dy·w + dx` is inside the buffer too, and
+/// where that partner range starts; `None` when no position has its partner inside.
+fn shifted_span(
+    len: usize,
+    w: usize,
+    (dy, dx): (isize, isize),
+) -> Option<(std::ops::Range<usize>, usize)> {
+    let offset = dy * w as isize + dx;
     let lo = (-offset).clamp(0, len as isize) as usize;
     let hi = (len as isize - offset).clamp(lo as isize, len as isize) as usize;
-    lo..hi
+    (lo < hi).then(|| (lo..hi, (lo as isize + offset) as usize))
 }
 
 /// For the `(h, w)` planes laid end to end in `buf`: zeroes every pixel `(y, x)` whose
@@ -193,15 +199,12 @@ fn zero_outside(buf: &mut [f32], (h, w): (usize, usize), (dy, dx): (isize, isize
 /// planes: `dst[p] = src[p + dy·w + dx]` where that neighbour is in `p`'s plane, else 0. One
 /// shifted copy of the whole channel, then the plane borders are zeroed.
 fn shifted_copy(src: &[f32], dst: &mut [f32], (h, w): (usize, usize), (dy, dx): (isize, isize)) {
-    let offset = dy * w as isize + dx;
-    let valid = overlap(dst.len(), offset);
-    if valid.is_empty() {
+    let Some((valid, from)) = shifted_span(dst.len(), w, (dy, dx)) else {
         dst.fill(0.0);
         return;
-    }
+    };
     dst[..valid.start].fill(0.0);
     dst[valid.end..].fill(0.0);
-    let from = (valid.start as isize + offset) as usize;
     dst[valid.clone()].copy_from_slice(&src[from..from + valid.len()]);
     zero_outside(dst, (h, w), (dy, dx));
 }
@@ -222,13 +225,9 @@ fn col2im(g: Conv2dGeometry, d: Dims, cols: &mut [f32], x: &mut [f32]) {
                         // The transpose of `shifted_copy`: x[p + offset] += row[p] where valid.
                         let (dy, dx) = shift(g, ki, kj);
                         zero_outside(row, (d.h, d.w), (dy, dx));
-                        let offset = dy * d.w as isize + dx;
-                        let valid = overlap(l, offset);
-                        if valid.is_empty() {
-                            continue;
+                        if let Some((valid, to)) = shifted_span(l, d.w, (dy, dx)) {
+                            add_into(&mut xc[to..to + valid.len()], &row[valid]);
                         }
-                        let to = (valid.start as isize + offset) as usize;
-                        add_into(&mut xc[to..to + valid.len()], &row[valid]);
                         continue;
                     }
                     let tap = Tap::new(g.stride, g.pad, kj, d.w, d.ow);
@@ -421,9 +420,7 @@ fn matmul_long_k(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: M
         .for_each(|(i, row)| {
             row.copy_from_slice(&partials[0][i * n..(i + 1) * n]);
             for p in &partials[1..] {
-                for (v, x) in row.iter_mut().zip(&p[i * n..(i + 1) * n]) {
-                    *v += x;
-                }
+                add_into(row, &p[i * n..(i + 1) * n]);
             }
         });
 }
