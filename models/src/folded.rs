@@ -3,7 +3,9 @@
 //! In eval mode BatchNorm is a per-channel affine map, so conv → BN → ReLU equals one
 //! convolution with scaled weights and a bias, then ReLU: `BN(W·x) = (s·W)·x + (β − s·μ)` with
 //! `s = γ/√(σ²+ε)`. [`FoldedGoogLeNet`] computes those weights once, then runs each
-//! convolution as one matrix multiply with a fused bias + ReLU pass. Activations are
+//! convolution as one matrix multiply with a fused bias + ReLU pass, except the 3×3 "same"
+//! convolutions (two thirds of the network's multiply-adds), which run as Winograd F(2×2, 3×3)
+//! with weights transformed once here (`ops::winograd`). Activations are
 //! channel-major `(C, N, H, W)`, so each Inception branch is a contiguous block of rows of the
 //! block's output: the branches write straight into it and no concatenation copy is made. The
 //! work buffers are kept between calls, so a warm forward pass allocates almost nothing.
@@ -12,7 +14,10 @@
 
 use crate::googlenet::{pool_after, GoogLeNet, Output, EMBEDDING_DIM, STEM_POOL};
 use crate::layers::{l2_normalise, BasicConv2d, BRANCH_POOL};
-use crate::ops::{conv_bias_relu, max_pool_planes, on_pool, prefix, Conv2dGeometry, PoolGeometry};
+use crate::ops::{
+    conv3x3_bias_relu, conv_bias_relu, max_pool_planes, on_pool, prefix, winograd_pays,
+    Conv2dGeometry, PoolGeometry, WinogradKernel,
+};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, Module};
 use rayon::prelude::*;
@@ -45,6 +50,8 @@ struct FoldedConv {
     /// `(O)`.
     bias: Vec<f32>,
     geometry: Conv2dGeometry,
+    /// The same weights in the Winograd domain, for a 3×3 stride-1 "same" convolution.
+    winograd: Option<WinogradKernel>,
 }
 
 impl FoldedConv {
@@ -60,10 +67,18 @@ impl FoldedConv {
         for (w, s) in folded.chunks_mut(row).zip(&scale) {
             w.iter_mut().for_each(|v| *v *= s);
         }
+        let same_3x3 = Conv2dGeometry {
+            kernel: 3,
+            stride: 1,
+            pad: 1,
+        };
+        let winograd =
+            (geometry == same_3x3).then(|| WinogradKernel::new(&folded, out_channels, row / 9));
         Ok(Self {
             weight: folded,
             bias: shift,
             geometry,
+            winograd,
         })
     }
 
@@ -90,9 +105,13 @@ impl FoldedConv {
         cols: &mut Vec<f32>,
         out: &mut [f32],
     ) -> Result<()> {
+        let input = &input[..x.len()];
+        if let Some(kernel) = self.winograd.as_ref().filter(|_| winograd_pays(x.dims())) {
+            return conv3x3_bias_relu(kernel, input, x.dims(), &self.bias, out);
+        }
         conv_bias_relu(
             self.geometry,
-            &input[..x.len()],
+            input,
             x.dims(),
             &self.weight,
             &self.bias,

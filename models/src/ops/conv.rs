@@ -258,7 +258,7 @@ fn add_into(dst: &mut [f32], src: &[f32]) {
 
 /// A matrix view for `gemm`: pointer, row stride, column stride.
 #[derive(Clone, Copy)]
-struct Mat {
+pub(super) struct Mat {
     ptr: *const f32,
     rs: isize,
     cs: isize,
@@ -270,7 +270,8 @@ unsafe impl Send for Mat {}
 unsafe impl Sync for Mat {}
 
 impl Mat {
-    fn rows(data: &[f32], cols: usize) -> Self {
+    /// A row-major matrix whose rows start `cols` values apart.
+    pub(super) fn rows(data: &[f32], cols: usize) -> Self {
         Self {
             ptr: data.as_ptr(),
             rs: cols as isize,
@@ -301,7 +302,7 @@ impl Mat {
 /// # Safety
 /// The views must be valid for the given shapes, and no other thread may touch the `dst`
 /// region meanwhile.
-unsafe fn gemm_into(
+pub(super) unsafe fn gemm_into(
     dst: *mut f32,
     ld: usize,
     (m, n, k): (usize, usize, usize),
@@ -450,7 +451,7 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
 /// Runs `f` with a scratch buffer owned by this thread, which keeps its allocation between
 /// calls (the training step's im2col columns and gradient copies are large and alike from one
 /// step to the next). Nested calls get distinct buffers.
-fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     thread_local! {
         static BUFFERS: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
     }

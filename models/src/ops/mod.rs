@@ -16,12 +16,14 @@
 mod batchnorm;
 mod conv;
 mod maxpool;
+mod winograd;
 
 pub use batchnorm::{batch_norm_relu, channel_stats};
 pub(crate) use conv::conv_bias_relu;
 pub use conv::{conv2d, Conv2dGeometry};
 pub use maxpool::max_pool_planes;
 pub use maxpool::{max_pool2d, PoolGeometry};
+pub(crate) use winograd::{conv3x3_bias_relu, winograd_pays, WinogradKernel};
 
 use candle_core::{CpuStorage, Layout, Result};
 
