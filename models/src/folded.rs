@@ -4,7 +4,7 @@
 //! convolution with scaled weights and a bias, then ReLU: `BN(W·x) = (s·W)·x + (β − s·μ)` with
 //! `s = γ/√(σ²+ε)`. [`FoldedGoogLeNet`] computes those weights once, then runs each
 //! convolution as one matrix multiply with a fused bias + ReLU pass, except the 3×3 "same"
-//! convolutions (two thirds of the network's multiply-adds), which run as Winograd F(2×2, 3×3)
+//! convolutions (two thirds of the network's multiply-adds), which run as Winograd F(4×4, 3×3)
 //! with weights transformed once here (`ops::winograd`). Activations are
 //! channel-major `(C, N, H, W)`, so each Inception branch is a contiguous block of rows of the
 //! block's output: the branches write straight into it and no concatenation copy is made. The

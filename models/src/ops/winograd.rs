@@ -1,16 +1,19 @@
-//! Winograd F(2×2, 3×3) convolution for inference (Lavin & Gray, 2016).
+//! Winograd convolution F(4×4, 3×3) for inference (Lavin & Gray, 2016).
 //!
-//! A 3×3 stride-1 "same" convolution computes each 2×2 block of outputs from the 4×4 input
-//! patch around it. In the Winograd domain that is 16 element-wise products instead of 36
-//! multiply-adds: transform the patch (`V = Bᵀ·d·B`) and the kernel (`U = G·g·Gᵀ`, once, when
-//! the network is folded), multiply point by point and sum over input channels, then transform
-//! back (`Y = Aᵀ·M·A`). Summed over the channels, the 16 points are 16 independent matrix
-//! products `M[e] = U[e] · V[e]` of `O×C` by `C×tiles`: 2.25× fewer multiply-adds than im2col
-//! + one matrix multiply, and no 9× column matrix.
+//! A 3×3 stride-1 "same" convolution computes each 4×4 block of outputs (a tile) from the 6×6
+//! input patch around it. In the Winograd domain that takes 36 element-wise products instead
+//! of 144 multiply-adds: transform the patch (`V = Bᵀ·d·B`) and the kernel (`U = G·g·Gᵀ`,
+//! once, when the network is folded), multiply point by point and sum over the input
+//! channels, then transform back (`Y = Aᵀ·M·A`). Summed over the channels, the 36 points are
+//! independent matrix products `M[e] = U[e] · V[e]` of `O×C` by `C×tiles`: 4× fewer
+//! multiply-adds than im2col + one matrix multiply, and no 9× column matrix. The transforms'
+//! coefficients (up to 8) cost some rounding; results stay within 1e-4 of the direct
+//! convolution (tested). F(2×2, 3×3) (2.25× fewer) was measured first and lost to F(4×4) by
+//! 10–14% at 96–224 px, with no gain on the small planes, where im2col takes over.
 //!
-//! The tiles are processed in blocks of whole tile rows, one block per task: transform the
-//! block's patches, run its 16 products, transform back with the bias and ReLU fused in, all
-//! while the block is in the core's cache.
+//! The tiles are processed in blocks of whole tile rows: transform the block's patches, run
+//! its products, transform back with the bias and ReLU fused in, all while the block is in the
+//! core's cache.
 
 use super::conv::{gemm_into, with_scratch, Mat};
 use super::prefix;
@@ -19,36 +22,93 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// Winograd points per tile: the 4×4 input patch.
-const POINTS: usize = 16;
-
 /// Tiles per block that is transformed and multiplied at once (about: blocks are whole tile
-/// rows). Measured best of 32–1024 (BENCHMARKS.md): smaller blocks make the 16 products too
+/// rows). Measured best of 32–1024 (BENCHMARKS.md): smaller blocks make the products too
 /// thin, larger ones spill the block out of the core's cache.
 const BLOCK_TILES: usize = 128;
 
 /// Fewest tiles in a batch for which the Winograd path beats im2col: below it (the late layers
-/// at batch 1) the 16 products are too thin to pay for 16/9 as many weights.
+/// at batch 1) the products are too thin to pay for the extra weights.
 const MIN_TILES: usize = 16;
 
-/// Whether a 3×3 "same" convolution of input `(C, N, H, W)` should take the Winograd path.
+/// Output tile side.
+const M: usize = 4;
+/// Input patch side.
+const A: usize = M + 2;
+/// Winograd points per tile.
+const POINTS: usize = A * A;
+
+/// `Bᵀ` (6×6), `G` (6×3) and `Aᵀ` (4×6) of F(4×4, 3×3) with interpolation points 0, ±1, ±2,
+/// ∞, row-major.
+const BT: [f32; A * A] = [
+    4., 0., -5., 0., 1., 0., //
+    0., -4., -4., 1., 1., 0., //
+    0., 4., -4., -1., 1., 0., //
+    0., -2., -1., 2., 1., 0., //
+    0., 2., -1., -2., 1., 0., //
+    0., 4., 0., -5., 0., 1.,
+];
+const G: [f32; A * 3] = [
+    1. / 4.,
+    0.,
+    0., //
+    -1. / 6.,
+    -1. / 6.,
+    -1. / 6., //
+    -1. / 6.,
+    1. / 6.,
+    -1. / 6., //
+    1. / 24.,
+    1. / 12.,
+    1. / 6., //
+    1. / 24.,
+    -1. / 12.,
+    1. / 6., //
+    0.,
+    0.,
+    1.,
+];
+const AT: [f32; M * A] = [
+    1., 1., 1., 1., 1., 0., //
+    0., 1., -1., 2., -2., 0., //
+    0., 1., 1., 4., 4., 0., //
+    0., 1., -1., 8., -8., 1.,
+];
+
+/// Whether a 3×3 "same" convolution of input `(C, N, H, W)` should take the Winograd path:
+/// when its padded tiles need fewer products than im2col's 9 per pixel (not so for planes of
+/// 2×2 pixels and less), and the batch has enough tiles.
 pub(crate) fn winograd_pays([_, n, h, w]: [usize; 4]) -> bool {
-    h >= 2 && w >= 2 && n * h.div_ceil(2) * w.div_ceil(2) >= MIN_TILES
+    let tiles = h.div_ceil(M) * w.div_ceil(M);
+    tiles * POINTS < 9 * h * w && n * tiles >= MIN_TILES
+}
+
+/// The nonzero entries `(column, value)` of each row of a row-major matrix `cols` wide: a
+/// transform as the list of terms that make up each output.
+fn terms(matrix: &[f32], cols: usize) -> Vec<Vec<(usize, f32)>> {
+    matrix
+        .chunks_exact(cols)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, v)| **v != 0.0)
+                .map(|(j, v)| (j, *v))
+                .collect()
+        })
+        .collect()
 }
 
 /// A 3×3 kernel in the Winograd domain: `U[e] = G·g·Gᵀ` for each point `e`, laid out
-/// `(16, O, C)` so that each point is a row-major `O×C` matrix.
+/// `(points, O, C)` so that each point is a row-major `O×C` matrix; with the transforms' terms.
 #[derive(Debug, Clone)]
 pub(crate) struct WinogradKernel {
     u: Vec<f32>,
     o: usize,
     c: usize,
-}
-
-/// The 1-D kernel transform `G·g` for the three taps of one column or row: `[g0, (g0+g1+g2)/2,
-/// (g0−g1+g2)/2, g2]`.
-fn kernel_transform([a, b, c]: [f32; 3]) -> [f32; 4] {
-    [a, (a + b + c) / 2.0, (a - b + c) / 2.0, c]
+    /// The rows of `Bᵀ` as terms.
+    input_terms: Vec<Vec<(usize, f32)>>,
+    /// The rows of `Aᵀ` as terms.
+    output_terms: Vec<Vec<(usize, f32)>>,
 }
 
 impl WinogradKernel {
@@ -56,19 +116,31 @@ impl WinogradKernel {
     pub(crate) fn new(weight: &[f32], o: usize, c: usize) -> Self {
         assert_eq!(weight.len(), o * c * 9, "3×3 weights expected");
         let mut u = vec![0f32; POINTS * o * c];
-        for (oc, g) in weight.chunks_exact(9).enumerate() {
-            // G·g: transform each of the 3 columns, giving 4 rows of 3.
-            let columns: [[f32; 4]; 3] =
-                std::array::from_fn(|j| kernel_transform([g[j], g[3 + j], g[6 + j]]));
-            for i in 0..4 {
-                // (G·g)·Gᵀ: transform each of those 4 rows.
-                let row = kernel_transform([columns[0][i], columns[1][i], columns[2][i]]);
-                for (j, v) in row.into_iter().enumerate() {
-                    u[(i * 4 + j) * o * c + oc] = v;
+        for (oc, kernel) in weight.chunks_exact(9).enumerate() {
+            // G·g (6×3), in f64 so that the sixths and twenty-fourths round once.
+            let gg: Vec<f64> = (0..A * 3)
+                .map(|k| {
+                    let (r, j) = (k / 3, k % 3);
+                    (0..3)
+                        .map(|i| G[r * 3 + i] as f64 * kernel[i * 3 + j] as f64)
+                        .sum()
+                })
+                .collect();
+            // (G·g)·Gᵀ (6×6).
+            for r in 0..A {
+                for s in 0..A {
+                    let v: f64 = (0..3).map(|j| gg[r * 3 + j] * G[s * 3 + j] as f64).sum();
+                    u[(r * A + s) * o * c + oc] = v as f32;
                 }
             }
         }
-        Self { u, o, c }
+        Self {
+            u,
+            o,
+            c,
+            input_terms: terms(&BT, A),
+            output_terms: terms(&AT, A),
+        }
     }
 
     /// The `O×C` matrix of point `e`.
@@ -77,7 +149,8 @@ impl WinogradKernel {
     }
 }
 
-/// Shapes of one call: input `(C, N, H, W)`, output `(O, N, H, W)`, `th × tw` tiles per image.
+/// Shapes of one call: input `(C, N, H, W)`, output `(O, N, H, W)`, `th × tw` tiles per
+/// image.
 #[derive(Debug, Clone, Copy)]
 struct Tiling {
     c: usize,
@@ -96,12 +169,12 @@ impl Tiling {
     }
 
     /// The output rows, counted over the whole batch (`image·H + y`), that tile rows `rows`
-    /// cover: two per tile row, one for an odd plane's last.
+    /// cover: 4 per tile row, fewer for the last one of a plane whose side 4 does not divide.
     fn output_rows(&self, rows: &Range<usize>) -> Range<usize> {
-        let first = |r: usize| (r / self.th) * self.h + 2 * (r % self.th);
-        let end =
-            (rows.end - 1) / self.th * self.h + (2 * ((rows.end - 1) % self.th) + 2).min(self.h);
-        first(rows.start)..end
+        let start = |r: usize| (r / self.th) * self.h + M * (r % self.th);
+        let last = rows.end - 1;
+        let end = last / self.th * self.h + (M * (last % self.th) + M).min(self.h);
+        start(rows.start)..end
     }
 }
 
@@ -129,8 +202,8 @@ pub(crate) fn conv3x3_bias_relu(
         n,
         h,
         w,
-        th: h.div_ceil(2),
-        tw: w.div_ceil(2),
+        th: h.div_ceil(M),
+        tw: w.div_ceil(M),
     };
     let rows = t.tile_rows();
     let rows_per_block = (BLOCK_TILES / t.tw).max(1);
@@ -167,7 +240,14 @@ fn by_block(
                 let mut scratch = PatchScratch::new(t, tiles);
                 for (ch, dst) in v.chunks_exact_mut(POINTS * tiles).enumerate() {
                     let input = &x[ch * plane..][..plane];
-                    transform_input(t, input, rows.clone(), dst, &mut scratch);
+                    transform_input(
+                        t,
+                        &kernel.input_terms,
+                        input,
+                        rows.clone(),
+                        dst,
+                        &mut scratch,
+                    );
                 }
                 for e in 0..POINTS {
                     multiply_point(kernel, e, v, m, tiles);
@@ -184,7 +264,15 @@ fn by_block(
                         )
                     };
                     let m = &m[oc * POINTS * tiles..][..POINTS * tiles];
-                    transform_output(t, m, b, rows.clone(), region, &mut scratch);
+                    transform_output(
+                        t,
+                        &kernel.output_terms,
+                        m,
+                        b,
+                        rows.clone(),
+                        region,
+                        &mut scratch,
+                    );
                 }
             })
         })
@@ -213,12 +301,19 @@ fn by_phase(
                     .for_each_init(
                         || PatchScratch::new(t, tiles),
                         |scratch, (dst, input)| {
-                            transform_input(t, input, rows.clone(), dst, scratch)
+                            transform_input(
+                                t,
+                                &kernel.input_terms,
+                                input,
+                                rows.clone(),
+                                dst,
+                                scratch,
+                            )
                         },
                     );
                 let m_addr = m.as_mut_ptr() as usize;
                 (0..POINTS).into_par_iter().for_each(|e| {
-                    // SAFETY: point `e` writes only its own row of each channel's 16 (see
+                    // SAFETY: point `e` writes only its own row of each channel's points (see
                     // `multiply_point`), so the tasks' writes are disjoint; `m` outlives them.
                     let m = unsafe {
                         std::slice::from_raw_parts_mut(m_addr as *mut f32, POINTS * t.o * tiles)
@@ -233,7 +328,15 @@ fn by_phase(
                         || OutputScratch::new(tiles),
                         |scratch, ((out, m), &b)| {
                             let region = &mut out[pixels.start * t.w..pixels.end * t.w];
-                            transform_output(t, m, b, rows.clone(), region, scratch)
+                            transform_output(
+                                t,
+                                &kernel.output_terms,
+                                m,
+                                b,
+                                rows.clone(),
+                                region,
+                                scratch,
+                            )
                         },
                     );
             }
@@ -241,8 +344,8 @@ fn by_phase(
     });
 }
 
-/// `M[e] = U[e] · V[e]` for point `e`, one thread: `v` is `(C, 16, tiles)`, `m` `(O, 16,
-/// tiles)`; only the values of point `e` in `m` are written.
+/// `M[e] = U[e] · V[e]` for point `e`, one thread: `v` is `(C, points, tiles)`, `m` `(O,
+/// points, tiles)`; only the values of point `e` in `m` are written.
 fn multiply_point(kernel: &WinogradKernel, e: usize, v: &[f32], m: &mut [f32], tiles: usize) {
     let stride = POINTS * tiles;
     assert!(v.len() >= kernel.c * stride && m.len() >= kernel.o * stride);
@@ -260,156 +363,142 @@ fn multiply_point(kernel: &WinogradKernel, e: usize, v: &[f32], m: &mut [f32], t
     };
 }
 
-/// How `Bᵀ` combines the four patch rows (or columns) into point row `a`: `first + sign·second`.
-const INPUT_COMBINATIONS: [(usize, usize, f32); 4] =
-    [(0, 2, -1.0), (1, 2, 1.0), (2, 1, -1.0), (1, 3, -1.0)];
+/// `dst = Σ value·src(index)` over `terms`.
+#[inline(always)]
+fn combine<'a>(dst: &mut [f32], terms: &[(usize, f32)], src: impl Fn(usize) -> &'a [f32]) {
+    let (&(first, scale), rest) = terms.split_first().expect("a transform row has terms");
+    for (d, s) in dst.iter_mut().zip(src(first)) {
+        *d = scale * s;
+    }
+    for &(index, scale) in rest {
+        for (d, s) in dst.iter_mut().zip(src(index)) {
+            *d += scale * s;
+        }
+    }
+}
 
-/// Work rows for [`transform_input`].
+/// Work rows for [`transform_input`], `points × tiles` each.
 struct PatchScratch {
     /// One input row with a zero column on the left and zeros past its end: the patch of
-    /// tile `tx` spans `line[2·tx .. 2·tx + 4]`.
+    /// tile `tx` spans `line[4·tx .. 4·tx + 6]`.
     line: Vec<f32>,
-    /// `patch[(a·4 + j)·tiles + tile]`: row a, column j of each tile's input patch.
+    /// `patch[(i·a + j)·tiles + tile]`: row i, column j of each tile's input patch.
     patch: Vec<f32>,
+    /// `rows[(r·a + j)·tiles + tile]`: row r of `Bᵀ·d`.
+    rows: Vec<f32>,
 }
 
 impl PatchScratch {
     fn new(t: Tiling, tiles: usize) -> Self {
         Self {
-            line: vec![0.0; 2 * t.tw + 2],
+            line: vec![0.0; M * t.tw + 2],
             patch: vec![0.0; POINTS * tiles],
+            rows: vec![0.0; POINTS * tiles],
         }
     }
 }
 
-/// The four columns of patch row `a` for the `len` tiles from `at` on.
-fn patch_columns(
-    patch: &mut [f32],
-    tiles: usize,
-    a: usize,
-    at: usize,
-    len: usize,
-) -> [&mut [f32]; 4] {
-    let mut columns = patch[a * 4 * tiles..][..4 * tiles]
-        .chunks_exact_mut(tiles)
-        .map(|column| &mut column[at..at + len]);
-    std::array::from_fn(|_| columns.next().expect("four columns"))
-}
-
-/// Fills `v` `(16, tiles)` with `Bᵀ·d·B` of every input patch `d` of tile rows `rows` of one
-/// channel's planes `x` `(N, H, W)`.
+/// Fills `v` `(points, tiles)` with `Bᵀ·d·B` of every input patch `d` of tile rows `rows` of
+/// one channel's planes `x` `(N, H, W)`; `bt` holds the rows of `Bᵀ` as terms.
 ///
-/// The patches' 16 values are first gathered into 16 rows over the tiles; each Winograd point
-/// is then a signed sum of four of those rows, a loop over the tiles.
+/// The patches' values are first gathered into one row over the tiles per patch position;
+/// both halves of the transform are then sums of such rows, loops over the tiles.
 #[multiversion(targets = "simd")]
-fn transform_input(t: Tiling, x: &[f32], rows: Range<usize>, v: &mut [f32], s: &mut PatchScratch) {
-    let tiles = rows.len() * t.tw;
+fn transform_input(
+    t: Tiling,
+    bt: &[Vec<(usize, f32)>],
+    x: &[f32],
+    rows: Range<usize>,
+    v: &mut [f32],
+    s: &mut PatchScratch,
+) {
+    let (a, tiles) = (A, rows.len() * t.tw);
     for (r, row) in rows.enumerate() {
         let (image, ty) = (row / t.th, row % t.th);
         let plane = &x[image * t.h * t.w..][..t.h * t.w];
         let at = r * t.tw;
-        for a in 0..4 {
-            let y = (2 * ty + a).wrapping_sub(1);
+        for i in 0..a {
+            let y = (M * ty + i).wrapping_sub(1);
             if y < t.h {
                 s.line[1..=t.w].copy_from_slice(&plane[y * t.w..][..t.w]);
                 s.line[t.w + 1..].fill(0.0);
             } else {
                 s.line.fill(0.0);
             }
-            // One loop filling the patch's four columns (a copy loop per column would become a
-            // `memcpy` call each, too short to pay for itself).
-            let [p0, p1, p2, p3] = patch_columns(&mut s.patch, tiles, a, at, t.tw);
-            for (tx, window) in s.line.windows(4).step_by(2).enumerate() {
-                (p0[tx], p1[tx], p2[tx], p3[tx]) = (window[0], window[1], window[2], window[3]);
+            // One pass over the tiles filling the patch row's columns (a copy loop per column
+            // would become a `memcpy` call each, too short to pay for itself).
+            let base = i * a * tiles + at;
+            for (tx, window) in s.line.windows(a).step_by(M).enumerate() {
+                for (j, &value) in window.iter().enumerate() {
+                    s.patch[base + j * tiles + tx] = value;
+                }
             }
         }
     }
-    let patch_row = |a: usize, j: usize| &s.patch[(a * 4 + j) * tiles..][..tiles];
-    for (e, dst) in v.chunks_exact_mut(tiles).enumerate() {
-        let (ra, rb, rs) = INPUT_COMBINATIONS[e / 4];
-        let (ca, cb, cs) = INPUT_COMBINATIONS[e % 4];
-        let terms = (patch_row(ra, ca), patch_row(rb, ca), patch_row(ra, cb));
-        let last = patch_row(rb, cb);
-        for (i, d) in dst.iter_mut().enumerate() {
-            *d = terms.0[i] + rs * terms.1[i] + cs * (terms.2[i] + rs * last[i]);
-        }
+    // Bᵀ·d: row r combines the patch rows, column by column.
+    for (k, dst) in s.rows.chunks_exact_mut(tiles).enumerate() {
+        let (r, j) = (k / a, k % a);
+        combine(dst, &bt[r], |i| &s.patch[(i * a + j) * tiles..][..tiles]);
+    }
+    // (Bᵀ·d)·B: point (r, c) combines the columns of row r.
+    for (k, dst) in v.chunks_exact_mut(tiles).enumerate() {
+        let (r, c) = (k / a, k % a);
+        combine(dst, &bt[c], |j| &s.rows[(r * a + j) * tiles..][..tiles]);
     }
 }
 
 /// Work rows for [`transform_output`].
 struct OutputScratch {
-    /// `half[(i·4 + b)·tiles + tile]`: row i of Aᵀ·M.
+    /// `half[(p·a + c)·tiles + tile]`: row p of Aᵀ·M.
     half: Vec<f32>,
-    /// `y[(i·2 + j)·tiles + tile]`: output pixel (i, j) of each tile.
+    /// `y[(p·m + q)·tiles + tile]`: output pixel (p, q) of each tile.
     y: Vec<f32>,
 }
 
 impl OutputScratch {
     fn new(tiles: usize) -> Self {
         Self {
-            half: vec![0.0; 8 * tiles],
-            y: vec![0.0; 4 * tiles],
+            half: vec![0.0; M * A * tiles],
+            y: vec![0.0; M * M * tiles],
         }
     }
 }
 
 /// Writes `ReLU(Aᵀ·M·A + bias)` of every tile of tile rows `rows` of one output channel, from
-/// `m` `(16, tiles)`, into `out`: that channel's output rows [`Tiling::output_rows`]`(rows)`.
+/// `m` `(points, tiles)`, into `out`: that channel's output rows
+/// [`Tiling::output_rows`]`(rows)`. `at` holds the rows of `Aᵀ` as terms.
 #[multiversion(targets = "simd")]
 fn transform_output(
     t: Tiling,
+    at: &[Vec<(usize, f32)>],
     m: &[f32],
     bias: f32,
     rows: Range<usize>,
     out: &mut [f32],
     s: &mut OutputScratch,
 ) {
-    let tiles = rows.len() * t.tw;
-    let point = |e: usize| &m[e * tiles..][..tiles];
+    let (a, side, tiles) = (A, M, rows.len() * t.tw);
     for (k, dst) in s.half.chunks_exact_mut(tiles).enumerate() {
-        let (i, col) = (k / 4, k % 4);
-        let (p, q, r) = (point(col), point(4 + col), point(8 + col));
-        if i == 0 {
-            for (d, ((p, q), r)) in dst.iter_mut().zip(p.iter().zip(q).zip(r)) {
-                *d = p + q + r;
-            }
-        } else {
-            let u = point(12 + col);
-            for (d, ((q, r), u)) in dst.iter_mut().zip(q.iter().zip(r).zip(u)) {
-                *d = q - r - u;
-            }
-        }
+        let (p, c) = (k / a, k % a);
+        combine(dst, &at[p], |r| &m[(r * a + c) * tiles..][..tiles]);
     }
     for (k, dst) in s.y.chunks_exact_mut(tiles).enumerate() {
-        let (i, j) = (k / 2, k % 2);
-        let row = |col: usize| &s.half[(i * 4 + col) * tiles..][..tiles];
-        if j == 0 {
-            let (p, q, r) = (row(0), row(1), row(2));
-            for (d, ((p, q), r)) in dst.iter_mut().zip(p.iter().zip(q).zip(r)) {
-                *d = (p + q + r + bias).max(0.0);
-            }
-        } else {
-            let (q, r, u) = (row(1), row(2), row(3));
-            for (d, ((q, r), u)) in dst.iter_mut().zip(q.iter().zip(r).zip(u)) {
-                *d = (q - r - u + bias).max(0.0);
-            }
+        let (p, q) = (k / side, k % side);
+        combine(dst, &at[q], |c| &s.half[(p * a + c) * tiles..][..tiles]);
+        for v in dst.iter_mut() {
+            *v = (*v + bias).max(0.0);
         }
     }
     let first = t.output_rows(&rows).start;
     for (r, row) in rows.enumerate() {
         let (image, ty) = (row / t.th, row % t.th);
         let at = r * t.tw;
-        for i in 0..2.min(t.h - 2 * ty) {
-            let left = &s.y[(i * 2) * tiles + at..][..t.tw];
-            let right = &s.y[(i * 2 + 1) * tiles + at..][..t.tw];
-            let dst = &mut out[(image * t.h + 2 * ty + i - first) * t.w..][..t.w];
-            let mut pairs = dst.chunks_exact_mut(2);
-            for ((pair, &l), &r) in (&mut pairs).zip(left).zip(right) {
-                pair[0] = l;
-                pair[1] = r;
-            }
-            if let [last] = pairs.into_remainder() {
-                *last = left[t.tw - 1];
+        for p in 0..side.min(t.h - side * ty) {
+            let dst = &mut out[(image * t.h + side * ty + p - first) * t.w..][..t.w];
+            for (tx, pixels) in dst.chunks_mut(side).enumerate() {
+                for (q, pixel) in pixels.iter_mut().enumerate() {
+                    *pixel = s.y[(p * side + q) * tiles + at + tx];
+                }
             }
         }
     }
@@ -453,6 +542,7 @@ mod tests {
             (16, 24, 4, 12),
             (6, 9, 3, 31),
             (2, 4, 8, 33),
+            (160, 32, 2, 14),
         ] {
             let x = random(c * n * size * size, 1);
             let weight = random(o * c * 9, 2);
@@ -474,6 +564,14 @@ mod tests {
             );
         }
         Ok(())
+    }
+
+    #[test]
+    fn takes_the_winograd_path_where_it_saves_products() {
+        assert!(winograd_pays([64, 32, 24, 24]));
+        assert!(winograd_pays([64, 16, 3, 3])); // one padded tile: 36 products for 81
+        assert!(!winograd_pays([64, 32, 2, 2])); // 36 for 36
+        assert!(!winograd_pays([64, 1, 6, 6])); // too few tiles in the batch
     }
 
     #[test]
