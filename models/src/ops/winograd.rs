@@ -363,17 +363,34 @@ fn multiply_point(kernel: &WinogradKernel, e: usize, v: &[f32], m: &mut [f32], t
     };
 }
 
-/// `dst = Σ value·src(index)` over `terms`.
+/// `dst = Σ value·src(index)` over `terms`, in one pass over `dst` for the term counts of
+/// F(4×4)'s transforms (3–5).
 #[inline(always)]
 fn combine<'a>(dst: &mut [f32], terms: &[(usize, f32)], src: impl Fn(usize) -> &'a [f32]) {
-    let (&(first, scale), rest) = terms.split_first().expect("a transform row has terms");
-    for (d, s) in dst.iter_mut().zip(src(first)) {
-        *d = scale * s;
-    }
-    for &(index, scale) in rest {
-        for (d, s) in dst.iter_mut().zip(src(index)) {
-            *d += scale * s;
+    match terms {
+        [a, b, c] => combine_n(dst, [a, b, c].map(|t| (src(t.0), t.1))),
+        [a, b, c, d] => combine_n(dst, [a, b, c, d].map(|t| (src(t.0), t.1))),
+        [a, b, c, d, e] => combine_n(dst, [a, b, c, d, e].map(|t| (src(t.0), t.1))),
+        _ => {
+            dst.fill(0.0);
+            for &(index, scale) in terms {
+                for (d, s) in dst.iter_mut().zip(src(index)) {
+                    *d = scale.mul_add(*s, *d);
+                }
+            }
         }
+    }
+}
+
+/// `dst = Σ scale·src` over the `N` `(src, scale)` terms.
+#[inline(always)]
+fn combine_n<const N: usize>(dst: &mut [f32], terms: [(&[f32], f32); N]) {
+    let len = dst.len();
+    let terms = terms.map(|(src, scale)| (&src[..len], scale));
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = terms
+            .iter()
+            .fold(0.0, |acc, (src, scale)| scale.mul_add(src[i], acc));
     }
 }
 
