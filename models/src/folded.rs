@@ -98,13 +98,7 @@ impl FoldedConv {
     }
 
     /// Runs on `input` (shape `x`), writing exactly `self.output(x).len()` values to `out`.
-    fn run(
-        &self,
-        input: &[f32],
-        x: Activation,
-        cols: &mut Vec<f32>,
-        out: &mut [f32],
-    ) -> Result<()> {
+    fn run(&self, input: &[f32], x: Activation, out: &mut [f32]) -> Result<()> {
         let input = &input[..x.len()];
         if let Some(kernel) = self.winograd.as_ref().filter(|_| winograd_pays(x.dims())) {
             return conv3x3_bias_relu(kernel, input, x.dims(), &self.bias, out);
@@ -115,7 +109,6 @@ impl FoldedConv {
             x.dims(),
             &self.weight,
             &self.bias,
-            cols,
             out,
         )
         .map(drop)
@@ -147,7 +140,6 @@ struct FoldedInception {
 struct BlockScratch {
     reduced: Vec<f32>,
     pooled: Vec<f32>,
-    cols: Vec<f32>,
 }
 
 impl FoldedInception {
@@ -174,15 +166,15 @@ impl FoldedInception {
         let (o1, rest) = out.split_at_mut(b1.out_channels() * plane);
         let (o2, rest) = rest.split_at_mut(b2.out_channels() * plane);
         let (o3, o4) = rest.split_at_mut(b3.out_channels() * plane);
-        b1.run(input, x, &mut scratch.cols, o1)?;
+        b1.run(input, x, o1)?;
         for (reduce, conv, o) in [(b2red, b2, o2), (b3red, b3, o3)] {
             let r = reduce.output(x);
             let reduced = prefix(&mut scratch.reduced, r.len());
-            reduce.run(input, x, &mut scratch.cols, reduced)?;
-            conv.run(reduced, r, &mut scratch.cols, o)?;
+            reduce.run(input, x, reduced)?;
+            conv.run(reduced, r, o)?;
         }
         let p = max_pool(BRANCH_POOL, input, x, &mut scratch.pooled)?;
-        b4.run(&scratch.pooled, p, &mut scratch.cols, o4)?;
+        b4.run(&scratch.pooled, p, o4)?;
         Ok(y)
     }
 }
@@ -286,18 +278,13 @@ impl FoldedGoogLeNet {
     ) -> Result<Vec<f32>> {
         let [c1, c2, c3] = &self.stem;
         let mut a = c1.output(x);
-        c1.run(input, x, &mut ws.block.cols, prefix(&mut ws.next, a.len()))?;
+        c1.run(input, x, prefix(&mut ws.next, a.len()))?;
         ws.advance();
         a = max_pool(STEM_POOL, &ws.current, a, &mut ws.next)?;
         ws.advance();
         for conv in [c2, c3] {
             let y = conv.output(a);
-            conv.run(
-                &ws.current,
-                a,
-                &mut ws.block.cols,
-                prefix(&mut ws.next, y.len()),
-            )?;
+            conv.run(&ws.current, a, prefix(&mut ws.next, y.len()))?;
             ws.advance();
             a = y;
         }

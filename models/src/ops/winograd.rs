@@ -566,7 +566,7 @@ mod tests {
             let bias: Vec<f32> = random(o, 3).iter().map(|b| b * 0.5).collect();
             let dims = [c, n, size, size];
             let mut expected = vec![0f32; o * n * size * size];
-            conv_bias_relu(g, &x, dims, &weight, &bias, &mut Vec::new(), &mut expected)?;
+            conv_bias_relu(g, &x, dims, &weight, &bias, &mut expected)?;
             let kernel = WinogradKernel::new(&weight, o, c);
             let mut got = vec![f32::NAN; expected.len()];
             conv3x3_bias_relu(&kernel, &x, dims, &bias, &mut got)?;
