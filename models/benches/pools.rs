@@ -32,8 +32,15 @@ fn main() -> Result<()> {
         pad: 1,
         ceil: true,
     };
-    // (geometry, channels, side): the first stem pool and the Inception 3b branch pool at 96 px.
-    for (name, g, channels, side) in [("3x3 stride 2", stem, 64, 48), ("3x3 same", same, 256, 12)] {
+    let last = PoolGeometry { kernel: 2, ..stem };
+    // (geometry, channels, side) at 96 px: the first stem pool, the pool after Inception 3b,
+    // the one before Inception 5 and the Inception 3b branch pool.
+    for (name, g, channels, side) in [
+        ("3x3 stride 2", stem, 64, 48),
+        ("3x3 stride 2", stem, 480, 12),
+        ("2x2 stride 2", last, 832, 6),
+        ("3x3 same", same, 256, 12),
+    ] {
         let x = Tensor::randn(0f32, 1., (channels, 32, side, side), &Device::Cpu)?;
         let values = x.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; max_pool2d(&x, g)?.elem_count()];

@@ -70,6 +70,15 @@ impl PoolGeometry {
         }
     }
 
+    /// Whether this pool halves an even `h`×`w` plane with unpadded 2×2 or 3×3 windows
+    /// (GoogLeNet's stride-2 ceil-mode pools on even planes): window `o` then starts at input
+    /// `2·o`, and only the last one along an axis can be clipped (a 3×3 window).
+    fn halves(&self, h: usize, w: usize) -> bool {
+        let even = h.is_multiple_of(2) && w.is_multiple_of(2);
+        let windows = matches!(self.kernel, 2 | 3) && self.stride == 2 && self.pad == 0;
+        even && windows && self.output_hw(h, w) == (h / 2, w / 2)
+    }
+
     /// Whether this is the 3×3, stride 1, padding 1 pool that keeps the size ("same").
     fn is_same3(&self) -> bool {
         self.kernel == 3 && self.stride == 1 && self.pad == 1
@@ -253,6 +262,51 @@ fn max_pool_same3(x: &[f32], h: usize, w: usize, out: &mut [f32], rows: &mut Vec
     }
 }
 
+/// A [`PoolGeometry::halves`] pool of whole `h`×`w` planes laid end to end in `x`, with
+/// `kernel` 2 or 3: first along the rows, over the whole group as one flat buffer (output `j`
+/// reads inputs `2j ..= 2j + kernel − 1`; the last window of each row, which would run into the
+/// next row, is redone clipped), then down the columns, one output row per loop.
+#[multiversion(targets = "simd")]
+fn max_pool_halving(
+    kernel: usize,
+    x: &[f32],
+    (h, w): (usize, usize),
+    out: &mut [f32],
+    along_rows: &mut Vec<f32>,
+) {
+    let (oh, ow) = (h / 2, w / 2);
+    let rows = prefix(along_rows, x.len() / 2);
+    let pairs = x.chunks_exact(2);
+    if kernel == 2 {
+        for (r, p) in rows.iter_mut().zip(pairs) {
+            *r = p[0].max(p[1]);
+        }
+    } else {
+        for ((r, p), q) in rows.iter_mut().zip(pairs).zip(x[2..].chunks_exact(2)) {
+            *r = p[0].max(p[1]).max(q[0]);
+        }
+        for (r, src) in rows.chunks_exact_mut(ow).zip(x.chunks_exact(w)) {
+            r[ow - 1] = src[w - 2].max(src[w - 1]);
+        }
+    }
+    for (plane, o) in rows.chunks_exact(h * ow).zip(out.chunks_exact_mut(oh * ow)) {
+        for (oy, dst) in o.chunks_exact_mut(ow).enumerate() {
+            let row = |y: usize| &plane[y * ow..][..ow];
+            let (first, second) = (row(2 * oy), row(2 * oy + 1));
+            if kernel == 3 && 2 * oy + 2 < h {
+                let third = row(2 * oy + 2);
+                for (((d, a), b), c) in dst.iter_mut().zip(first).zip(second).zip(third) {
+                    *d = a.max(*b).max(*c);
+                }
+            } else {
+                for ((d, a), b) in dst.iter_mut().zip(first).zip(second) {
+                    *d = a.max(*b);
+                }
+            }
+        }
+    }
+}
+
 /// How many planes of `plane` values one parallel task pools: about 16k input values, at least
 /// one plane.
 fn planes_per_task(plane: usize) -> usize {
@@ -279,6 +333,14 @@ pub fn max_pool_planes(
             .zip(x.par_chunks(group))
             .for_each_init(Vec::new, |rows, (o, planes)| {
                 max_pool_same3(planes, h, w, o, rows)
+            });
+    } else if geometry.halves(h, w) {
+        // Groups of whole planes, each pooled as one flat buffer.
+        let planes = planes_per_task(h * w);
+        out.par_chunks_mut(planes * oh * ow)
+            .zip(x.par_chunks(planes * h * w))
+            .for_each_init(Vec::new, |along_rows, (o, group)| {
+                max_pool_halving(geometry.kernel, group, (h, w), o, along_rows)
             });
     } else {
         let planes = planes_per_task(h * w);
@@ -405,6 +467,8 @@ mod tests {
             (geometry(3, 2, 0, true), 12),
             (geometry(3, 2, 0, true), 13),
             (geometry(2, 2, 0, true), 7),
+            (geometry(2, 2, 0, true), 6),
+            (geometry(3, 2, 0, true), 4),
             (geometry(3, 1, 1, true), 5),
             (geometry(3, 1, 1, true), 1),
             (geometry(3, 1, 1, true), 2),
