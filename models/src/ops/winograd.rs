@@ -211,137 +211,136 @@ pub(crate) fn conv3x3_bias_relu(
         .step_by(rows_per_block)
         .map(|r0| r0..(r0 + rows_per_block).min(rows))
         .collect();
+    let job = Job { t, kernel, x, bias };
     if blocks.len() >= 2 * rayon::current_num_threads() {
-        by_block(t, kernel, x, bias, &blocks, out);
+        job.by_block(&blocks, out);
     } else {
-        by_phase(t, kernel, x, bias, &blocks, out);
+        job.by_phase(&blocks, out);
     }
     Ok(())
 }
 
-/// Many blocks: each task transforms, multiplies and transforms back one block on its own, so
-/// the block's data stays in that core's cache.
-fn by_block(
+/// One call's operands: shapes, transformed kernel, input and bias.
+struct Job<'a> {
     t: Tiling,
-    kernel: &WinogradKernel,
-    x: &[f32],
-    bias: &[f32],
-    blocks: &[Range<usize>],
-    out: &mut [f32],
-) {
-    let out_addr = out.as_mut_ptr() as usize;
-    let plane = t.n * t.h * t.w;
-    blocks.par_iter().for_each(|rows| {
-        let tiles = rows.len() * t.tw;
-        with_scratch(|v| {
-            with_scratch(|m| {
-                let v = prefix(v, POINTS * t.c * tiles);
-                let m = prefix(m, POINTS * t.o * tiles);
-                let mut scratch = PatchScratch::new(t, tiles);
-                for (ch, dst) in v.chunks_exact_mut(POINTS * tiles).enumerate() {
-                    let input = &x[ch * plane..][..plane];
-                    transform_input(
-                        t,
-                        &kernel.input_terms,
-                        input,
-                        rows.clone(),
-                        dst,
-                        &mut scratch,
-                    );
-                }
-                for e in 0..POINTS {
-                    multiply_point(kernel, e, v, m, tiles);
-                }
-                let pixels = t.output_rows(rows);
-                let mut scratch = OutputScratch::new(tiles);
-                for (oc, &b) in bias.iter().enumerate() {
-                    // SAFETY: these output rows of channel `oc` are covered by this block's tile
-                    // rows alone (blocks do not overlap), and `out` outlives the loop.
-                    let region = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            (out_addr as *mut f32).add(oc * plane + pixels.start * t.w),
-                            pixels.len() * t.w,
-                        )
-                    };
-                    let m = &m[oc * POINTS * tiles..][..POINTS * tiles];
-                    transform_output(
-                        t,
-                        &kernel.output_terms,
-                        m,
-                        b,
-                        rows.clone(),
-                        region,
-                        &mut scratch,
-                    );
-                }
-            })
-        })
-    });
+    kernel: &'a WinogradKernel,
+    x: &'a [f32],
+    bias: &'a [f32],
 }
 
-/// Few blocks: one after another, each phase (input transform by channel, products by point,
-/// output transform by channel) shared among the threads.
-fn by_phase(
-    t: Tiling,
-    kernel: &WinogradKernel,
-    x: &[f32],
-    bias: &[f32],
-    blocks: &[Range<usize>],
-    out: &mut [f32],
-) {
-    let plane = t.n * t.h * t.w;
-    with_scratch(|v| {
-        with_scratch(|m| {
-            for rows in blocks {
-                let tiles = rows.len() * t.tw;
-                let v = prefix(v, POINTS * t.c * tiles);
-                let m = prefix(m, POINTS * t.o * tiles);
-                v.par_chunks_mut(POINTS * tiles)
-                    .zip(x.par_chunks(plane))
-                    .for_each_init(
-                        || PatchScratch::new(t, tiles),
-                        |scratch, (dst, input)| {
-                            transform_input(
-                                t,
-                                &kernel.input_terms,
-                                input,
-                                rows.clone(),
-                                dst,
-                                scratch,
+impl Job<'_> {
+    /// Many blocks: each task transforms, multiplies and transforms back one block on its own, so
+    /// the block's data stays in that core's cache.
+    fn by_block(&self, blocks: &[Range<usize>], out: &mut [f32]) {
+        let Self { t, kernel, x, bias } = *self;
+        let out_addr = out.as_mut_ptr() as usize;
+        let plane = t.n * t.h * t.w;
+        blocks.par_iter().for_each(|rows| {
+            let tiles = rows.len() * t.tw;
+            with_scratch(|v| {
+                with_scratch(|m| {
+                    let v = prefix(v, POINTS * t.c * tiles);
+                    let m = prefix(m, POINTS * t.o * tiles);
+                    let mut scratch = PatchScratch::new(t, tiles);
+                    for (ch, dst) in v.chunks_exact_mut(POINTS * tiles).enumerate() {
+                        let input = &x[ch * plane..][..plane];
+                        transform_input(
+                            t,
+                            &kernel.input_terms,
+                            input,
+                            rows.clone(),
+                            dst,
+                            &mut scratch,
+                        );
+                    }
+                    for e in 0..POINTS {
+                        multiply_point(kernel, e, v, m, tiles);
+                    }
+                    let pixels = t.output_rows(rows);
+                    let mut scratch = OutputScratch::new(tiles);
+                    for (oc, &b) in bias.iter().enumerate() {
+                        // SAFETY: these output rows of channel `oc` are covered by this block's tile
+                        // rows alone (blocks do not overlap), and `out` outlives the loop.
+                        let region = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                (out_addr as *mut f32).add(oc * plane + pixels.start * t.w),
+                                pixels.len() * t.w,
                             )
-                        },
-                    );
-                let m_addr = m.as_mut_ptr() as usize;
-                (0..POINTS).into_par_iter().for_each(|e| {
-                    // SAFETY: point `e` writes only its own row of each channel's points (see
-                    // `multiply_point`), so the tasks' writes are disjoint; `m` outlives them.
-                    let m = unsafe {
-                        std::slice::from_raw_parts_mut(m_addr as *mut f32, POINTS * t.o * tiles)
-                    };
-                    multiply_point(kernel, e, v, m, tiles);
-                });
-                let pixels = t.output_rows(rows);
-                out.par_chunks_mut(plane)
-                    .zip(m.par_chunks(POINTS * tiles))
-                    .zip(bias)
-                    .for_each_init(
-                        || OutputScratch::new(tiles),
-                        |scratch, ((out, m), &b)| {
-                            let region = &mut out[pixels.start * t.w..pixels.end * t.w];
-                            transform_output(
-                                t,
-                                &kernel.output_terms,
-                                m,
-                                b,
-                                rows.clone(),
-                                region,
-                                scratch,
-                            )
-                        },
-                    );
-            }
-        })
-    });
+                        };
+                        let m = &m[oc * POINTS * tiles..][..POINTS * tiles];
+                        transform_output(
+                            t,
+                            &kernel.output_terms,
+                            m,
+                            b,
+                            rows.clone(),
+                            region,
+                            &mut scratch,
+                        );
+                    }
+                })
+            })
+        });
+    }
+
+    /// Few blocks: one after another, each phase (input transform by channel, products by point,
+    /// output transform by channel) shared among the threads.
+    fn by_phase(&self, blocks: &[Range<usize>], out: &mut [f32]) {
+        let Self { t, kernel, x, bias } = *self;
+        let plane = t.n * t.h * t.w;
+        with_scratch(|v| {
+            with_scratch(|m| {
+                for rows in blocks {
+                    let tiles = rows.len() * t.tw;
+                    let v = prefix(v, POINTS * t.c * tiles);
+                    let m = prefix(m, POINTS * t.o * tiles);
+                    v.par_chunks_mut(POINTS * tiles)
+                        .zip(x.par_chunks(plane))
+                        .for_each_init(
+                            || PatchScratch::new(t, tiles),
+                            |scratch, (dst, input)| {
+                                transform_input(
+                                    t,
+                                    &kernel.input_terms,
+                                    input,
+                                    rows.clone(),
+                                    dst,
+                                    scratch,
+                                )
+                            },
+                        );
+                    let m_addr = m.as_mut_ptr() as usize;
+                    (0..POINTS).into_par_iter().for_each(|e| {
+                        // SAFETY: point `e` writes only its own row of each channel's points (see
+                        // `multiply_point`), so the tasks' writes are disjoint; `m` outlives them.
+                        let m = unsafe {
+                            std::slice::from_raw_parts_mut(m_addr as *mut f32, POINTS * t.o * tiles)
+                        };
+                        multiply_point(kernel, e, v, m, tiles);
+                    });
+                    let pixels = t.output_rows(rows);
+                    out.par_chunks_mut(plane)
+                        .zip(m.par_chunks(POINTS * tiles))
+                        .zip(bias)
+                        .for_each_init(
+                            || OutputScratch::new(tiles),
+                            |scratch, ((out, m), &b)| {
+                                let region = &mut out[pixels.start * t.w..pixels.end * t.w];
+                                transform_output(
+                                    t,
+                                    &kernel.output_terms,
+                                    m,
+                                    b,
+                                    rows.clone(),
+                                    region,
+                                    scratch,
+                                )
+                            },
+                        );
+                }
+            })
+        });
+    }
 }
 
 /// `M[e] = U[e] · V[e]` for point `e`, one thread: `v` is `(C, points, tiles)`, `m` `(O,
