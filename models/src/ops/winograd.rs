@@ -9,7 +9,9 @@
 //! multiply-adds than im2col + one matrix multiply, and no 9× column matrix. The transforms'
 //! coefficients (up to 8) cost some rounding; results stay within 1e-4 of the direct
 //! convolution (tested). F(2×2, 3×3) (2.25× fewer) was measured first and lost to F(4×4) by
-//! 10–14% at 96–224 px, with no gain on the small planes, where im2col takes over.
+//! 14–18% at 96–224 px, with no gain on the small planes, where im2col takes over. F(6×6, 3×3)
+//! where it needs fewer products was tried too: its 8×8 transforms cost what it saves
+//! (BENCHMARKS.md).
 //!
 //! The tiles are processed in blocks of whole tile rows: transform the block's patches, run
 //! its products, transform back with the bias and ReLU fused in, all while the block is in the
