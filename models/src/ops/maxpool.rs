@@ -326,30 +326,19 @@ pub fn max_pool_planes(
     if !x.len().is_multiple_of(h * w) || out.len() != x.len() / (h * w) * oh * ow {
         candle_core::bail!("max_pool_planes: buffers do not hold whole {h}x{w} planes");
     }
-    if geometry.is_same3() {
-        // Groups of whole planes, each pooled as one flat buffer.
-        let group = planes_per_task(h * w) * h * w;
-        out.par_chunks_mut(group)
-            .zip(x.par_chunks(group))
-            .for_each_init(Vec::new, |rows, (o, planes)| {
-                max_pool_same3(planes, h, w, o, rows)
-            });
-    } else if geometry.halves(h, w) {
-        // Groups of whole planes, each pooled as one flat buffer.
-        let planes = planes_per_task(h * w);
-        out.par_chunks_mut(planes * oh * ow)
-            .zip(x.par_chunks(planes * h * w))
-            .for_each_init(Vec::new, |along_rows, (o, group)| {
-                max_pool_halving(geometry.kernel, group, (h, w), o, along_rows)
-            });
-    } else {
-        let planes = planes_per_task(h * w);
-        out.par_chunks_mut(planes * oh * ow)
-            .zip(x.par_chunks(planes * h * w))
-            .for_each_init(Vec::new, |column_max, (o, group)| {
-                geometry.max_planes(group, (h, w), o, column_max)
-            });
-    }
+    // Groups of whole planes, about 16k input values each.
+    let planes = planes_per_task(h * w);
+    out.par_chunks_mut(planes * oh * ow)
+        .zip(x.par_chunks(planes * h * w))
+        .for_each_init(Vec::new, |scratch, (o, group)| {
+            if geometry.is_same3() {
+                max_pool_same3(group, h, w, o, scratch)
+            } else if geometry.halves(h, w) {
+                max_pool_halving(geometry.kernel, group, (h, w), o, scratch)
+            } else {
+                geometry.max_planes(group, (h, w), o, scratch)
+            }
+        });
     Ok((oh, ow))
 }
 
