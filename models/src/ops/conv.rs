@@ -106,22 +106,25 @@ impl Dims {
 
 /// Unfolds `(C, N, H, W)` into `cols` `(C·k·k, N·OH·OW)`, one channel per task.
 fn im2col(g: Conv2dGeometry, d: Dims, x: &[f32], cols: &mut [f32]) {
-    let (k, l, plane) = (g.kernel, d.l(), d.h * d.w);
-    let same = d.keeps_size(g);
-    cols.par_chunks_mut(k * k * l)
-        .zip(x.par_chunks(d.n * plane))
-        .for_each(|(block, xc)| {
-            for ki in 0..k {
-                for kj in 0..k {
-                    let row = &mut block[(ki * k + kj) * l..][..l];
-                    if same {
-                        shifted_copy(xc, row, (d.h, d.w), shift(g, ki, kj));
-                        continue;
-                    }
-                    im2col_row(g, d, (ki, kj), xc, 0..d.n * d.oh, row);
-                }
-            }
-        });
+    cols.par_chunks_mut(g.kernel * g.kernel * d.l())
+        .zip(x.par_chunks(d.n * d.h * d.w))
+        .for_each(|(taps, xc)| unfold_channel(g, d, xc, 0..d.n * d.oh, taps));
+}
+
+/// The `k·k` im2col rows of one channel's planes `xc` for the output rows `rows` (counted over
+/// the batch, `image·OH + oy`), laid end to end in `taps`, `rows.len()·OW` columns each. A
+/// size-keeping convolution unfolding every row takes each tap as one shifted copy.
+fn unfold_channel(g: Conv2dGeometry, d: Dims, xc: &[f32], rows: Range<usize>, taps: &mut [f32]) {
+    let whole = rows.len() == d.n * d.oh && d.keeps_size(g);
+    let width = rows.len() * d.ow;
+    for (tap, row) in taps.chunks_exact_mut(width).enumerate() {
+        let (ki, kj) = (tap / g.kernel, tap % g.kernel);
+        if whole {
+            shifted_copy(xc, row, (d.h, d.w), shift(g, ki, kj));
+        } else {
+            im2col_row(g, d, (ki, kj), xc, rows.clone(), row);
+        }
+    }
 }
 
 /// The im2col row of kernel tap `(ki, kj)` for one channel's planes `xc`, any geometry,
@@ -565,15 +568,12 @@ fn unfolded_blocks_bias_relu(
             let (j0, width) = (block.start * d.ow, block.len() * d.ow);
             with_scratch(|buffer| {
                 let cols = prefix(buffer, k * width);
-                for (c, taps) in cols
+                let channels = x.chunks_exact(d.n * d.h * d.w);
+                for (taps, xc) in cols
                     .chunks_exact_mut(g.kernel * g.kernel * width)
-                    .enumerate()
+                    .zip(channels)
                 {
-                    let xc = &x[c * d.n * d.h * d.w..][..d.n * d.h * d.w];
-                    for (tap, row) in taps.chunks_exact_mut(width).enumerate() {
-                        let at = (tap / g.kernel, tap % g.kernel);
-                        im2col_row(g, d, at, xc, block.clone(), row);
-                    }
+                    unfold_channel(g, d, xc, block.clone(), taps);
                 }
                 // SAFETY: each task writes columns [j0, j0 + width) of `out` (O×l), disjoint
                 // from the other tasks' and in bounds; the views hold O×k and k×width values.
