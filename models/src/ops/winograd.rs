@@ -23,6 +23,7 @@ use gemm::Parallelism;
 use multiversion::multiversion;
 use rayon::prelude::*;
 use std::ops::Range;
+use std::sync::LazyLock;
 
 /// Tiles per block that is transformed and multiplied at once (about: blocks are whole tile
 /// rows). Measured best of 32–1024 (BENCHMARKS.md): smaller blocks make the products too
@@ -85,9 +86,16 @@ pub(crate) fn winograd_pays([_, n, h, w]: [usize; 4]) -> bool {
     tiles * POINTS < 9 * h * w && n * tiles >= MIN_TILES
 }
 
+/// The rows of a transform as terms: `(column, value)` for each nonzero entry.
+type Terms = Vec<Vec<(usize, f32)>>;
+
+/// The rows of `Bᵀ` and of `Aᵀ` as terms, derived once.
+static INPUT_TERMS: LazyLock<Terms> = LazyLock::new(|| terms(&BT, A));
+static OUTPUT_TERMS: LazyLock<Terms> = LazyLock::new(|| terms(&AT, A));
+
 /// The nonzero entries `(column, value)` of each row of a row-major matrix `cols` wide: a
 /// transform as the list of terms that make up each output.
-fn terms(matrix: &[f32], cols: usize) -> Vec<Vec<(usize, f32)>> {
+fn terms(matrix: &[f32], cols: usize) -> Terms {
     matrix
         .chunks_exact(cols)
         .map(|row| {
@@ -101,16 +109,12 @@ fn terms(matrix: &[f32], cols: usize) -> Vec<Vec<(usize, f32)>> {
 }
 
 /// A 3×3 kernel in the Winograd domain: `U[e] = G·g·Gᵀ` for each point `e`, laid out
-/// `(points, O, C)` so that each point is a row-major `O×C` matrix; with the transforms' terms.
+/// `(points, O, C)` so that each point is a row-major `O×C` matrix.
 #[derive(Debug, Clone)]
 pub(crate) struct WinogradKernel {
     u: Vec<f32>,
     o: usize,
     c: usize,
-    /// The rows of `Bᵀ` as terms.
-    input_terms: Vec<Vec<(usize, f32)>>,
-    /// The rows of `Aᵀ` as terms.
-    output_terms: Vec<Vec<(usize, f32)>>,
 }
 
 impl WinogradKernel {
@@ -136,13 +140,7 @@ impl WinogradKernel {
                 }
             }
         }
-        Self {
-            u,
-            o,
-            c,
-            input_terms: terms(&BT, A),
-            output_terms: terms(&AT, A),
-        }
+        Self { u, o, c }
     }
 
     /// The `O×C` matrix of point `e`.
@@ -246,14 +244,7 @@ impl Job<'_> {
                     let mut scratch = PatchScratch::new(t, tiles);
                     for (ch, dst) in v.chunks_exact_mut(POINTS * tiles).enumerate() {
                         let input = &x[ch * plane..][..plane];
-                        transform_input(
-                            t,
-                            &kernel.input_terms,
-                            input,
-                            rows.clone(),
-                            dst,
-                            &mut scratch,
-                        );
+                        transform_input(t, input, rows.clone(), dst, &mut scratch);
                     }
                     for e in 0..POINTS {
                         multiply_point(kernel, e, v, m, tiles);
@@ -270,15 +261,7 @@ impl Job<'_> {
                             )
                         };
                         let m = &m[oc * POINTS * tiles..][..POINTS * tiles];
-                        transform_output(
-                            t,
-                            &kernel.output_terms,
-                            m,
-                            b,
-                            rows.clone(),
-                            region,
-                            &mut scratch,
-                        );
+                        transform_output(t, m, b, rows.clone(), region, &mut scratch);
                     }
                 })
             })
@@ -301,14 +284,7 @@ impl Job<'_> {
                         .for_each_init(
                             || PatchScratch::new(t, tiles),
                             |scratch, (dst, input)| {
-                                transform_input(
-                                    t,
-                                    &kernel.input_terms,
-                                    input,
-                                    rows.clone(),
-                                    dst,
-                                    scratch,
-                                )
+                                transform_input(t, input, rows.clone(), dst, scratch)
                             },
                         );
                     let m_addr = m.as_mut_ptr() as usize;
@@ -328,15 +304,7 @@ impl Job<'_> {
                             || OutputScratch::new(tiles),
                             |scratch, ((out, m), &b)| {
                                 let region = &mut out[pixels.start * t.w..pixels.end * t.w];
-                                transform_output(
-                                    t,
-                                    &kernel.output_terms,
-                                    m,
-                                    b,
-                                    rows.clone(),
-                                    region,
-                                    scratch,
-                                )
+                                transform_output(t, m, b, rows.clone(), region, scratch)
                             },
                         );
                 }
@@ -372,14 +340,7 @@ fn combine<'a>(dst: &mut [f32], terms: &[(usize, f32)], src: impl Fn(usize) -> &
         [a, b, c] => combine_n(dst, [a, b, c].map(|t| (src(t.0), t.1))),
         [a, b, c, d] => combine_n(dst, [a, b, c, d].map(|t| (src(t.0), t.1))),
         [a, b, c, d, e] => combine_n(dst, [a, b, c, d, e].map(|t| (src(t.0), t.1))),
-        _ => {
-            dst.fill(0.0);
-            for &(index, scale) in terms {
-                for (d, s) in dst.iter_mut().zip(src(index)) {
-                    *d = scale.mul_add(*s, *d);
-                }
-            }
-        }
+        _ => unreachable!("every row of F(4×4)'s transforms has 3 to 5 terms"),
     }
 }
 
@@ -417,20 +378,13 @@ impl PatchScratch {
 }
 
 /// Fills `v` `(points, tiles)` with `Bᵀ·d·B` of every input patch `d` of tile rows `rows` of
-/// one channel's planes `x` `(N, H, W)`; `bt` holds the rows of `Bᵀ` as terms.
+/// one channel's planes `x` `(N, H, W)`.
 ///
 /// The patches' values are first gathered into one row over the tiles per patch position;
 /// both halves of the transform are then sums of such rows, loops over the tiles.
 #[multiversion(targets = "simd")]
-fn transform_input(
-    t: Tiling,
-    bt: &[Vec<(usize, f32)>],
-    x: &[f32],
-    rows: Range<usize>,
-    v: &mut [f32],
-    s: &mut PatchScratch,
-) {
-    let (a, tiles) = (A, rows.len() * t.tw);
+fn transform_input(t: Tiling, x: &[f32], rows: Range<usize>, v: &mut [f32], s: &mut PatchScratch) {
+    let (a, tiles, bt) = (A, rows.len() * t.tw, &*INPUT_TERMS);
     for (r, row) in rows.enumerate() {
         let (image, ty) = (row / t.th, row % t.th);
         let plane = &x[image * t.h * t.w..][..t.h * t.w];
@@ -484,18 +438,17 @@ impl OutputScratch {
 
 /// Writes `ReLU(Aᵀ·M·A + bias)` of every tile of tile rows `rows` of one output channel, from
 /// `m` `(points, tiles)`, into `out`: that channel's output rows
-/// [`Tiling::output_rows`]`(rows)`. `at` holds the rows of `Aᵀ` as terms.
+/// [`Tiling::output_rows`]`(rows)`.
 #[multiversion(targets = "simd")]
 fn transform_output(
     t: Tiling,
-    at: &[Vec<(usize, f32)>],
     m: &[f32],
     bias: f32,
     rows: Range<usize>,
     out: &mut [f32],
     s: &mut OutputScratch,
 ) {
-    let (a, side, tiles) = (A, M, rows.len() * t.tw);
+    let (a, side, tiles, at) = (A, M, rows.len() * t.tw, &*OUTPUT_TERMS);
     for (k, dst) in s.half.chunks_exact_mut(tiles).enumerate() {
         let (p, c) = (k / a, k % a);
         combine(dst, &at[p], |r| &m[(r * a + c) * tiles..][..tiles]);
