@@ -67,13 +67,9 @@ impl FoldedConv {
         for (w, s) in folded.chunks_mut(row).zip(&scale) {
             w.iter_mut().for_each(|v| *v *= s);
         }
-        let same_3x3 = Conv2dGeometry {
-            kernel: 3,
-            stride: 1,
-            pad: 1,
-        };
-        let winograd =
-            (geometry == same_3x3).then(|| WinogradKernel::new(&folded, out_channels, row / 9));
+        let winograd = geometry
+            .is_same3x3()
+            .then(|| WinogradKernel::new(&folded, out_channels, row / 9));
         Ok(Self {
             weight: folded,
             bias: shift,

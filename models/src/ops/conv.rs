@@ -42,6 +42,11 @@ impl Conv2dGeometry {
     fn is_pointwise(&self) -> bool {
         self.kernel == 1 && self.stride == 1 && self.pad == 0
     }
+
+    /// Whether this is the 3×3, stride 1, padding 1 convolution that keeps the plane size.
+    pub(crate) fn is_same3x3(&self) -> bool {
+        self.kernel == 3 && self.stride == 1 && self.pad == 1
+    }
 }
 
 /// Convolves `x`, laid out channel-major `(C, N, H, W)`, with `weight` `(O, C, k, k)`, no bias;
