@@ -4,8 +4,8 @@
 //! convolution with scaled weights and a bias, then ReLU: `BN(W·x) = (s·W)·x + (β − s·μ)` with
 //! `s = γ/√(σ²+ε)`. [`FoldedGoogLeNet`] computes those weights once, then runs each
 //! convolution as one matrix multiply with a fused bias + ReLU pass, except the 3×3 "same"
-//! convolutions (two thirds of the network's multiply-adds), which run as Winograd F(4×4, 3×3)
-//! with weights transformed once here (`ops::winograd`). Activations are
+//! convolutions (two thirds of the network's multiply-adds), which run as Winograd F(m×m, 3×3)
+//! with weights transformed once per variant (`ops::winograd`). Activations are
 //! channel-major `(C, N, H, W)`, so each Inception branch is a contiguous block of rows of the
 //! block's output: the branches write straight into it and no concatenation copy is made. The
 //! work buffers are kept between calls, so a warm forward pass allocates almost nothing.
@@ -15,8 +15,8 @@
 use crate::googlenet::{pool_after, GoogLeNet, Output, EMBEDDING_DIM, STEM_POOL};
 use crate::layers::{l2_normalise, BasicConv2d, BRANCH_POOL};
 use crate::ops::{
-    conv3x3_bias_relu, conv_bias_relu, max_pool_planes, on_pool, prefix, winograd_pays,
-    Conv2dGeometry, PoolGeometry, WinogradKernel,
+    conv3x3_bias_relu, conv_bias_relu, max_pool_planes, on_pool, prefix, winograd_variant,
+    Conv2dGeometry, PoolGeometry, WinogradWeights,
 };
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Linear, Module};
@@ -51,7 +51,7 @@ struct FoldedConv {
     bias: Vec<f32>,
     geometry: Conv2dGeometry,
     /// The same weights in the Winograd domain, for a 3×3 stride-1 "same" convolution.
-    winograd: Option<WinogradKernel>,
+    winograd: Option<WinogradWeights>,
 }
 
 impl FoldedConv {
@@ -67,9 +67,7 @@ impl FoldedConv {
         for (w, s) in folded.chunks_mut(row).zip(&scale) {
             w.iter_mut().for_each(|v| *v *= s);
         }
-        let winograd = geometry
-            .is_same3x3()
-            .then(|| WinogradKernel::new(&folded, out_channels, row / 9));
+        let winograd = geometry.is_same3x3().then(WinogradWeights::default);
         Ok(Self {
             weight: folded,
             bias: shift,
@@ -96,7 +94,8 @@ impl FoldedConv {
     /// Runs on `input` (shape `x`), writing exactly `self.output(x).len()` values to `out`.
     fn run(&self, input: &[f32], x: Activation, out: &mut [f32]) -> Result<()> {
         let input = &input[..x.len()];
-        if let Some(kernel) = self.winograd.as_ref().filter(|_| winograd_pays(x.dims())) {
+        if let (Some(weights), Some(variant)) = (&self.winograd, winograd_variant(x.dims())) {
+            let kernel = weights.kernel(variant, &self.weight, self.out_channels(), x.c);
             return conv3x3_bias_relu(kernel, input, x.dims(), &self.bias, out);
         }
         conv_bias_relu(

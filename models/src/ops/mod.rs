@@ -23,7 +23,7 @@ pub(crate) use conv::conv_bias_relu;
 pub use conv::{conv2d, Conv2dGeometry};
 pub use maxpool::max_pool_planes;
 pub use maxpool::{max_pool2d, PoolGeometry};
-pub(crate) use winograd::{conv3x3_bias_relu, winograd_pays, WinogradKernel};
+pub(crate) use winograd::{conv3x3_bias_relu, winograd_variant, WinogradWeights};
 
 use candle_core::{CpuStorage, Layout, Result};
 

@@ -1,16 +1,19 @@
-//! Winograd convolution F(4×4, 3×3) for inference (Lavin & Gray, 2016).
+//! Winograd convolution F(m×m, 3×3) for inference (Lavin & Gray, 2016), m = 2, 3 or 4.
 //!
-//! A 3×3 stride-1 "same" convolution computes each 4×4 block of outputs (a tile) from the 6×6
-//! input patch around it. In the Winograd domain that takes 36 element-wise products instead
-//! of 144 multiply-adds: transform the patch (`V = Bᵀ·d·B`) and the kernel (`U = G·g·Gᵀ`,
-//! once, when the network is folded), multiply point by point and sum over the input
-//! channels, then transform back (`Y = Aᵀ·M·A`). Summed over the channels, the 36 points are
-//! independent matrix products `M[e] = U[e] · V[e]` of `O×C` by `C×tiles`: 4× fewer
-//! multiply-adds than im2col + one matrix multiply, and no 9× column matrix. The transforms'
-//! coefficients (up to 8) cost some rounding; results stay within 1e-4 of the direct
-//! convolution (tested). F(2×2, 3×3) (2.25× fewer) was measured first and lost to F(4×4) by
-//! 14–18% at 96–224 px, with no gain on the small planes, where im2col takes over. F(6×6, 3×3)
-//! where it needs fewer products was tried too: its 8×8 transforms cost what it saves
+//! A 3×3 stride-1 "same" convolution computes each m×m block of outputs (a tile) from the
+//! (m+2)×(m+2) input patch around it. In the Winograd domain F(4×4) takes 36 element-wise
+//! products instead of 144 multiply-adds: transform the patch (`V = Bᵀ·d·B`) and the kernel
+//! (`U = G·g·Gᵀ`, once per layer, the first time an input needs that variant), multiply point
+//! by point and sum over the input channels, then transform back (`Y = Aᵀ·M·A`). Summed over
+//! the channels, the points are independent matrix products `M[e] = U[e] · V[e]` of `O×C` by
+//! `C×tiles`: up to 4× fewer multiply-adds than im2col + one matrix multiply, and no 9× column
+//! matrix. The transforms' coefficients (up to 8) cost some rounding; results stay within 1e-4
+//! of the direct convolution (tested).
+//!
+//! Each plane takes the variant whose padded tiles need the fewest products
+//! ([`winograd_variant`]): F(4×4) where 4 divides the plane or nearly, F(3×3) on the 6×6 and
+//! 3×3 planes of a 96 px input (F(4×4)'s tiles would be almost half padding there; +6% at 96 px),
+//! F(2×2) on 2×2 planes. F(6×6, 3×3) was tried too: its 8×8 transforms cost what it saves
 //! (BENCHMARKS.md).
 //!
 //! The tiles are processed in blocks of whole tile rows: transform the block's patches, run
@@ -23,7 +26,7 @@ use gemm::Parallelism;
 use multiversion::multiversion;
 use rayon::prelude::*;
 use std::ops::Range;
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 /// Tiles per block that is transformed and multiplied at once (about: blocks are whole tile
 /// rows). Measured best of 32–1024 (BENCHMARKS.md): smaller blocks make the products too
@@ -34,64 +37,147 @@ const BLOCK_TILES: usize = 128;
 /// at batch 1) the products are too thin to pay for the extra weights.
 const MIN_TILES: usize = 16;
 
-/// Output tile side.
-const M: usize = 4;
-/// Input patch side.
-const A: usize = M + 2;
-/// Winograd points per tile.
-const POINTS: usize = A * A;
+/// One Winograd algorithm F(m×m, 3×3): 4×4 tiles from 6×6 patches, 3×3 from 5×5 or 2×2 from
+/// 4×4. Its matrices come from the Toom–Cook construction with interpolation points 0, ±1, 2,
+/// −2 (as many as it needs) and ∞.
+#[derive(Debug)]
+pub(crate) struct Variant {
+    /// Output tile side `m`.
+    m: usize,
+    /// Input patch side `a = m + 2`.
+    a: usize,
+    /// `G` (`a`×3), row-major.
+    g: &'static [f32],
+    /// The rows of `Bᵀ` (`a`×`a`) as terms.
+    input_terms: Terms,
+    /// The rows of `Aᵀ` (`m`×`a`) as terms.
+    output_terms: Terms,
+}
 
-/// `Bᵀ` (6×6), `G` (6×3) and `Aᵀ` (4×6) of F(4×4, 3×3) with interpolation points 0, ±1, ±2,
-/// ∞, row-major.
-const BT: [f32; A * A] = [
-    4., 0., -5., 0., 1., 0., //
-    0., -4., -4., 1., 1., 0., //
-    0., 4., -4., -1., 1., 0., //
-    0., -2., -1., 2., 1., 0., //
-    0., 2., -1., -2., 1., 0., //
-    0., 4., 0., -5., 0., 1.,
-];
-const G: [f32; A * 3] = [
-    1. / 4.,
-    0.,
-    0., //
-    -1. / 6.,
-    -1. / 6.,
-    -1. / 6., //
-    -1. / 6.,
-    1. / 6.,
-    -1. / 6., //
-    1. / 24.,
-    1. / 12.,
-    1. / 6., //
-    1. / 24.,
-    -1. / 12.,
-    1. / 6., //
-    0.,
-    0.,
-    1.,
-];
-const AT: [f32; M * A] = [
-    1., 1., 1., 1., 1., 0., //
-    0., 1., -1., 2., -2., 0., //
-    0., 1., 1., 4., 4., 0., //
-    0., 1., -1., 8., -8., 1.,
-];
+impl Variant {
+    fn new(m: usize, bt: &[f32], g: &'static [f32], at: &[f32]) -> Self {
+        let a = m + 2;
+        assert!(bt.len() == a * a && g.len() == a * 3 && at.len() == m * a);
+        Self {
+            m,
+            a,
+            g,
+            input_terms: terms(bt, a),
+            output_terms: terms(at, a),
+        }
+    }
 
-/// Whether a 3×3 "same" convolution of input `(C, N, H, W)` should take the Winograd path:
-/// when its padded tiles need fewer products than im2col's 9 per pixel (not so for planes of
-/// 2×2 pixels and less), and the batch has enough tiles.
-pub(crate) fn winograd_pays([_, n, h, w]: [usize; 4]) -> bool {
-    let tiles = h.div_ceil(M) * w.div_ceil(M);
-    tiles * POINTS < 9 * h * w && n * tiles >= MIN_TILES
+    /// Winograd points per tile: `a²` element-wise products instead of `9·m²` multiply-adds.
+    fn points(&self) -> usize {
+        self.a * self.a
+    }
+
+    /// Tiles of an `h`×`w` plane, padded up to whole tiles.
+    fn tiles(&self, h: usize, w: usize) -> usize {
+        h.div_ceil(self.m) * w.div_ceil(self.m)
+    }
+
+    /// Which of [`VARIANTS`] this is.
+    fn index(&self) -> usize {
+        self.m - 2
+    }
 }
 
 /// The rows of a transform as terms: `(column, value)` for each nonzero entry.
 type Terms = Vec<Vec<(usize, f32)>>;
 
-/// The rows of `Bᵀ` and of `Aᵀ` as terms, derived once.
-static INPUT_TERMS: LazyLock<Terms> = LazyLock::new(|| terms(&BT, A));
-static OUTPUT_TERMS: LazyLock<Terms> = LazyLock::new(|| terms(&AT, A));
+/// F(2×2, 3×3), F(3×3, 3×3) and F(4×4, 3×3), in that order (see [`Variant::index`]).
+static VARIANTS: LazyLock<[Variant; 3]> = LazyLock::new(|| {
+    [
+        Variant::new(2, &BT2, &G2, &AT2),
+        Variant::new(3, &BT3, &G3, &AT3),
+        Variant::new(4, &BT4, &G4, &AT4),
+    ]
+});
+
+#[rustfmt::skip]
+const BT2: [f32; 16] = [
+    -1., 0., 1., 0.,
+    0., 1., 1., 0.,
+    0., -1., 1., 0.,
+    0., -1., 0., 1.,
+];
+#[rustfmt::skip]
+const G2: [f32; 12] = [
+    -1., 0., 0.,
+    0.5, 0.5, 0.5,
+    0.5, -0.5, 0.5,
+    0., 0., 1.,
+];
+#[rustfmt::skip]
+const AT2: [f32; 8] = [
+    1., 1., 1., 0.,
+    0., 1., -1., 1.,
+];
+#[rustfmt::skip]
+const BT3: [f32; 25] = [
+    2., -1., -2., 1., 0.,
+    0., -2., -1., 1., 0.,
+    0., 2., -3., 1., 0.,
+    0., -1., 0., 1., 0.,
+    0., 2., -1., -2., 1.,
+];
+#[rustfmt::skip]
+const G3: [f32; 15] = [
+    1. / 2., 0., 0.,
+    -1. / 2., -1. / 2., -1. / 2.,
+    -1. / 6., 1. / 6., -1. / 6.,
+    1. / 6., 1. / 3., 2. / 3.,
+    0., 0., 1.,
+];
+#[rustfmt::skip]
+const AT3: [f32; 15] = [
+    1., 1., 1., 1., 0.,
+    0., 1., -1., 2., 0.,
+    0., 1., 1., 4., 1.,
+];
+#[rustfmt::skip]
+const BT4: [f32; 36] = [
+    4., 0., -5., 0., 1., 0.,
+    0., -4., -4., 1., 1., 0.,
+    0., 4., -4., -1., 1., 0.,
+    0., -2., -1., 2., 1., 0.,
+    0., 2., -1., -2., 1., 0.,
+    0., 4., 0., -5., 0., 1.,
+];
+#[rustfmt::skip]
+const G4: [f32; 18] = [
+    1. / 4., 0., 0.,
+    -1. / 6., -1. / 6., -1. / 6.,
+    -1. / 6., 1. / 6., -1. / 6.,
+    1. / 24., 1. / 12., 1. / 6.,
+    1. / 24., -1. / 12., 1. / 6.,
+    0., 0., 1.,
+];
+#[rustfmt::skip]
+const AT4: [f32; 24] = [
+    1., 1., 1., 1., 1., 0.,
+    0., 1., -1., 2., -2., 0.,
+    0., 1., 1., 4., 4., 0.,
+    0., 1., -1., 8., -8., 1.,
+];
+
+/// The variant a 3×3 "same" convolution of input `(C, N, H, W)` should run as: the one whose
+/// padded tiles need the fewest products (the larger tile on a tie), if that is fewer than
+/// im2col's 9 per pixel and the batch has enough tiles; `None` for im2col. At 96 px, say, the
+/// 24×24 and 12×12 planes take F(4×4) and the 6×6 and 3×3 ones F(3×3), whose tiles fit them
+/// exactly where F(4×4)'s would be almost half padding.
+pub(crate) fn winograd_variant([_, n, h, w]: [usize; 4]) -> Option<&'static Variant> {
+    let products = |v: &Variant| v.tiles(h, w) * v.points();
+    let best = VARIANTS.iter().rev().reduce(|best, v| {
+        if products(v) < products(best) {
+            v
+        } else {
+            best
+        }
+    })?;
+    (products(best) < 9 * h * w && n * best.tiles(h, w) >= MIN_TILES).then_some(best)
+}
 
 /// The nonzero entries `(column, value)` of each row of a row-major matrix `cols` wide: a
 /// transform as the list of terms that make up each output.
@@ -108,10 +194,33 @@ fn terms(matrix: &[f32], cols: usize) -> Terms {
         .collect()
 }
 
-/// A 3×3 kernel in the Winograd domain: `U[e] = G·g·Gᵀ` for each point `e`, laid out
-/// `(points, O, C)` so that each point is a row-major `O×C` matrix.
+/// The weights of one 3×3 "same" convolution in the Winograd domain of each variant, each
+/// transformed the first time an input needs it: a network run at one input size transforms
+/// only the variants its planes use.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WinogradWeights {
+    kernels: [OnceLock<WinogradKernel>; 3],
+}
+
+impl WinogradWeights {
+    /// The kernel of `variant` for `weight` `(O, C, 3, 3)` row-major, transformed on first use
+    /// (the same `weight` must be passed on every call).
+    pub(crate) fn kernel(
+        &self,
+        variant: &'static Variant,
+        weight: &[f32],
+        o: usize,
+        c: usize,
+    ) -> &WinogradKernel {
+        self.kernels[variant.index()].get_or_init(|| WinogradKernel::new(variant, weight, o, c))
+    }
+}
+
+/// A 3×3 kernel in the Winograd domain of one variant: `U[e] = G·g·Gᵀ` for each point `e`,
+/// laid out `(points, O, C)` so that each point is a row-major `O×C` matrix.
 #[derive(Debug, Clone)]
 pub(crate) struct WinogradKernel {
+    variant: &'static Variant,
     u: Vec<f32>,
     o: usize,
     c: usize,
@@ -119,28 +228,29 @@ pub(crate) struct WinogradKernel {
 
 impl WinogradKernel {
     /// Transforms `weight`, `(O, C, 3, 3)` row-major.
-    pub(crate) fn new(weight: &[f32], o: usize, c: usize) -> Self {
+    pub(crate) fn new(variant: &'static Variant, weight: &[f32], o: usize, c: usize) -> Self {
         assert_eq!(weight.len(), o * c * 9, "3×3 weights expected");
-        let mut u = vec![0f32; POINTS * o * c];
+        let (a, g) = (variant.a, variant.g);
+        let mut u = vec![0f32; variant.points() * o * c];
         for (oc, kernel) in weight.chunks_exact(9).enumerate() {
-            // G·g (6×3), in f64 so that the sixths and twenty-fourths round once.
-            let gg: Vec<f64> = (0..A * 3)
+            // G·g (a×3), in f64 so that the sixths and twenty-fourths round once.
+            let gg: Vec<f64> = (0..a * 3)
                 .map(|k| {
                     let (r, j) = (k / 3, k % 3);
                     (0..3)
-                        .map(|i| G[r * 3 + i] as f64 * kernel[i * 3 + j] as f64)
+                        .map(|i| g[r * 3 + i] as f64 * kernel[i * 3 + j] as f64)
                         .sum()
                 })
                 .collect();
-            // (G·g)·Gᵀ (6×6).
-            for r in 0..A {
-                for s in 0..A {
-                    let v: f64 = (0..3).map(|j| gg[r * 3 + j] * G[s * 3 + j] as f64).sum();
-                    u[(r * A + s) * o * c + oc] = v as f32;
+            // (G·g)·Gᵀ (a×a).
+            for r in 0..a {
+                for s in 0..a {
+                    let v: f64 = (0..3).map(|j| gg[r * 3 + j] * g[s * 3 + j] as f64).sum();
+                    u[(r * a + s) * o * c + oc] = v as f32;
                 }
             }
         }
-        Self { u, o, c }
+        Self { variant, u, o, c }
     }
 
     /// The `O×C` matrix of point `e`.
@@ -149,10 +259,11 @@ impl WinogradKernel {
     }
 }
 
-/// Shapes of one call: input `(C, N, H, W)`, output `(O, N, H, W)`, `th × tw` tiles per
-/// image.
+/// Shapes of one call: input `(C, N, H, W)`, output `(O, N, H, W)`, `th × tw` tiles of the
+/// variant's per image.
 #[derive(Debug, Clone, Copy)]
 struct Tiling {
+    variant: &'static Variant,
     c: usize,
     o: usize,
     n: usize,
@@ -169,11 +280,12 @@ impl Tiling {
     }
 
     /// The output rows, counted over the whole batch (`image·H + y`), that tile rows `rows`
-    /// cover: 4 per tile row, fewer for the last one of a plane whose side 4 does not divide.
+    /// cover: `m` per tile row, fewer for the last one of a plane whose side `m` does not divide.
     fn output_rows(&self, rows: &Range<usize>) -> Range<usize> {
-        let start = |r: usize| (r / self.th) * self.h + M * (r % self.th);
+        let m = self.variant.m;
+        let start = |r: usize| (r / self.th) * self.h + m * (r % self.th);
         let last = rows.end - 1;
-        let end = last / self.th * self.h + (M * (last % self.th) + M).min(self.h);
+        let end = last / self.th * self.h + (m * (last % self.th) + m).min(self.h);
         start(rows.start)..end
     }
 }
@@ -196,14 +308,16 @@ pub(crate) fn conv3x3_bias_relu(
             kernel.c
         );
     }
+    let variant = kernel.variant;
     let t = Tiling {
+        variant,
         c,
         o,
         n,
         h,
         w,
-        th: h.div_ceil(M),
-        tw: w.div_ceil(M),
+        th: h.div_ceil(variant.m),
+        tw: w.div_ceil(variant.m),
     };
     let rows = t.tile_rows();
     let rows_per_block = (BLOCK_TILES / t.tw).max(1);
@@ -233,24 +347,25 @@ impl Job<'_> {
     /// the block's data stays in that core's cache.
     fn by_block(&self, blocks: &[Range<usize>], out: &mut [f32]) {
         let Self { t, kernel, x, bias } = *self;
+        let points = t.variant.points();
         let out_addr = out.as_mut_ptr() as usize;
         let plane = t.n * t.h * t.w;
         blocks.par_iter().for_each(|rows| {
             let tiles = rows.len() * t.tw;
             with_scratch(|v| {
                 with_scratch(|m| {
-                    let v = prefix(v, POINTS * t.c * tiles);
-                    let m = prefix(m, POINTS * t.o * tiles);
+                    let v = prefix(v, points * t.c * tiles);
+                    let m = prefix(m, points * t.o * tiles);
                     let mut scratch = PatchScratch::new(t, tiles);
-                    for (ch, dst) in v.chunks_exact_mut(POINTS * tiles).enumerate() {
+                    for (ch, dst) in v.chunks_exact_mut(points * tiles).enumerate() {
                         let input = &x[ch * plane..][..plane];
                         transform_input(t, input, rows.clone(), dst, &mut scratch);
                     }
-                    for e in 0..POINTS {
+                    for e in 0..points {
                         multiply_point(kernel, e, v, m, tiles);
                     }
                     let pixels = t.output_rows(rows);
-                    let mut scratch = OutputScratch::new(tiles);
+                    let mut scratch = OutputScratch::new(t, tiles);
                     for (oc, &b) in bias.iter().enumerate() {
                         // SAFETY: these output rows of channel `oc` are covered by this block's tile
                         // rows alone (blocks do not overlap), and `out` outlives the loop.
@@ -260,7 +375,7 @@ impl Job<'_> {
                                 pixels.len() * t.w,
                             )
                         };
-                        let m = &m[oc * POINTS * tiles..][..POINTS * tiles];
+                        let m = &m[oc * points * tiles..][..points * tiles];
                         transform_output(t, m, b, rows.clone(), region, &mut scratch);
                     }
                 })
@@ -272,14 +387,15 @@ impl Job<'_> {
     /// output transform by channel) shared among the threads.
     fn by_phase(&self, blocks: &[Range<usize>], out: &mut [f32]) {
         let Self { t, kernel, x, bias } = *self;
+        let points = t.variant.points();
         let plane = t.n * t.h * t.w;
         with_scratch(|v| {
             with_scratch(|m| {
                 for rows in blocks {
                     let tiles = rows.len() * t.tw;
-                    let v = prefix(v, POINTS * t.c * tiles);
-                    let m = prefix(m, POINTS * t.o * tiles);
-                    v.par_chunks_mut(POINTS * tiles)
+                    let v = prefix(v, points * t.c * tiles);
+                    let m = prefix(m, points * t.o * tiles);
+                    v.par_chunks_mut(points * tiles)
                         .zip(x.par_chunks(plane))
                         .for_each_init(
                             || PatchScratch::new(t, tiles),
@@ -288,20 +404,20 @@ impl Job<'_> {
                             },
                         );
                     let m_addr = m.as_mut_ptr() as usize;
-                    (0..POINTS).into_par_iter().for_each(|e| {
+                    (0..points).into_par_iter().for_each(|e| {
                         // SAFETY: point `e` writes only its own row of each channel's points (see
                         // `multiply_point`), so the tasks' writes are disjoint; `m` outlives them.
                         let m = unsafe {
-                            std::slice::from_raw_parts_mut(m_addr as *mut f32, POINTS * t.o * tiles)
+                            std::slice::from_raw_parts_mut(m_addr as *mut f32, points * t.o * tiles)
                         };
                         multiply_point(kernel, e, v, m, tiles);
                     });
                     let pixels = t.output_rows(rows);
                     out.par_chunks_mut(plane)
-                        .zip(m.par_chunks(POINTS * tiles))
+                        .zip(m.par_chunks(points * tiles))
                         .zip(bias)
                         .for_each_init(
-                            || OutputScratch::new(tiles),
+                            || OutputScratch::new(t, tiles),
                             |scratch, ((out, m), &b)| {
                                 let region = &mut out[pixels.start * t.w..pixels.end * t.w];
                                 transform_output(t, m, b, rows.clone(), region, scratch)
@@ -316,7 +432,7 @@ impl Job<'_> {
 /// `M[e] = U[e] · V[e]` for point `e`, one thread: `v` is `(C, points, tiles)`, `m` `(O,
 /// points, tiles)`; only the values of point `e` in `m` are written.
 fn multiply_point(kernel: &WinogradKernel, e: usize, v: &[f32], m: &mut [f32], tiles: usize) {
-    let stride = POINTS * tiles;
+    let stride = kernel.variant.points() * tiles;
     assert!(v.len() >= kernel.c * stride && m.len() >= kernel.o * stride);
     // SAFETY: U[e] is O×C; V[e] has C rows of `tiles` values `stride` apart starting at
     // e·tiles, M[e] O such rows: all inside the buffers (checked above).
@@ -333,14 +449,15 @@ fn multiply_point(kernel: &WinogradKernel, e: usize, v: &[f32], m: &mut [f32], t
 }
 
 /// `dst = Σ value·src(index)` over `terms`, in one pass over `dst` for the term counts of
-/// F(4×4)'s transforms (3–5).
+/// the variants' transforms (2–5).
 #[inline(always)]
 fn combine<'a>(dst: &mut [f32], terms: &[(usize, f32)], src: impl Fn(usize) -> &'a [f32]) {
     match terms {
+        [a, b] => combine_n(dst, [a, b].map(|t| (src(t.0), t.1))),
         [a, b, c] => combine_n(dst, [a, b, c].map(|t| (src(t.0), t.1))),
         [a, b, c, d] => combine_n(dst, [a, b, c, d].map(|t| (src(t.0), t.1))),
         [a, b, c, d, e] => combine_n(dst, [a, b, c, d, e].map(|t| (src(t.0), t.1))),
-        _ => unreachable!("every row of F(4×4)'s transforms has 3 to 5 terms"),
+        _ => unreachable!("every row of the variants' transforms has 2 to 5 terms"),
     }
 }
 
@@ -359,7 +476,7 @@ fn combine_n<const N: usize>(dst: &mut [f32], terms: [(&[f32], f32); N]) {
 /// Work rows for [`transform_input`], `points × tiles` each.
 struct PatchScratch {
     /// One input row with a zero column on the left and zeros past its end: the patch of
-    /// tile `tx` spans `line[4·tx .. 4·tx + 6]`.
+    /// tile `tx` spans `line[m·tx .. m·tx + a]`.
     line: Vec<f32>,
     /// `patch[(i·a + j)·tiles + tile]`: row i, column j of each tile's input patch.
     patch: Vec<f32>,
@@ -370,9 +487,9 @@ struct PatchScratch {
 impl PatchScratch {
     fn new(t: Tiling, tiles: usize) -> Self {
         Self {
-            line: vec![0.0; M * t.tw + 2],
-            patch: vec![0.0; POINTS * tiles],
-            rows: vec![0.0; POINTS * tiles],
+            line: vec![0.0; t.variant.m * t.tw + 2],
+            patch: vec![0.0; t.variant.points() * tiles],
+            rows: vec![0.0; t.variant.points() * tiles],
         }
     }
 }
@@ -384,13 +501,14 @@ impl PatchScratch {
 /// both halves of the transform are then sums of such rows, loops over the tiles.
 #[multiversion(targets = "simd")]
 fn transform_input(t: Tiling, x: &[f32], rows: Range<usize>, v: &mut [f32], s: &mut PatchScratch) {
-    let (a, tiles, bt) = (A, rows.len() * t.tw, &*INPUT_TERMS);
+    let (m, a, bt) = (t.variant.m, t.variant.a, &t.variant.input_terms);
+    let tiles = rows.len() * t.tw;
     for (r, row) in rows.enumerate() {
         let (image, ty) = (row / t.th, row % t.th);
         let plane = &x[image * t.h * t.w..][..t.h * t.w];
         let at = r * t.tw;
         for i in 0..a {
-            let y = (M * ty + i).wrapping_sub(1);
+            let y = (m * ty + i).wrapping_sub(1);
             if y < t.h {
                 s.line[1..=t.w].copy_from_slice(&plane[y * t.w..][..t.w]);
                 s.line[t.w + 1..].fill(0.0);
@@ -400,7 +518,7 @@ fn transform_input(t: Tiling, x: &[f32], rows: Range<usize>, v: &mut [f32], s: &
             // One pass over the tiles filling the patch row's columns (a copy loop per column
             // would become a `memcpy` call each, too short to pay for itself).
             let base = i * a * tiles + at;
-            for (tx, window) in s.line.windows(a).step_by(M).enumerate() {
+            for (tx, window) in s.line.windows(a).step_by(m).enumerate() {
                 for (j, &value) in window.iter().enumerate() {
                     s.patch[base + j * tiles + tx] = value;
                 }
@@ -428,10 +546,11 @@ struct OutputScratch {
 }
 
 impl OutputScratch {
-    fn new(tiles: usize) -> Self {
+    fn new(t: Tiling, tiles: usize) -> Self {
+        let (m, a) = (t.variant.m, t.variant.a);
         Self {
-            half: vec![0.0; M * A * tiles],
-            y: vec![0.0; M * M * tiles],
+            half: vec![0.0; m * a * tiles],
+            y: vec![0.0; m * m * tiles],
         }
     }
 }
@@ -448,7 +567,8 @@ fn transform_output(
     out: &mut [f32],
     s: &mut OutputScratch,
 ) {
-    let (a, side, tiles, at) = (A, M, rows.len() * t.tw, &*OUTPUT_TERMS);
+    let (a, side, at) = (t.variant.a, t.variant.m, &t.variant.output_terms);
+    let tiles = rows.len() * t.tw;
     for (k, dst) in s.half.chunks_exact_mut(tiles).enumerate() {
         let (p, c) = (k / a, k % a);
         combine(dst, &at[p], |r| &m[(r * a + c) * tiles..][..tiles]);
@@ -521,33 +641,40 @@ mod tests {
             let dims = [c, n, size, size];
             let mut expected = vec![0f32; o * n * size * size];
             conv_bias_relu(g, &x, dims, &weight, &bias, &mut expected)?;
-            let kernel = WinogradKernel::new(&weight, o, c);
-            let mut got = vec![f32::NAN; expected.len()];
-            conv3x3_bias_relu(&kernel, &x, dims, &bias, &mut got)?;
             let scale = expected.iter().fold(1f32, |m, v| m.max(v.abs()));
-            let diff = got
-                .iter()
-                .zip(&expected)
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(
-                diff < 1e-4 * scale,
-                "differs by {diff} (C {c}, O {o}, N {n}, {size} px)"
-            );
+            for variant in VARIANTS.iter() {
+                let kernel = WinogradKernel::new(variant, &weight, o, c);
+                let mut got = vec![f32::NAN; expected.len()];
+                conv3x3_bias_relu(&kernel, &x, dims, &bias, &mut got)?;
+                let diff = got
+                    .iter()
+                    .zip(&expected)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                let m = variant.m;
+                assert!(
+                    diff < 1e-4 * scale,
+                    "F({m}×{m}) differs by {diff} (C {c}, O {o}, N {n}, {size} px)"
+                );
+            }
         }
         Ok(())
     }
 
     #[test]
-    fn takes_the_winograd_path_where_it_saves_products() {
-        assert!(winograd_pays([64, 32, 24, 24]));
-        assert!(winograd_pays([64, 16, 3, 3])); // one padded tile: 36 products for 81
-        assert!(!winograd_pays([64, 32, 2, 2])); // 36 for 36
-        assert!(!winograd_pays([64, 1, 6, 6])); // too few tiles in the batch
+    fn picks_the_variant_with_the_fewest_products() {
+        let tile = |dims| winograd_variant(dims).map(|v| v.m);
+        assert_eq!(tile([64, 32, 24, 24]), Some(4)); // 36 tiles × 36 for F(4×4), 64 × 25 for F(3×3)
+        assert_eq!(tile([64, 32, 14, 14]), Some(4)); // 16 × 36 against 25 × 25
+        assert_eq!(tile([64, 32, 6, 6]), Some(3)); // 4 × 25 against 4 × 36
+        assert_eq!(tile([64, 16, 3, 3]), Some(3)); // one tile: 25 products for im2col's 81
+        assert_eq!(tile([64, 32, 2, 2]), Some(2)); // 16 for 36
+        assert_eq!(tile([64, 32, 1, 1]), None); // 16 for 9
+        assert_eq!(tile([64, 1, 6, 6]), None); // too few tiles in the batch
     }
 
     #[test]
     fn rejects_buffers_that_do_not_fit() {
-        let kernel = WinogradKernel::new(&[0.0; 2 * 3 * 9], 2, 3);
+        let kernel = WinogradKernel::new(&VARIANTS[2], &[0.0; 2 * 3 * 9], 2, 3);
         let mut out = vec![0f32; 2 * 4 * 4];
         let err = conv3x3_bias_relu(&kernel, &[0.0; 4 * 16], [4, 1, 4, 4], &[0.0; 2], &mut out);
         assert!(err.is_err());
