@@ -475,9 +475,6 @@ fn combine_n<const N: usize>(dst: &mut [f32], terms: [(&[f32], f32); N]) {
 
 /// Work rows for [`transform_input`], `points × tiles` each.
 struct PatchScratch {
-    /// One input row with a zero column on the left and zeros past its end: the patch of
-    /// tile `tx` spans `line[m·tx .. m·tx + a]`.
-    line: Vec<f32>,
     /// `patch[(i·a + j)·tiles + tile]`: row i, column j of each tile's input patch.
     patch: Vec<f32>,
     /// `rows[(r·a + j)·tiles + tile]`: row r of `Bᵀ·d`.
@@ -487,7 +484,6 @@ struct PatchScratch {
 impl PatchScratch {
     fn new(t: Tiling, tiles: usize) -> Self {
         Self {
-            line: vec![0.0; t.variant.m * t.tw + 2],
             patch: vec![0.0; t.variant.points() * tiles],
             rows: vec![0.0; t.variant.points() * tiles],
         }
@@ -508,18 +504,14 @@ fn transform_input(t: Tiling, x: &[f32], rows: Range<usize>, v: &mut [f32], s: &
         let plane = &x[image * t.h * t.w..][..t.h * t.w];
         let at = r * t.tw;
         for i in 0..a {
+            // Input row y (empty: a padding row), read at columns x (outside it: padding).
             let y = (m * ty + i).wrapping_sub(1);
-            if y < t.h {
-                s.line[1..=t.w].copy_from_slice(&plane[y * t.w..][..t.w]);
-                s.line[t.w + 1..].fill(0.0);
-            } else {
-                s.line.fill(0.0);
-            }
-            // One pass over the tiles filling the patch row's columns (a copy loop per column
-            // would become a `memcpy` call each, too short to pay for itself).
+            let line = plane.get(y * t.w..(y + 1) * t.w).unwrap_or_default();
             let base = i * a * tiles + at;
-            for (tx, window) in s.line.windows(a).step_by(m).enumerate() {
-                for (j, &value) in window.iter().enumerate() {
+            for tx in 0..t.tw {
+                let x = (m * tx).wrapping_sub(1);
+                for j in 0..a {
+                    let value = line.get(x.wrapping_add(j)).copied().unwrap_or(0.0);
                     s.patch[base + j * tiles + tx] = value;
                 }
             }
