@@ -16,6 +16,7 @@
 mod batchnorm;
 mod conv;
 mod maxpool;
+mod transpose;
 mod winograd;
 
 pub use batchnorm::{batch_norm_relu, channel_stats};

@@ -26,6 +26,7 @@
 
 use super::conv::{gemm_into, with_scratch, Mat};
 use super::prefix;
+use super::transpose::transpose;
 use gemm::Parallelism;
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -421,18 +422,12 @@ impl Job<'_> {
         for p in 0..side.min(t.h - side * ty) {
             let first = (image * t.h + side * ty + p) * t.w;
             let line = &s.pixels[p * side * t.tw * t.o..][..t.w * t.o];
-            for ch in 0..t.o {
-                // SAFETY: row `first / w` of channel `ch`'s planes lies inside `out` (O×N×H×W
-                // values, alive for the whole call), and only this tile row's task writes it.
-                let output = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        (self.out as *mut f32).add(ch * plane + first),
-                        t.w,
-                    )
-                };
-                for (value, pixel) in output.iter_mut().zip(line.chunks_exact(t.o)) {
-                    *value = pixel[ch];
-                }
+            // SAFETY: row `first / w` of every channel's planes lies inside `out` (O×N×H×W
+            // values, alive for the whole call), and only this tile row's task writes it; `line`
+            // holds w pixels of O values.
+            unsafe {
+                let out = (self.out as *mut f32).add(first);
+                transpose(line.as_ptr(), t.o, (t.w, t.o), out, plane);
             }
         }
     }
@@ -527,11 +522,10 @@ fn transform_input(t: Tiling, x: &[f32], row: usize, v: &mut [f32], s: &mut Inpu
         }
         let pixels = &mut line[c..(t.w + 1) * c];
         let first = (image * t.h + y) * t.w;
-        for (ch, input) in x.chunks_exact(plane).enumerate() {
-            for (pixel, &value) in pixels.chunks_exact_mut(c).zip(&input[first..][..t.w]) {
-                pixel[ch] = value;
-            }
-        }
+        assert!(x.len() >= (c - 1) * plane + first + t.w);
+        // SAFETY: row y of every channel's plane lies inside `x` (checked above); `pixels` holds
+        // w pixels of c values.
+        unsafe { transpose(x[first..].as_ptr(), plane, (c, t.w), pixels.as_mut_ptr(), c) };
     }
     let lines = &*lines;
     for (tx, v) in v.chunks_exact_mut(t.tile_len(c)).enumerate() {
