@@ -34,12 +34,14 @@ fn main() -> Result<()> {
     };
     let last = PoolGeometry { kernel: 2, ..stem };
     // (geometry, channels, side) at 96 px: the first stem pool, the pool after Inception 3b,
-    // the one before Inception 5 and the Inception 3b branch pool.
+    // the one before Inception 5, the Inception 3b and 4e branch pools; then 4e's at 64 px.
     for (name, g, channels, side) in [
         ("3x3 stride 2", stem, 64, 48),
         ("3x3 stride 2", stem, 480, 12),
         ("2x2 stride 2", last, 832, 6),
         ("3x3 same", same, 256, 12),
+        ("3x3 same", same, 528, 6),
+        ("3x3 same", same, 528, 4),
     ] {
         let x = Tensor::randn(0f32, 1., (channels, 32, side, side), &Device::Cpu)?;
         let values = x.flatten_all()?.to_vec1::<f32>()?;

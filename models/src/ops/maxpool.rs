@@ -242,22 +242,21 @@ fn max3_shifted(src: &[f32], s: usize, dst: &mut [f32]) {
 fn max_pool_same3(x: &[f32], h: usize, w: usize, out: &mut [f32], rows: &mut Vec<f32>) {
     let along_rows = prefix(rows, x.len());
     max3_shifted(x, 1, along_rows);
-    for (t, src) in along_rows.chunks_mut(w).zip(x.chunks(w)) {
-        t[0] = src[..w.min(2)]
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        t[w - 1] = src[w.saturating_sub(2)..]
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    // Each row's first and last values, where the shifts crossed into the neighbouring rows.
+    let inner = w.min(2) - 1;
+    for (t, src) in along_rows.chunks_exact_mut(w).zip(x.chunks_exact(w)) {
+        t[0] = src[0].max(src[inner]);
+        t[w - 1] = src[w - 1].max(src[w - 1 - inner]);
     }
     max3_shifted(along_rows, w, out);
+    // Each plane's first and last rows, in one loop (on small planes, copy and max calls per
+    // row cost more than the values they move).
+    let last = (h - 1) * w;
+    let below = if h > 1 { w } else { 0 };
     for (o, t) in out.chunks_mut(h * w).zip(along_rows.chunks(h * w)) {
-        let (first, last) = (0..w, (h - 1) * w..h * w);
-        o[first.clone()].copy_from_slice(&t[first.clone()]);
-        o[last.clone()].copy_from_slice(&t[last.clone()]);
-        if h > 1 {
-            max_into(&mut o[first], &t[w..2 * w]);
-            max_into(&mut o[last], &t[(h - 2) * w..(h - 1) * w]);
+        for j in 0..w {
+            o[j] = t[j].max(t[below + j]);
+            o[last + j] = t[last + j].max(t[last - below + j]);
         }
     }
 }
@@ -459,6 +458,7 @@ mod tests {
             (geometry(2, 2, 0, true), 6),
             (geometry(3, 2, 0, true), 4),
             (geometry(3, 1, 1, true), 5),
+            (geometry(3, 1, 1, true), 4),
             (geometry(3, 1, 1, true), 1),
             (geometry(3, 1, 1, true), 2),
             (geometry(3, 1, 1, true), 40), // several groups of planes
