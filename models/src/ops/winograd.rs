@@ -53,23 +53,13 @@ pub(crate) struct Variant {
     a: usize,
     /// `G` (`a`×3), row-major.
     g: &'static [f32],
-    /// The rows of `Bᵀ` (`a`×`a`) as terms.
-    input_terms: Terms,
-    /// The rows of `Aᵀ` (`m`×`a`) as terms.
-    output_terms: Terms,
 }
 
 impl Variant {
-    fn new(m: usize, bt: &[f32], g: &'static [f32], at: &[f32]) -> Self {
+    fn new(m: usize, g: &'static [f32]) -> Self {
         let a = m + 2;
-        assert!(bt.len() == a * a && g.len() == a * 3 && at.len() == m * a);
-        Self {
-            m,
-            a,
-            g,
-            input_terms: terms(bt, a),
-            output_terms: terms(at, a),
-        }
+        assert_eq!(g.len(), a * 3, "G is a×3");
+        Self { m, a, g }
     }
 
     /// Winograd points per tile: `a²` element-wise products instead of `9·m²` multiply-adds.
@@ -88,24 +78,21 @@ impl Variant {
     }
 }
 
-/// The rows of a transform as terms: `(column, value)` for each nonzero entry.
-type Terms = Vec<Vec<(usize, f32)>>;
-
 /// F(2×2, 3×3), F(3×3, 3×3) and F(4×4, 3×3), in that order (see [`Variant::index`]).
 static VARIANTS: LazyLock<[Variant; 3]> = LazyLock::new(|| {
     [
-        Variant::new(2, &BT2, &G2, &AT2),
-        Variant::new(3, &BT3, &G3, &AT3),
-        Variant::new(4, &BT4, &G4, &AT4),
+        Variant::new(2, &G2),
+        Variant::new(3, &G3),
+        Variant::new(4, &G4),
     ]
 });
 
 #[rustfmt::skip]
-const BT2: [f32; 16] = [
-    -1., 0., 1., 0.,
-    0., 1., 1., 0.,
-    0., -1., 1., 0.,
-    0., -1., 0., 1.,
+const BT2: [[f32; 4]; 4] = [
+    [-1., 0., 1., 0.],
+    [0., 1., 1., 0.],
+    [0., -1., 1., 0.],
+    [0., -1., 0., 1.],
 ];
 #[rustfmt::skip]
 const G2: [f32; 12] = [
@@ -115,17 +102,17 @@ const G2: [f32; 12] = [
     0., 0., 1.,
 ];
 #[rustfmt::skip]
-const AT2: [f32; 8] = [
-    1., 1., 1., 0.,
-    0., 1., -1., 1.,
+const AT2: [[f32; 4]; 2] = [
+    [1., 1., 1., 0.],
+    [0., 1., -1., 1.],
 ];
 #[rustfmt::skip]
-const BT3: [f32; 25] = [
-    2., -1., -2., 1., 0.,
-    0., -2., -1., 1., 0.,
-    0., 2., -3., 1., 0.,
-    0., -1., 0., 1., 0.,
-    0., 2., -1., -2., 1.,
+const BT3: [[f32; 5]; 5] = [
+    [2., -1., -2., 1., 0.],
+    [0., -2., -1., 1., 0.],
+    [0., 2., -3., 1., 0.],
+    [0., -1., 0., 1., 0.],
+    [0., 2., -1., -2., 1.],
 ];
 #[rustfmt::skip]
 const G3: [f32; 15] = [
@@ -136,19 +123,19 @@ const G3: [f32; 15] = [
     0., 0., 1.,
 ];
 #[rustfmt::skip]
-const AT3: [f32; 15] = [
-    1., 1., 1., 1., 0.,
-    0., 1., -1., 2., 0.,
-    0., 1., 1., 4., 1.,
+const AT3: [[f32; 5]; 3] = [
+    [1., 1., 1., 1., 0.],
+    [0., 1., -1., 2., 0.],
+    [0., 1., 1., 4., 1.],
 ];
 #[rustfmt::skip]
-const BT4: [f32; 36] = [
-    4., 0., -5., 0., 1., 0.,
-    0., -4., -4., 1., 1., 0.,
-    0., 4., -4., -1., 1., 0.,
-    0., -2., -1., 2., 1., 0.,
-    0., 2., -1., -2., 1., 0.,
-    0., 4., 0., -5., 0., 1.,
+const BT4: [[f32; 6]; 6] = [
+    [4., 0., -5., 0., 1., 0.],
+    [0., -4., -4., 1., 1., 0.],
+    [0., 4., -4., -1., 1., 0.],
+    [0., -2., -1., 2., 1., 0.],
+    [0., 2., -1., -2., 1., 0.],
+    [0., 4., 0., -5., 0., 1.],
 ];
 #[rustfmt::skip]
 const G4: [f32; 18] = [
@@ -160,11 +147,11 @@ const G4: [f32; 18] = [
     0., 0., 1.,
 ];
 #[rustfmt::skip]
-const AT4: [f32; 24] = [
-    1., 1., 1., 1., 1., 0.,
-    0., 1., -1., 2., -2., 0.,
-    0., 1., 1., 4., 4., 0.,
-    0., 1., -1., 8., -8., 1.,
+const AT4: [[f32; 6]; 4] = [
+    [1., 1., 1., 1., 1., 0.],
+    [0., 1., -1., 2., -2., 0.],
+    [0., 1., 1., 4., 4., 0.],
+    [0., 1., -1., 8., -8., 1.],
 ];
 
 /// The variant a 3×3 "same" convolution of input `(C, N, H, W)` should run as: the one whose
@@ -182,21 +169,6 @@ pub(crate) fn winograd_variant([_, n, h, w]: [usize; 4]) -> Option<&'static Vari
         }
     })?;
     (products(best) < 9 * h * w && n * best.tiles(h, w) >= MIN_TILES).then_some(best)
-}
-
-/// The nonzero entries `(column, value)` of each row of a row-major matrix `cols` wide: a
-/// transform as the list of terms that make up each output.
-fn terms(matrix: &[f32], cols: usize) -> Terms {
-    matrix
-        .chunks_exact(cols)
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .filter(|(_, v)| **v != 0.0)
-                .map(|(j, v)| (j, *v))
-                .collect()
-        })
-        .collect()
 }
 
 /// The weights of one 3×3 "same" convolution in the Winograd domain of each variant, each
@@ -458,29 +430,69 @@ unsafe fn multiply_point(kernel: &WinogradKernel, e: usize, v: &[f32], m: *mut f
     };
 }
 
-/// `dst = Σ value·src(index)` over `terms`, in one pass over `dst` for the term counts of
-/// the variants' transforms (2–5).
+/// `P·X·Pᵀ` of one tile for every channel (`P` being `Bᵀ` or `Aᵀ`), 16 channels at a time
+/// (then 8, then 1): `x(i, j)` gives `X[i][j]`'s channel vector, `out(r, c, at, y)` receives
+/// channels `at..at + y.len()` of `Y[r][c]`. Inlined into the transforms with the matrix a
+/// constant, so that its loops unroll, its zero entries drop out and each step is a few vector
+/// multiply-adds.
 #[inline(always)]
-fn combine<'a>(dst: &mut [f32], terms: &[(usize, f32)], src: impl Fn(usize) -> &'a [f32]) {
-    match terms {
-        [a, b] => combine_n(dst, [a, b].map(|t| (src(t.0), t.1))),
-        [a, b, c] => combine_n(dst, [a, b, c].map(|t| (src(t.0), t.1))),
-        [a, b, c, d] => combine_n(dst, [a, b, c, d].map(|t| (src(t.0), t.1))),
-        [a, b, c, d, e] => combine_n(dst, [a, b, c, d, e].map(|t| (src(t.0), t.1))),
-        _ => unreachable!("every row of the variants' transforms has 2 to 5 terms"),
+fn tile<'a, const R: usize, const N: usize>(
+    p: &[[f32; N]; R],
+    channels: usize,
+    x: impl Fn(usize, usize) -> &'a [f32],
+    mut out: impl FnMut(usize, usize, usize, &[f32]),
+) {
+    let mut at = 0;
+    while at + 16 <= channels {
+        lanes::<R, N, 16>(p, |i, j| &x(i, j)[at..], |r, c, y| out(r, c, at, &y));
+        at += 16;
+    }
+    while at + 8 <= channels {
+        lanes::<R, N, 8>(p, |i, j| &x(i, j)[at..], |r, c, y| out(r, c, at, &y));
+        at += 8;
+    }
+    while at < channels {
+        lanes::<R, N, 1>(p, |i, j| &x(i, j)[at..], |r, c, y| out(r, c, at, &y));
+        at += 1;
     }
 }
 
-/// `dst = Σ scale·src` over the `N` `(src, scale)` terms.
+/// [`tile`] for `L` channels: `x(i, j)` starts with them.
 #[inline(always)]
-fn combine_n<const N: usize>(dst: &mut [f32], terms: [(&[f32], f32); N]) {
-    let len = dst.len();
-    let terms = terms.map(|(src, scale)| (&src[..len], scale));
-    for (i, d) in dst.iter_mut().enumerate() {
-        *d = terms
-            .iter()
-            .fold(0.0, |acc, (src, scale)| scale.mul_add(src[i], acc));
+fn lanes<'a, const R: usize, const N: usize, const L: usize>(
+    p: &[[f32; N]; R],
+    x: impl Fn(usize, usize) -> &'a [f32],
+    mut out: impl FnMut(usize, usize, [f32; L]),
+) {
+    // Z = P·X, one column of X at a time.
+    let mut z = [[[0f32; L]; N]; R];
+    for j in 0..N {
+        let column: [[f32; L]; N] =
+            std::array::from_fn(|i| x(i, j)[..L].try_into().expect("L values"));
+        for (z, row) in z.iter_mut().zip(p) {
+            z[j] = weighted_sum(row, &column);
+        }
     }
+    // Y = Z·Pᵀ.
+    for (r, z) in z.iter().enumerate() {
+        for (c, row) in p.iter().enumerate() {
+            out(r, c, weighted_sum(row, z));
+        }
+    }
+}
+
+/// `Σ k[i]·x[i]`, lane by lane, skipping the zero weights.
+#[inline(always)]
+fn weighted_sum<const N: usize, const L: usize>(k: &[f32; N], x: &[[f32; L]; N]) -> [f32; L] {
+    let mut sum = [0f32; L];
+    for (&k, x) in k.iter().zip(x) {
+        if k != 0.0 {
+            for (s, &v) in sum.iter_mut().zip(x) {
+                *s = k.mul_add(v, *s);
+            }
+        }
+    }
+    sum
 }
 
 /// Work buffers for [`transform_input`], pixel-major: each pixel's channels side by side.
@@ -489,8 +501,6 @@ struct InputScratch {
     /// and zeros past the row's end (and whole zero rows above and below the plane): tile `tx`'s
     /// patch is pixels `m·tx .. m·tx + a` of each.
     lines: Vec<f32>,
-    /// `(a, a, C)`: `Bᵀ·d` of one patch.
-    half: Vec<f32>,
 }
 
 impl InputScratch {
@@ -498,7 +508,6 @@ impl InputScratch {
         let (m, a) = (t.variant.m, t.variant.a);
         Self {
             lines: vec![0.0; a * (m * t.tw + 2) * t.c],
-            half: vec![0.0; a * a * t.c],
         }
     }
 }
@@ -510,10 +519,10 @@ impl InputScratch {
 /// halves of the transform are then sums of whole channel vectors.
 #[multiversion(targets = "simd")]
 fn transform_input(t: Tiling, x: &[f32], row: usize, v: &mut [f32], s: &mut InputScratch) {
-    let (m, a, c, bt) = (t.variant.m, t.variant.a, t.c, &t.variant.input_terms);
+    let (m, c) = (t.variant.m, t.c);
     let (image, ty) = (row / t.th, row % t.th);
     let (plane, width) = (t.n * t.h * t.w, m * t.tw + 2);
-    let InputScratch { lines, half } = s;
+    let lines = &mut s.lines;
     for (i, line) in lines.chunks_exact_mut(width * c).enumerate() {
         let y = (m * ty + i).wrapping_sub(1);
         if y >= t.h {
@@ -530,32 +539,29 @@ fn transform_input(t: Tiling, x: &[f32], row: usize, v: &mut [f32], s: &mut Inpu
     let lines = &*lines;
     for (tx, v) in v.chunks_exact_mut(t.tile_len(c)).enumerate() {
         let patch = |i: usize, j: usize| &lines[(i * width + m * tx + j) * c..][..c];
-        // Bᵀ·d: row r combines the patch rows, column by column.
-        for (k, dst) in half.chunks_exact_mut(c).enumerate() {
-            let (r, j) = (k / a, k % a);
-            combine(dst, &bt[r], |i| patch(i, j));
-        }
-        // (Bᵀ·d)·B: point (r, col) combines the columns of row r.
-        for (k, dst) in v.chunks_exact_mut(c).enumerate() {
-            let (r, col) = (k / a, k % a);
-            combine(dst, &bt[col], |j| &half[(r * a + j) * c..][..c]);
+        let put = |a: usize| {
+            move |r: usize, col: usize, at: usize, y: &[f32]| {
+                v[(r * a + col) * c + at..][..y.len()].copy_from_slice(y)
+            }
+        };
+        match m {
+            2 => tile(&BT2, c, patch, put(4)),
+            3 => tile(&BT3, c, patch, put(5)),
+            _ => tile(&BT4, c, patch, put(6)),
         }
     }
 }
 
 /// Work buffers for [`transform_output`], pixel-major like [`InputScratch`].
 struct OutputScratch {
-    /// `(m, a, O)`: `Aᵀ·M` of one tile.
-    half: Vec<f32>,
     /// `(m, m·tw, O)`: the tile row's output pixels.
     pixels: Vec<f32>,
 }
 
 impl OutputScratch {
     fn new(t: Tiling) -> Self {
-        let (m, a) = (t.variant.m, t.variant.a);
+        let m = t.variant.m;
         Self {
-            half: vec![0.0; m * a * t.o],
             pixels: vec![0.0; m * m * t.tw * t.o],
         }
     }
@@ -565,24 +571,21 @@ impl OutputScratch {
 /// points, O)`.
 #[multiversion(targets = "simd")]
 fn transform_output(t: Tiling, m: &[f32], bias: &[f32], s: &mut OutputScratch) {
-    let (side, a, o, at) = (t.variant.m, t.variant.a, t.o, &t.variant.output_terms);
+    let (side, a, o) = (t.variant.m, t.variant.a, t.o);
     let width = side * t.tw;
-    let OutputScratch { half, pixels } = s;
+    let pixels = &mut s.pixels;
     for (tx, m) in m.chunks_exact(t.tile_len(o)).enumerate() {
-        // Aᵀ·M: row p combines the rows of M, column by column.
-        for (k, dst) in half.chunks_exact_mut(o).enumerate() {
-            let (p, col) = (k / a, k % a);
-            combine(dst, &at[p], |r| &m[(r * a + col) * o..][..o]);
-        }
-        // (Aᵀ·M)·A + bias, ReLU: pixel (p, q) combines the columns of row p.
-        for p in 0..side {
-            for q in 0..side {
-                let dst = &mut pixels[(p * width + side * tx + q) * o..][..o];
-                combine(dst, &at[q], |col| &half[(p * a + col) * o..][..o]);
-                for (v, b) in dst.iter_mut().zip(bias) {
-                    *v = (*v + b).max(0.0);
-                }
+        let point = |i: usize, j: usize| &m[(i * a + j) * o..][..o];
+        let put = |p: usize, q: usize, at: usize, y: &[f32]| {
+            let dst = &mut pixels[(p * width + side * tx + q) * o + at..][..y.len()];
+            for ((d, v), b) in dst.iter_mut().zip(y).zip(&bias[at..]) {
+                *d = (v + b).max(0.0);
             }
+        };
+        match side {
+            2 => tile(&AT2, o, point, put),
+            3 => tile(&AT3, o, point, put),
+            _ => tile(&AT4, o, point, put),
         }
     }
 }
