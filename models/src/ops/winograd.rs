@@ -87,6 +87,9 @@ static VARIANTS: LazyLock<[Variant; 3]> = LazyLock::new(|| {
     ]
 });
 
+// `Bᵀ`, `G` and `Aᵀ` of each variant. The transforms pick `Bᵀ` and `Aᵀ` by tile side, as
+// constants, so that [`tile`]'s loops unroll around them; `G` is only read when weights are
+// transformed.
 #[rustfmt::skip]
 const BT2: [[f32; 4]; 4] = [
     [-1., 0., 1., 0.],
