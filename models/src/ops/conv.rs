@@ -441,8 +441,8 @@ fn matmul_long_k(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: Mat, rhs: M
         });
 }
 
-/// `dst (cols×rows) = srcᵀ` for a row-major `src (rows×cols)`, in 16×16 tiles, the rows of
-/// `dst` shared among the threads.
+/// `dst (cols×rows) = srcᵀ` for a row-major `src (rows×cols)`: blocks of 16 columns of `src`
+/// shared among the threads, each transposed by [`super::transpose::transpose`].
 fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     const TILE: usize = 16;
     assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
@@ -452,13 +452,11 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
         .for_each(|(block, out)| {
             let c0 = block * TILE;
             let width = TILE.min(cols - c0);
-            for r0 in (0..rows).step_by(TILE) {
-                for r in r0..(r0 + TILE).min(rows) {
-                    let row = &src[r * cols + c0..][..width];
-                    for (j, &v) in row.iter().enumerate() {
-                        out[j * rows + r] = v;
-                    }
-                }
+            // SAFETY: columns [c0, c0 + width) of `src` (rows × cols, checked above) go to the
+            // `width` rows of `rows` values that `out` holds; the regions do not overlap.
+            unsafe {
+                let from = src.as_ptr().add(c0);
+                super::transpose::transpose(from, cols, (rows, width), out.as_mut_ptr(), rows);
             }
         });
 }
