@@ -31,7 +31,7 @@ use gemm::Parallelism;
 use multiversion::multiversion;
 use rayon::prelude::*;
 use std::ops::Range;
-use std::sync::{LazyLock, OnceLock};
+use std::sync::OnceLock;
 
 /// Tiles per block that is transformed and multiplied at once (about: blocks are whole tile
 /// rows). Measured best of 32–1024 (BENCHMARKS.md): smaller blocks make the products too
@@ -56,9 +56,9 @@ pub(crate) struct Variant {
 }
 
 impl Variant {
-    fn new(m: usize, g: &'static [f32]) -> Self {
+    const fn new(m: usize, g: &'static [f32]) -> Self {
         let a = m + 2;
-        assert_eq!(g.len(), a * 3, "G is a×3");
+        assert!(g.len() == a * 3, "G is a×3");
         Self { m, a, g }
     }
 
@@ -79,13 +79,11 @@ impl Variant {
 }
 
 /// F(2×2, 3×3), F(3×3, 3×3) and F(4×4, 3×3), in that order (see [`Variant::index`]).
-static VARIANTS: LazyLock<[Variant; 3]> = LazyLock::new(|| {
-    [
-        Variant::new(2, &G2),
-        Variant::new(3, &G3),
-        Variant::new(4, &G4),
-    ]
-});
+static VARIANTS: [Variant; 3] = [
+    Variant::new(2, &G2),
+    Variant::new(3, &G3),
+    Variant::new(4, &G4),
+];
 
 // `Bᵀ`, `G` and `Aᵀ` of each variant. The transforms pick `Bᵀ` and `Aᵀ` by tile side, as
 // constants, so that [`tile`]'s loops unroll around them; `G` is only read when weights are
@@ -445,19 +443,25 @@ fn tile<'a, const R: usize, const N: usize>(
     x: impl Fn(usize, usize) -> &'a [f32],
     mut out: impl FnMut(usize, usize, usize, &[f32]),
 ) {
-    let mut at = 0;
-    while at + 16 <= channels {
-        lanes::<R, N, 16>(p, |i, j| &x(i, j)[at..], |r, c, y| out(r, c, at, &y));
-        at += 16;
+    let at = lanes_from::<R, N, 16>(p, 0, channels, &x, &mut out);
+    let at = lanes_from::<R, N, 8>(p, at, channels, &x, &mut out);
+    lanes_from::<R, N, 1>(p, at, channels, &x, &mut out);
+}
+
+/// [`tile`] for channels `at..`, `L` at a time while `L` remain; returns where it stopped.
+#[inline(always)]
+fn lanes_from<'a, const R: usize, const N: usize, const L: usize>(
+    p: &[[f32; N]; R],
+    mut at: usize,
+    channels: usize,
+    x: &impl Fn(usize, usize) -> &'a [f32],
+    out: &mut impl FnMut(usize, usize, usize, &[f32]),
+) -> usize {
+    while at + L <= channels {
+        lanes::<R, N, L>(p, |i, j| &x(i, j)[at..], |r, c, y| out(r, c, at, &y));
+        at += L;
     }
-    while at + 8 <= channels {
-        lanes::<R, N, 8>(p, |i, j| &x(i, j)[at..], |r, c, y| out(r, c, at, &y));
-        at += 8;
-    }
-    while at < channels {
-        lanes::<R, N, 1>(p, |i, j| &x(i, j)[at..], |r, c, y| out(r, c, at, &y));
-        at += 1;
-    }
+    at
 }
 
 /// [`tile`] for `L` channels: `x(i, j)` starts with them.
@@ -522,7 +526,7 @@ impl InputScratch {
 /// halves of the transform are then sums of whole channel vectors.
 #[multiversion(targets = "simd")]
 fn transform_input(t: Tiling, x: &[f32], row: usize, v: &mut [f32], s: &mut InputScratch) {
-    let (m, c) = (t.variant.m, t.c);
+    let (m, a, c) = (t.variant.m, t.variant.a, t.c);
     let (image, ty) = (row / t.th, row % t.th);
     let (plane, width) = (t.n * t.h * t.w, m * t.tw + 2);
     let lines = &mut s.lines;
@@ -542,15 +546,13 @@ fn transform_input(t: Tiling, x: &[f32], row: usize, v: &mut [f32], s: &mut Inpu
     let lines = &*lines;
     for (tx, v) in v.chunks_exact_mut(t.tile_len(c)).enumerate() {
         let patch = |i: usize, j: usize| &lines[(i * width + m * tx + j) * c..][..c];
-        let put = |a: usize| {
-            move |r: usize, col: usize, at: usize, y: &[f32]| {
-                v[(r * a + col) * c + at..][..y.len()].copy_from_slice(y)
-            }
+        let put = |r: usize, col: usize, at: usize, y: &[f32]| {
+            v[(r * a + col) * c + at..][..y.len()].copy_from_slice(y)
         };
         match m {
-            2 => tile(&BT2, c, patch, put(4)),
-            3 => tile(&BT3, c, patch, put(5)),
-            _ => tile(&BT4, c, patch, put(6)),
+            2 => tile(&BT2, c, patch, put),
+            3 => tile(&BT3, c, patch, put),
+            _ => tile(&BT4, c, patch, put),
         }
     }
 }
