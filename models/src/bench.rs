@@ -2,6 +2,7 @@
 
 use crate::folded::FoldedGoogLeNet;
 use crate::googlenet::{GoogLeNet, HeadSpec};
+use crate::head::HeadKind;
 use crate::loss::{smoothed_targets, soft_cross_entropy};
 use crate::ops::on_pool;
 use crate::optimiser::adamw;
@@ -44,7 +45,7 @@ pub fn measure(size: usize, batch: usize, repeats: usize, training: bool) -> Res
         level: "character".into(),
         classes: 1000,
     }];
-    let net = GoogLeNet::new(&heads, 0.5, vb)?;
+    let net = GoogLeNet::new(&heads, HeadKind::Linear, 0.5, vb)?;
     let mut opt = adamw(&varmap, 0, 1e-3, 1e-4)?;
     let x = Tensor::randn(0f32, 1., (batch, 3, size, size), &dev)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i * 7 % 1000).collect();

@@ -6,6 +6,7 @@
 //! never leaves a half-written checkpoint behind.
 
 use crate::googlenet::{GoogLeNet, HeadSpec};
+use crate::head::HeadKind;
 use crate::preprocess::Preprocessing;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -35,6 +36,9 @@ pub struct ModelCard {
     pub preprocessing: Preprocessing,
     /// Heads, primary level first.
     pub heads: Vec<HeadCard>,
+    /// Kind of every head (`linear` when absent: cards written before cosine heads).
+    #[serde(default)]
+    pub head: HeadKind,
     /// Dropout rate before the heads during training.
     pub dropout: f32,
     /// Epochs trained so far (for resuming).
@@ -177,7 +181,7 @@ pub struct LoadedModel {
 pub fn build(card: &ModelCard) -> Result<LoadedModel, CheckpointError> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let net = GoogLeNet::new(&card.head_specs(), card.dropout, vb)?;
+    let net = GoogLeNet::new(&card.head_specs(), card.head, card.dropout, vb)?;
     Ok(LoadedModel {
         varmap,
         net,
@@ -290,6 +294,7 @@ mod tests {
                 level: "character".into(),
                 labels: (0..classes).map(|i| format!("c{i}")).collect(),
             }],
+            head: HeadKind::Linear,
             dropout: 0.5,
             epochs_trained: 0,
             training: serde_json::Value::Null,

@@ -13,13 +13,13 @@
 //! Results equal [`GoogLeNet::forward_t`] in eval mode up to float rounding (tested).
 
 use crate::googlenet::{pool_after, GoogLeNet, Output, EMBEDDING_DIM, STEM_POOL};
+use crate::head::Head;
 use crate::layers::{l2_normalise, BasicConv2d, BRANCH_POOL};
 use crate::ops::{
     conv3x3_bias_relu, conv_bias_relu, max_pool_planes, on_pool, prefix, winograd_variant,
     Conv2dGeometry, PoolGeometry, WinogradWeights,
 };
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::{Linear, Module};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
@@ -198,7 +198,7 @@ pub struct FoldedGoogLeNet {
     stem: [FoldedConv; 3],
     /// Blocks with a max pool after them where GoogLeNet has one.
     blocks: Vec<(FoldedInception, Option<PoolGeometry>)>,
-    heads: Vec<Linear>,
+    heads: Vec<Head>,
     workspaces: Mutex<Vec<Workspace>>,
 }
 
@@ -319,11 +319,12 @@ impl FoldedGoogLeNet {
 mod tests {
     use super::*;
     use crate::googlenet::HeadSpec;
+    use crate::head::HeadKind;
     use crate::ops::max_abs_diff;
     use candle_nn::{VarBuilder, VarMap};
 
     /// A random network whose BatchNorm running statistics are not the initial ones.
-    fn trained_looking_net() -> Result<GoogLeNet> {
+    fn trained_looking_net(kind: HeadKind) -> Result<GoogLeNet> {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
         let heads = [
@@ -336,7 +337,7 @@ mod tests {
                 classes: 3,
             },
         ];
-        let net = GoogLeNet::new(&heads, 0.5, vb)?;
+        let net = GoogLeNet::new(&heads, kind, 0.5, vb)?;
         for _ in 0..3 {
             let x = (Tensor::randn(0f32, 1., (4, 3, 64, 64), &Device::Cpu)? + 0.3)?;
             net.forward_t(&x, true)?;
@@ -348,9 +349,13 @@ mod tests {
     /// the logits' scale), at the smallest size, an odd size (ceil-mode pools) and batch 1.
     #[test]
     fn matches_the_plain_network_in_eval_mode() -> Result<()> {
-        let net = trained_looking_net()?;
-        let folded = FoldedGoogLeNet::new(&net)?;
-        for (batch, size) in [(3, 64), (1, 75), (2, 97)] {
+        let kinds = [HeadKind::Linear, HeadKind::Cosine { scale: 30.0 }];
+        for ((batch, size), kind) in [(3, 64), (1, 75), (2, 97)]
+            .into_iter()
+            .zip(kinds.iter().cycle())
+        {
+            let net = trained_looking_net(*kind)?;
+            let folded = FoldedGoogLeNet::new(&net)?;
             let x = Tensor::randn(0f32, 1., (batch, 3, size, size), &Device::Cpu)?;
             let plain = net.forward_t(&x, false)?;
             // Twice: the second call reuses the first call's buffers.

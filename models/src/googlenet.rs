@@ -8,10 +8,11 @@
 //! AnimeLens adds one linear head per label level on the shared 1024-d pooled feature: the
 //! primary head is named `fc` (torchvision's name), further heads `fc_<level>`.
 
+use crate::head::{Head, HeadKind};
 use crate::layers::{l2_normalise, BasicConv2d, Inception, InceptionSpec};
 use crate::ops::{max_pool2d, PoolGeometry};
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// Width of the pooled feature, the embedding dimension.
@@ -109,14 +110,14 @@ fn spec(
 pub struct GoogLeNet {
     stem: [BasicConv2d; 3],
     blocks: Vec<(String, Inception)>,
-    heads: Vec<Linear>,
+    heads: Vec<Head>,
     dropout: f32,
     frozen: usize,
 }
 
 impl GoogLeNet {
-    /// Builds (or loads, depending on `vb`) the network with the given heads.
-    pub fn new(heads: &[HeadSpec], dropout: f32, vb: VarBuilder) -> Result<Self> {
+    /// Builds (or loads, depending on `vb`) the network with the given heads, all of `kind`.
+    pub fn new(heads: &[HeadSpec], kind: HeadKind, dropout: f32, vb: VarBuilder) -> Result<Self> {
         let table = [
             ("inception3a", spec(192, 64, 96, 128, 16, 32, 32)),
             ("inception3b", spec(256, 128, 128, 192, 32, 96, 64)),
@@ -135,7 +136,7 @@ impl GoogLeNet {
         let heads = heads
             .iter()
             .enumerate()
-            .map(|(i, h)| candle_nn::linear(EMBEDDING_DIM, h.classes, vb.pp(h.param_prefix(i))))
+            .map(|(i, h)| Head::new(kind, EMBEDDING_DIM, h.classes, vb.pp(h.param_prefix(i))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             stem: [
@@ -160,8 +161,8 @@ impl GoogLeNet {
         &self.blocks
     }
 
-    /// The linear heads, in head order.
-    pub(crate) fn heads(&self) -> &[Linear] {
+    /// The heads, in head order.
+    pub(crate) fn heads(&self) -> &[Head] {
         &self.heads
     }
 
@@ -230,7 +231,7 @@ mod tests {
     fn build(heads: &[HeadSpec]) -> (VarMap, GoogLeNet) {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-        let net = GoogLeNet::new(heads, 0.5, vb).unwrap();
+        let net = GoogLeNet::new(heads, HeadKind::Linear, 0.5, vb).unwrap();
         (vm, net)
     }
 

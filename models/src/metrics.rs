@@ -33,6 +33,7 @@ pub fn run_set(
         mixup_alpha: None,
         seed: 0,
         shuffle: false,
+        instances: None,
     };
     let net = FoldedGoogLeNet::new(net)?;
     let mut out = SetOutputs::default();

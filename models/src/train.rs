@@ -1,13 +1,18 @@
 //! The training loop: AdamW with cosine warm restarts, label-smoothed (and mixup) cross-entropy
-//! summed over the heads, validation every epoch, best checkpoint by validation top-1, early
-//! stopping on validation loss, resume, metrics as JSONL and PNG curves.
+//! summed over the heads — plain softmax, or an additive margin (CosFace, ArcFace) on cosine
+//! heads — plus, when unlabelled pictures are given, the instance term (InfoNCE over two strong
+//! views of each); characters can be held out entirely; validation every epoch, best checkpoint
+//! by validation top-1, early stopping on validation loss, resume, metrics as JSONL and PNG curves.
 
 use crate::augment::AugmentConfig;
 use crate::checkpoint::{
     self, CheckpointError, HeadCard, InitReport, LoadedModel, ModelCard, ARCHITECTURE,
 };
-use crate::data::{decode_all, BatchLoader, Dataset, DecodedSet, LoaderConfig, Split};
+use crate::data::{decode_all, BatchLoader, Dataset, DecodedSet, LoaderConfig, Sample, Split};
+use crate::head::HeadKind;
+use crate::instance_views::ViewConfig;
 use crate::loss::{mix_targets, smoothed_targets, soft_cross_entropy};
+use crate::metric_loss::{info_nce, margin_logits, Margin};
 use crate::metrics::{cross_entropy, run_set, top_k_accuracy};
 use crate::ops::on_pool;
 use crate::optimiser::adamw;
@@ -62,6 +67,56 @@ pub struct TrainConfig {
     pub equalize: bool,
     /// Stop each epoch after this many batches (quick experiments and tests).
     pub max_batches: Option<usize>,
+    /// Additive margin on cosine heads (`None`: plain softmax on linear heads).
+    #[serde(default)]
+    pub margin: Option<Margin>,
+    /// Logit scale of the cosine heads.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    /// The instance term (`None`: off, or no unlabelled pictures).
+    #[serde(default)]
+    pub instance: Option<InstanceTerm>,
+    /// Characters (primary labels) left out of training entirely, for the unseen-character protocol.
+    #[serde(default)]
+    pub held_out: Vec<String>,
+}
+
+fn default_scale() -> f64 {
+    30.0
+}
+
+/// The instance-level contrastive term.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceTerm {
+    /// Unlabelled pictures per batch (two views each, on top of the labelled batch).
+    pub pairs: usize,
+    /// Weight of the term in the total loss.
+    pub weight: f64,
+    /// InfoNCE temperature.
+    pub temperature: f64,
+    /// How the views are made.
+    pub views: ViewConfig,
+}
+
+impl Default for InstanceTerm {
+    fn default() -> Self {
+        Self {
+            pairs: 16,
+            weight: 1.0,
+            temperature: 0.1,
+            views: ViewConfig::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The head kind these settings train.
+    pub fn head_kind(&self) -> HeadKind {
+        match self.margin {
+            Some(_) => HeadKind::Cosine { scale: self.scale },
+            None => HeadKind::Linear,
+        }
+    }
 }
 
 impl Default for TrainConfig {
@@ -85,6 +140,10 @@ impl Default for TrainConfig {
             color: ColorSpace::Rgb,
             equalize: false,
             max_batches: None,
+            margin: None,
+            scale: default_scale(),
+            instance: None,
+            held_out: Vec::new(),
         }
     }
 }
@@ -100,6 +159,8 @@ pub struct TrainOptions {
     pub resume: Option<PathBuf>,
     /// Show progress bars.
     pub progress: bool,
+    /// Unlabelled pictures for the instance term (used when `TrainConfig::instance` is set).
+    pub unlabelled: Vec<PathBuf>,
 }
 
 /// Metrics of one epoch (one JSONL line).
@@ -109,8 +170,11 @@ pub struct EpochMetrics {
     pub epoch: usize,
     /// Learning rate at the end of the epoch.
     pub lr: f64,
-    /// Mean training loss (all heads).
+    /// Mean training loss (all heads, plus the weighted instance term).
     pub train_loss: f64,
+    /// Mean instance term (unweighted), when it is on.
+    #[serde(default)]
+    pub instance_loss: Option<f64>,
     /// Training throughput.
     pub train_img_s: f64,
     /// Validation cross-entropy of the primary head (no smoothing).
@@ -179,6 +243,7 @@ fn card_for(dataset: &Dataset, cfg: &TrainConfig) -> ModelCard {
                 labels: labels.clone(),
             })
             .collect(),
+        head: cfg.head_kind(),
         dropout: cfg.dropout,
         epochs_trained: 0,
         training: serde_json::to_value(cfg).expect("config serialises"),
@@ -193,6 +258,11 @@ fn validate_config(cfg: &TrainConfig) -> Result<(), TrainError> {
             "input size {} is outside 64..=224; pick e.g. --input-size 96",
             cfg.input_size
         )));
+    }
+    if cfg.margin.is_some() && cfg.mixup_alpha.is_some() {
+        return Err(TrainError::Config(
+            "mixup and a margin loss do not combine (a mixed image has no single target to put a margin on); drop one".into(),
+        ));
     }
     if cfg.batch_size < 2 {
         return Err(TrainError::Config(
@@ -223,15 +293,52 @@ fn decode_split(
     Arc::new(set)
 }
 
-/// Loss of one batch: label-smoothed (and mixed) cross-entropy summed over the heads.
+/// Decodes the unlabelled pictures of the instance term at 1.5× the input size (so that crops
+/// keep detail), when the term is on.
+fn decode_instances(
+    cfg: &TrainConfig,
+    opts: &TrainOptions,
+    unreadable: &mut Vec<(PathBuf, String)>,
+) -> Option<Arc<DecodedSet>> {
+    cfg.instance.as_ref()?;
+    if opts.unlabelled.is_empty() {
+        tracing::warn!(
+            "the instance term is on but no unlabelled pictures were given: it is skipped"
+        );
+        return None;
+    }
+    let samples: Vec<Sample> = opts
+        .unlabelled
+        .iter()
+        .map(|path| Sample {
+            path: path.clone(),
+            labels: Vec::new(),
+            split: Split::Train,
+        })
+        .collect();
+    let (set, failures) = decode_all(&samples, cfg.input_size * 3 / 2, opts.progress);
+    tracing::info!("instance term: {} unlabelled pictures", set.images.len());
+    unreadable.extend(failures);
+    Some(Arc::new(set))
+}
+
+/// Loss of one batch: label-smoothed (and mixed, or margin-shifted) cross-entropy summed over the
+/// heads on the labelled rows, plus the weighted instance term on the view rows. Returns the
+/// total and the unweighted instance term.
 fn batch_loss(
-    logits: &[Tensor],
-    labels: &[Vec<u32>],
-    mixup: &Option<(Vec<usize>, f64)>,
-    smoothing: f32,
-) -> candle_core::Result<Tensor> {
+    out: &crate::googlenet::Output,
+    batch: &crate::data::Batch,
+    cfg: &TrainConfig,
+) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+    let labelled = batch.indices.len();
     let mut total: Option<Tensor> = None;
-    for (l, y) in logits.iter().zip(labels) {
+    let (labels, mixup, smoothing) = (&batch.labels, &batch.mixup, cfg.label_smoothing);
+    for (l, y) in out.logits.iter().zip(labels) {
+        let l = &l.narrow(0, 0, labelled)?;
+        let l = &match cfg.margin {
+            Some(margin) => margin_logits(l, y, cfg.scale, margin)?,
+            None => l.clone(),
+        };
         let classes = l.dim(1)?;
         let mut targets = smoothed_targets(y, classes, smoothing, &Device::Cpu)?;
         if let Some((partner, lambda)) = mixup {
@@ -245,7 +352,14 @@ fn batch_loss(
             None => loss,
         });
     }
-    total.ok_or_else(|| candle_core::Error::Msg("the model has no heads".into()))
+    let total = total.ok_or_else(|| candle_core::Error::Msg("the model has no heads".into()))?;
+    match (&cfg.instance, batch.pairs) {
+        (Some(term), pairs) if pairs > 0 => {
+            let nce = info_nce(&out.embedding, labelled, pairs, term.temperature)?;
+            Ok(((total + (&nce * term.weight)?)?, Some(nce)))
+        }
+        _ => Ok((total, None)),
+    }
 }
 
 fn append_jsonl(path: &Path, m: &EpochMetrics) -> Result<(), TrainError> {
@@ -315,8 +429,24 @@ pub fn train(
         path: opts.out_dir.clone(),
         message: e.to_string(),
     })?;
+    let held_out;
+    let dataset = if cfg.held_out.is_empty() {
+        dataset
+    } else {
+        held_out = dataset
+            .without_characters(&cfg.held_out)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        tracing::info!(
+            "holding out {} characters ({}): {} images left",
+            cfg.held_out.len(),
+            cfg.held_out.join(", "),
+            held_out.samples.len()
+        );
+        &held_out
+    };
     let mut unreadable = Vec::new();
     let train_set = decode_split(dataset, Split::Train, cfg, opts.progress, &mut unreadable);
+    let instances = decode_instances(cfg, opts, &mut unreadable);
     if train_set.images.len() < cfg.batch_size {
         return Err(TrainError::Config(format!(
             "only {} readable training images, fewer than one batch of {}; add data or lower --batch-size",
@@ -382,6 +512,7 @@ pub fn train(
         mixup_alpha: cfg.mixup_alpha,
         seed: cfg.seed,
         shuffle: true,
+        instances: cfg.instance.as_ref().map(|t| (t.pairs, t.views.clone())),
     };
     let per_epoch = {
         let full = train_set.images.len() / cfg.batch_size;
@@ -413,26 +544,27 @@ pub fn train(
         };
         bar.set_style(bar_style.clone());
         bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
-        let (mut loss_sum, mut images, mut lr) = (0.0, 0usize, cfg.lr);
-        for (step, batch) in BatchLoader::start(train_set.clone(), loader_cfg.clone(), epoch as u64)
-            .take(per_epoch)
-            .enumerate()
-        {
+        let (mut loss_sum, mut nce_sum, mut images, mut lr) = (0.0, None, 0usize, cfg.lr);
+        let loader = BatchLoader::start_with_instances(
+            train_set.clone(),
+            instances.clone(),
+            loader_cfg.clone(),
+            epoch as u64,
+        );
+        for (step, batch) in loader.take(per_epoch).enumerate() {
             lr = schedule.lr(epoch * per_epoch + step);
             opt.set_learning_rate(lr);
-            let loss = on_pool(|| {
+            let (loss, nce) = on_pool(|| {
                 let out = net.forward_t(&batch.images, true)?;
-                let loss = batch_loss(
-                    &out.logits,
-                    &batch.labels,
-                    &batch.mixup,
-                    cfg.label_smoothing,
-                )?;
+                let (loss, nce) = batch_loss(&out, &batch, cfg)?;
                 opt.backward_step(&loss)?;
-                Ok::<_, candle_core::Error>(loss)
+                Ok::<_, candle_core::Error>((loss, nce))
             })?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
-            images += batch.indices.len();
+            if let Some(nce) = nce {
+                *nce_sum.get_or_insert(0.0) += nce.to_scalar::<f32>()? as f64;
+            }
+            images += batch.indices.len() + 2 * batch.pairs;
             bar.inc(1);
             bar.set_message(format!(
                 "loss {:.3} | {:.1} img/s",
@@ -452,16 +584,18 @@ pub fn train(
             epoch: epoch + 1,
             lr,
             train_loss: loss_sum / per_epoch as f64,
+            instance_loss: nce_sum.map(|s: f64| s / per_epoch as f64),
             train_img_s,
             val_loss,
             val_top1: val_top1.clone(),
             seconds: started.elapsed().as_secs_f64(),
         };
         tracing::info!(
-            "epoch {}/{}: train loss {:.4}, val loss {:.4}, val top-1 {:.4} ({:.1} img/s, {:.0} s)",
+            "epoch {}/{}: train loss {:.4}{}, val loss {:.4}, val top-1 {:.4} ({:.1} img/s, {:.0} s)",
             m.epoch,
             cfg.epochs,
             m.train_loss,
+            m.instance_loss.map_or(String::new(), |l| format!(" (instance term {l:.4})")),
             m.val_loss,
             val_top1[0],
             m.train_img_s,

@@ -123,6 +123,7 @@ fn network_matches_a_plain_candle_reference() -> Result<()> {
             level: "character".into(),
             classes: 5,
         }],
+        Default::default(),
         0.0,
         vb,
     )?;

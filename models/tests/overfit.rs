@@ -35,6 +35,7 @@ fn overfits_a_few_real_images() -> anyhow::Result<()> {
             level: "character".into(),
             labels: dataset.classes[0][..4].to_vec(),
         }],
+        head: Default::default(),
         dropout: 0.0,
         epochs_trained: 0,
         training: serde_json::Value::Null,

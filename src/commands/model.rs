@@ -1,11 +1,12 @@
 //! `train`, `eval`, `classify`, `embed`: the model's life cycle on the command line.
 
 use animelens_models::checkpoint::read_card;
-use animelens_models::data::{decode_all, Dataset, LabelColumn, Split};
+use animelens_models::data::{decode_all, unlabelled_images, Dataset, LabelColumn, Split};
+use animelens_models::metric_loss::Margin;
 use animelens_models::metrics::{head_report, retrieval, run_set, HeadReport, RetrievalReport};
 use animelens_models::plots::confusion_matrix;
 use animelens_models::preprocess::ColorSpace;
-use animelens_models::train::{train, TrainConfig, TrainOptions};
+use animelens_models::train::{train, InstanceTerm, TrainConfig, TrainOptions};
 use animelens_models::{Classifier, Embedder};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -35,26 +36,30 @@ pub struct DataArgs {
 impl DataArgs {
     /// Reads the dataset.
     pub fn load(&self) -> Result<Dataset> {
-        let is_csv = self
-            .data
+        self.load_from(&self.data)
+    }
+
+    /// Reads the dataset at `data` (a folder or a manifest) with these column settings.
+    pub fn load_from(&self, data: &Path) -> Result<Dataset> {
+        let is_csv = data
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("csv"));
         let ds = if is_csv {
             let labels: Vec<LabelColumn> =
                 self.labels.iter().map(|l| LabelColumn::parse(l)).collect();
             Dataset::from_manifest(
-                &self.data,
+                data,
                 &self.path_column,
                 &labels,
                 self.split_column.as_deref(),
             )?
         } else {
-            Dataset::from_folders(&self.data)?
+            Dataset::from_folders(data)?
         };
         let count = |s| ds.samples.iter().filter(|x| x.split == s).count();
         tracing::info!(
             "{}: {} images, levels {:?} ({} classes at '{}'); train {}, val {}, test {}",
-            self.data.display(),
+            data.display(),
             ds.samples.len(),
             ds.levels,
             ds.classes[0].len(),
@@ -132,6 +137,46 @@ pub struct TrainArgs {
     /// Resume from a checkpoint written by a previous run (e.g. runs/train/last).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Further labelled datasets trained together with --data in one joint label space (same
+    /// --labels / --split-column settings for manifests), e.g. ../shared/data/pokemon/manifest.csv.
+    #[arg(long, value_delimiter = ',')]
+    also_data: Vec<PathBuf>,
+    /// Unlabelled pictures for the instance term (folders or manifests with a `path` column);
+    /// one in ten is held out of training (see `eval --unknown`).
+    #[arg(long, value_delimiter = ',')]
+    unlabelled: Vec<PathBuf>,
+    /// Classification loss: softmax (linear heads) or an additive margin on cosine heads.
+    #[arg(long, value_enum, default_value = "softmax")]
+    loss: LossArg,
+    /// Margin of --loss cosface (cosine) or arcface (radians).
+    #[arg(long)]
+    margin: Option<f64>,
+    /// Logit scale of the cosine heads.
+    #[arg(long, default_value_t = 30.0)]
+    scale: f64,
+    /// Weight of the instance term (InfoNCE over two views of each unlabelled picture); 0 turns it off.
+    #[arg(long, default_value_t = 1.0)]
+    instance_weight: f64,
+    /// Unlabelled pictures per batch (two views each).
+    #[arg(long, default_value_t = 16)]
+    instance_pairs: usize,
+    /// InfoNCE temperature.
+    #[arg(long, default_value_t = 0.1)]
+    temperature: f64,
+    /// Characters to leave out of training entirely (the unseen-character protocol of `eval`).
+    #[arg(long, value_delimiter = ',')]
+    hold_out: Vec<String>,
+}
+
+/// Classification loss on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum LossArg {
+    /// Label-smoothed softmax cross-entropy on linear heads.
+    Softmax,
+    /// CosFace: s·(cos θ − m) on the target (default m 0.35).
+    Cosface,
+    /// ArcFace: s·cos(θ + m) on the target (default m 0.5).
+    Arcface,
 }
 
 /// Colour space choice on the command line.
@@ -145,7 +190,48 @@ pub enum ColorArg {
 
 /// Runs `animelens train`.
 pub fn run_train(args: TrainArgs) -> Result<()> {
-    let dataset = args.data.load()?;
+    let mut parts = vec![args.data.load()?];
+    for extra in &args.also_data {
+        parts.push(args.data.load_from(extra)?);
+    }
+    let dataset = if parts.len() == 1 {
+        parts.remove(0)
+    } else {
+        let joint = Dataset::union(parts)?;
+        tracing::info!(
+            "joint label space: {} images, {} classes at '{}'",
+            joint.samples.len(),
+            joint.classes[0].len(),
+            joint.levels[0]
+        );
+        joint
+    };
+    let mut unlabelled = Vec::new();
+    for source in &args.unlabelled {
+        let u = unlabelled_images(source)?;
+        tracing::info!(
+            "{}: {} unlabelled pictures for training, {} held out",
+            source.display(),
+            u.train.len(),
+            u.held_out.len()
+        );
+        unlabelled.extend(u.train);
+    }
+    let margin = match args.loss {
+        LossArg::Softmax => None,
+        LossArg::Cosface => Some(Margin::CosFace {
+            margin: args.margin.unwrap_or(0.35),
+        }),
+        LossArg::Arcface => Some(Margin::ArcFace {
+            margin: args.margin.unwrap_or(0.5),
+        }),
+    };
+    let instance = (args.instance_weight > 0.0 && !unlabelled.is_empty()).then(|| InstanceTerm {
+        pairs: args.instance_pairs,
+        weight: args.instance_weight,
+        temperature: args.temperature,
+        ..InstanceTerm::default()
+    });
     let cfg = TrainConfig {
         input_size: args.input_size,
         batch_size: args.batch_size,
@@ -167,6 +253,10 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         },
         equalize: args.equalize,
         max_batches: args.max_batches,
+        margin,
+        scale: args.scale,
+        instance,
+        held_out: args.hold_out,
         ..TrainConfig::default()
     };
     let opts = TrainOptions {
@@ -174,6 +264,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         init: args.init,
         resume: args.resume,
         progress: true,
+        unlabelled,
     };
     let report = train(&dataset, &cfg, &opts)?;
     println!(

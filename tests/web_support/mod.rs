@@ -37,6 +37,7 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
             level: "character".into(),
             labels,
         }],
+        head: Default::default(),
         dropout: 0.0,
         epochs_trained: 0,
         training: serde_json::Value::Null,

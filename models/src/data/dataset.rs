@@ -129,6 +129,17 @@ pub enum DataError {
     /// Nothing to train on.
     #[error("no labelled images found under {0}. Expected <root>/<label>/*.jpg folders or a CSV manifest")]
     Empty(PathBuf),
+    /// Datasets combined into one run have different label levels.
+    #[error("datasets have different label levels ({first} vs {other}). Give every dataset the same levels, e.g. --labels character=name")]
+    Levels {
+        /// Levels of the first dataset.
+        first: String,
+        /// Levels of the other.
+        other: String,
+    },
+    /// A held-out character is not in the data.
+    #[error("character '{0}' is not in the data. Check the names given to --hold-out")]
+    UnknownCharacter(String),
 }
 
 /// A labelled image collection with one or more label levels.
@@ -359,6 +370,56 @@ impl Dataset {
     }
 
     /// Samples of one split.
+    /// One dataset over the samples of all `parts`, with a joint label space per level (labels
+    /// with the same name are one class). The parts must have the same levels.
+    pub fn union(parts: Vec<Dataset>) -> Result<Self, DataError> {
+        let mut parts = parts.into_iter();
+        let Some(first) = parts.next() else {
+            return Err(DataError::Empty(PathBuf::new()));
+        };
+        let mut rows = first.rows();
+        for part in parts {
+            if part.levels != first.levels {
+                return Err(DataError::Levels {
+                    first: first.levels.join(","),
+                    other: part.levels.join(","),
+                });
+            }
+            rows.extend(part.rows());
+        }
+        Ok(Self::from_rows(first.levels, rows))
+    }
+
+    /// The dataset without the images whose primary label is in `names` (characters held out of
+    /// training, to measure how the embedding does on characters it never saw). Unknown names
+    /// are an error, so a typo cannot silently hold out nothing.
+    pub fn without_characters(&self, names: &[String]) -> Result<Self, DataError> {
+        if let Some(unknown) = names.iter().find(|n| !self.classes[0].contains(n)) {
+            return Err(DataError::UnknownCharacter(unknown.clone()));
+        }
+        let rows = self
+            .rows()
+            .into_iter()
+            .filter(|(_, labels, _)| !names.contains(&labels[0]))
+            .collect();
+        Ok(Self::from_rows(self.levels.clone(), rows))
+    }
+
+    fn rows(&self) -> Vec<(PathBuf, Vec<String>, Option<Split>)> {
+        self.samples
+            .iter()
+            .map(|s| {
+                let labels = s
+                    .labels
+                    .iter()
+                    .zip(&self.classes)
+                    .map(|(&l, names)| names[l as usize].clone())
+                    .collect();
+                (s.path.clone(), labels, Some(s.split))
+            })
+            .collect()
+    }
+
     pub fn split(&self, split: Split) -> Vec<Sample> {
         self.samples
             .iter()

@@ -1,8 +1,11 @@
 //! Decoding a split into memory once, then serving shuffled (or class-balanced) batches with
-//! augmentation and mixup prepared on worker threads ahead of the training step.
+//! augmentation and mixup prepared on worker threads ahead of the training step. A batch can
+//! also carry two strong views each of a few unlabelled pictures for the instance term, drawn
+//! from their own decoded set in a shuffled cycle.
 
 use super::dataset::Sample;
 use crate::augment::{augment, AugmentConfig};
+use crate::instance_views::{instance_view, ViewConfig};
 use crate::preprocess::{decode, resize_square, write_chw, Preprocessing, DEFAULT_MAX_PIXELS};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
@@ -87,13 +90,18 @@ pub struct LoaderConfig {
     pub seed: u64,
     /// Shuffle (training) or keep the order (evaluation).
     pub shuffle: bool,
+    /// Instance pictures per batch (two views each) and how their views are made.
+    pub instances: Option<(usize, ViewConfig)>,
 }
 
 /// A prepared batch.
 #[derive(Debug)]
 pub struct Batch {
-    /// `(N, 3, S, S)` normalised images (already mixed when mixup is on).
+    /// `(N + 2·pairs, 3, S, S)` normalised images: the `N` labelled ones (already mixed when
+    /// mixup is on), then the first views of `pairs` instance pictures, then their second views.
     pub images: Tensor,
+    /// Instance pictures in the batch (rows `N .. N + 2·pairs` of `images`).
+    pub pairs: usize,
     /// Class index per level, then per image: `labels[level][i]`.
     pub labels: Vec<Vec<u32>>,
     /// Mixup partner of each image and the mixing weight λ of the image itself.
@@ -147,6 +155,17 @@ impl BatchLoader {
     /// Starts preparing the batches of `epoch`. Training drops the last incomplete batch
     /// (BatchNorm needs more than one image); evaluation keeps it.
     pub fn start(set: Arc<DecodedSet>, cfg: LoaderConfig, epoch: u64) -> Self {
+        Self::start_with_instances(set, None, cfg, epoch)
+    }
+
+    /// As [`BatchLoader::start`], adding `cfg.instances` pictures of `instances` (two views
+    /// each) to every batch, cycling through them in an order shuffled per epoch.
+    pub fn start_with_instances(
+        set: Arc<DecodedSet>,
+        instances: Option<Arc<DecodedSet>>,
+        cfg: LoaderConfig,
+        epoch: u64,
+    ) -> Self {
         let mut rng = StdRng::seed_from_u64(cfg.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let order = epoch_order(&set, &cfg, &mut rng);
         let chunks: Vec<Vec<usize>> = order
@@ -155,11 +174,24 @@ impl BatchLoader {
             .map(|c| c.to_vec())
             .collect();
         let len = chunks.len();
+        let pairs = match (&instances, &cfg.instances) {
+            (Some(set), Some((per_batch, _))) if !set.images.is_empty() => *per_batch,
+            _ => 0,
+        };
+        let mut cycle: Vec<usize> = (0..instances.as_ref().map_or(0, |s| s.images.len())).collect();
+        cycle.shuffle(&mut rng);
         let (tx, rx) = sync_channel(2);
         std::thread::spawn(move || {
             for (b, indices) in chunks.into_iter().enumerate() {
                 let batch_seed = rng_seed(cfg.seed, epoch, b as u64);
-                let batch = prepare(&set, &cfg, indices, batch_seed);
+                let picked: Vec<usize> = (0..pairs)
+                    .map(|k| cycle[(b * pairs + k) % cycle.len()])
+                    .collect();
+                let views = instances
+                    .as_deref()
+                    .zip(cfg.instances.as_ref())
+                    .map(|(s, (_, v))| (s, v, picked));
+                let batch = prepare(&set, &cfg, indices, views, batch_seed);
                 if tx.send(batch).is_err() {
                     return;
                 }
@@ -173,11 +205,39 @@ fn rng_seed(seed: u64, epoch: u64, index: u64) -> u64 {
     seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index
 }
 
-fn prepare(set: &DecodedSet, cfg: &LoaderConfig, indices: Vec<usize>, seed: u64) -> Batch {
+/// Instance pictures of one batch: their set, how views are made, and which pictures.
+type Views<'a> = (&'a DecodedSet, &'a ViewConfig, Vec<usize>);
+
+fn prepare(
+    set: &DecodedSet,
+    cfg: &LoaderConfig,
+    indices: Vec<usize>,
+    views: Option<Views>,
+    seed: u64,
+) -> Batch {
     let s = cfg.pre.input_size;
     let plane = 3 * s * s;
-    let mut data = vec![0f32; indices.len() * plane];
-    data.par_chunks_mut(plane)
+    let labelled = indices.len() * plane;
+    let pairs = views.as_ref().map_or(0, |v| v.2.len());
+    let mut data = vec![0f32; labelled + 2 * pairs * plane];
+    if let Some((instances, view_cfg, picked)) = &views {
+        data[labelled..]
+            .par_chunks_mut(plane)
+            .enumerate()
+            .for_each(|(k, out)| {
+                let img = &instances.images[picked[k % pairs]];
+                let mut rng = StdRng::seed_from_u64(
+                    seed ^ (0xA5A5_0000 + k as u64).wrapping_mul(0x1000_0000_01B3),
+                );
+                write_chw(
+                    &instance_view(img, s as u32, view_cfg, &mut rng),
+                    &cfg.pre,
+                    out,
+                )
+            });
+    }
+    data[..labelled]
+        .par_chunks_mut(plane)
         .zip(indices.par_iter())
         .enumerate()
         .for_each(|(i, (out, &idx))| {
@@ -214,10 +274,11 @@ fn prepare(set: &DecodedSet, cfg: &LoaderConfig, indices: Vec<usize>, seed: u64)
     let labels = (0..levels)
         .map(|l| indices.iter().map(|&i| set.labels[i][l]).collect())
         .collect();
-    let images = Tensor::from_vec(data, (indices.len(), 3, s, s), &Device::Cpu)
+    let images = Tensor::from_vec(data, (indices.len() + 2 * pairs, 3, s, s), &Device::Cpu)
         .expect("buffer sized to the shape");
     Batch {
         images,
+        pairs,
         labels,
         mixup,
         indices,
@@ -247,6 +308,7 @@ mod tests {
             mixup_alpha: Some(0.4),
             seed: 3,
             shuffle: true,
+            instances: None,
         }
     }
 
@@ -287,6 +349,53 @@ mod tests {
         // Class 1 is 4 of 10 images; balanced sampling draws it about half the time.
         let share = minority as f64 / total as f64;
         assert!((0.4..0.6).contains(&share), "share {share}");
+    }
+
+    #[test]
+    fn instance_pictures_come_as_two_different_views_of_the_same_picture() {
+        // Picture k: red and green ramps along x and y (crops differ), a constant blue of 40·k (identity).
+        let pictures = Arc::new(DecodedSet {
+            images: (0..5)
+                .map(|k| {
+                    RgbImage::from_fn(64, 64, |x, y| {
+                        image::Rgb([x as u8 * 4, y as u8 * 4, 40 * k])
+                    })
+                })
+                .collect(),
+            labels: vec![vec![]; 5],
+            paths: (0..5).map(|i| PathBuf::from(format!("u{i}.png"))).collect(),
+        });
+        let views = ViewConfig {
+            jitter_p: 0.0,
+            grey_p: 0.0,
+            blur_p: 0.0,
+            jpeg_p: 0.0,
+            ..ViewConfig::default()
+        };
+        let mut cfg = cfg();
+        cfg.mixup_alpha = None;
+        cfg.instances = Some((3, views));
+        let batch = BatchLoader::start_with_instances(set(10), Some(pictures), cfg, 0)
+            .next()
+            .unwrap();
+        assert_eq!(batch.pairs, 3);
+        assert_eq!(batch.images.dims(), &[4 + 6, 3, 8, 8]);
+        let rows: Vec<Vec<Vec<f32>>> = batch.images.flatten_from(2).unwrap().to_vec3().unwrap();
+        let blue = |r: usize| rows[r][2][0];
+        let ramps = |r: usize| [rows[r][0].clone(), rows[r][1].clone()];
+        let mut identities = Vec::new();
+        for k in 0..3 {
+            let (a, b) = (4 + k, 4 + 3 + k);
+            assert_eq!(blue(a), blue(b), "views {a} and {b} come from one picture");
+            assert_ne!(
+                ramps(a),
+                ramps(b),
+                "the two views of picture {k} must differ"
+            );
+            identities.push((blue(a) * 1000.0) as i64);
+        }
+        identities.dedup();
+        assert_eq!(identities.len(), 3, "three different pictures");
     }
 
     #[test]
