@@ -253,31 +253,43 @@ impl Catalog {
                 "add labelled items of several characters, then pass (embedding, true character) pairs",
             ));
         }
-        let mut scored = Vec::with_capacity(2 * samples.len());
-        for (v, truth) in samples {
-            let q = self.check_vector(v)?;
-            let ranked = rank(&q, centroids.iter().cloned(), 2);
-            let known = centroids.iter().any(|(n, _)| n == truth);
-            if known {
-                scored.push((ranked[0].score, &ranked[0].name == truth, true));
-            }
-            let best_other = ranked
-                .iter()
-                .find(|c| &c.name != truth)
-                .expect("two centroids");
+        let checked = samples
+            .iter()
+            .map(|(v, truth)| Ok((self.check_vector(v)?, truth.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        let calibration = open_set_threshold(&checked, &centroids);
+        let _writer = lock(&self.writer);
+        self.store.set_threshold(calibration.threshold)?;
+        Ok(calibration)
+    }
+}
+
+/// The calibration rule of [`Catalog::calibrate_open_set`] on normalised vectors, without a
+/// catalogue (the model's evaluation applies the same rule): `samples` of (embedding, true
+/// character) against `centroids` (at least two).
+pub fn open_set_threshold(
+    samples: &[(Vec<f32>, String)],
+    centroids: &[(String, Vec<f32>)],
+) -> Calibration {
+    let mut scored = Vec::with_capacity(2 * samples.len());
+    for (q, truth) in samples {
+        let ranked = rank(q, centroids.iter().cloned(), 2);
+        let known = centroids.iter().any(|(n, _)| n == truth);
+        if known {
+            scored.push((ranked[0].score, &ranked[0].name == truth, true));
+        }
+        if let Some(best_other) = ranked.iter().find(|c| &c.name != truth) {
             scored.push((best_other.score, false, false));
         }
-        let known = scored.iter().filter(|s| s.2).count();
-        let unknown = scored.len() - known;
-        let (threshold, accuracy) = best_threshold(&mut scored);
-        let _writer = lock(&self.writer);
-        self.store.set_threshold(threshold)?;
-        Ok(Calibration {
-            threshold,
-            accuracy,
-            known,
-            unknown,
-        })
+    }
+    let known = scored.iter().filter(|s| s.2).count();
+    let unknown = scored.len() - known;
+    let (threshold, accuracy) = best_threshold(&mut scored);
+    Calibration {
+        threshold,
+        accuracy,
+        known,
+        unknown,
     }
 }
 

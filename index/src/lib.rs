@@ -37,7 +37,9 @@ pub use catalog::{
     Catalog, CatalogStats, CompactReport, Consistency, IndexOrigin, OpenOptions,
     DEFAULT_EXACT_THRESHOLD,
 };
-pub use characters::{Calibration, CharacterScore, Classification, DEFAULT_OPEN_SET_THRESHOLD};
+pub use characters::{
+    open_set_threshold, Calibration, CharacterScore, Classification, DEFAULT_OPEN_SET_THRESHOLD,
+};
 pub use error::{CatalogError, Result};
 pub use feed::mmr;
 pub use filter::Filter;

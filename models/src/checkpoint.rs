@@ -6,6 +6,7 @@
 //! never leaves a half-written checkpoint behind.
 
 use crate::googlenet::{GoogLeNet, HeadSpec};
+use crate::generalisation::ScoreCalibration;
 use crate::head::HeadKind;
 use crate::preprocess::Preprocessing;
 use candle_core::{DType, Device, Tensor};
@@ -49,6 +50,9 @@ pub struct ModelCard {
     pub metrics: BTreeMap<String, f64>,
     /// SHA-256 (hex) of the weights file; filled in by [`save`].
     pub fingerprint: String,
+    /// Map from embedding cosine to P(same character), fitted by `animelens eval --calibrate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity: Option<ScoreCalibration>,
 }
 
 impl ModelCard {
@@ -155,6 +159,14 @@ pub fn save(
     let json = serde_json::to_vec_pretty(&card).expect("card serialises");
     write_atomically(&card_path, &json)?;
     Ok(card)
+}
+
+/// Rewrites the model card of the checkpoint at `path` (the weights, and so the fingerprint,
+/// stay as they are), e.g. to record a score calibration fitted after training.
+pub fn write_card(path: &Path, card: &ModelCard) -> Result<(), CheckpointError> {
+    let (_, card_path) = checkpoint_paths(path);
+    let json = serde_json::to_vec_pretty(card).expect("card serialises");
+    write_atomically(&card_path, &json)
 }
 
 /// Reads a model card.
@@ -300,6 +312,7 @@ mod tests {
             training: serde_json::Value::Null,
             metrics: BTreeMap::new(),
             fingerprint: String::new(),
+            similarity: None,
         }
     }
 

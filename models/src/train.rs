@@ -249,6 +249,7 @@ fn card_for(dataset: &Dataset, cfg: &TrainConfig) -> ModelCard {
         training: serde_json::to_value(cfg).expect("config serialises"),
         metrics: Default::default(),
         fingerprint: String::new(),
+        similarity: None,
     }
 }
 

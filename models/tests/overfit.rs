@@ -41,6 +41,7 @@ fn overfits_a_few_real_images() -> anyhow::Result<()> {
         training: serde_json::Value::Null,
         metrics: Default::default(),
         fingerprint: String::new(),
+        similarity: None,
     };
     let model = build(&card)?;
     let mut opt = adamw(&model.varmap, 0, 1e-3, 0.0)?;

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod characters;
 pub mod colour_layout;
 pub mod embedding;
+pub mod generalisation;
 pub mod embedding_cache;
 pub mod ingest;
 pub mod model;

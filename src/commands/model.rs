@@ -3,6 +3,7 @@
 use animelens_models::checkpoint::read_card;
 use animelens_models::data::{decode_all, unlabelled_images, Dataset, LabelColumn, Split};
 use animelens_models::metric_loss::Margin;
+use super::generalisation::{self, GeneralisationArgs, GeneralisationReport};
 use animelens_models::metrics::{head_report, retrieval, run_set, HeadReport, RetrievalReport};
 use animelens_models::plots::confusion_matrix;
 use animelens_models::preprocess::ColorSpace;
@@ -302,6 +303,26 @@ pub struct EvalArgs {
     /// Folder for report.json, report.md and confusion matrices.
     #[arg(long, default_value = "runs/eval")]
     out: PathBuf,
+    /// Also run the generalisation protocols (k-shot enrolment of unseen characters, open set,
+    /// score calibration) over all splits, with the characters the model was trained without.
+    #[arg(long)]
+    unseen: bool,
+    /// Characters to treat as unseen instead of the card's held-out list (for models trained on
+    /// everything, whose figures then flatter them).
+    #[arg(long, value_delimiter = ',')]
+    unseen_characters: Vec<String>,
+    /// Unlabelled collections whose held-out tenth (never trained on) are extra unknown pictures.
+    #[arg(long, value_delimiter = ',')]
+    unknown: Vec<PathBuf>,
+    /// Enrolment sizes of the k-shot protocol.
+    #[arg(long, value_delimiter = ',', default_value = "1,5")]
+    shots: Vec<usize>,
+    /// Random enrolment draws per size.
+    #[arg(long, default_value_t = 20)]
+    episodes: usize,
+    /// Record the fitted cosine → confidence calibration in the model's card (with --unseen).
+    #[arg(long)]
+    calibrate: bool,
 }
 
 /// Everything `eval` measured.
@@ -315,6 +336,8 @@ pub struct EvalReport {
     unreadable: usize,
     heads: Vec<HeadReport>,
     retrieval: RetrievalReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generalisation: Option<GeneralisationReport>,
 }
 
 /// Runs `animelens eval`.
@@ -323,7 +346,29 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         .with_context(|| format!("unknown split '{}': use train, val or test", args.split))?;
     let model = animelens_models::checkpoint::load(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    let dataset = args.data.load()?;
+    let full = args.data.load()?;
+    let held_out: Vec<String> = model
+        .card
+        .training
+        .get("held_out")
+        .and_then(|h| serde_json::from_value(h.clone()).ok())
+        .unwrap_or_default();
+    let unseen = if args.unseen_characters.is_empty() {
+        held_out
+    } else {
+        args.unseen_characters.clone()
+    };
+    // The closed-set figures are about the characters the heads know.
+    let known: Vec<String> = unseen
+        .iter()
+        .filter(|u| full.classes[0].contains(u))
+        .cloned()
+        .collect();
+    let dataset = if known.is_empty() {
+        full.clone()
+    } else {
+        full.without_characters(&known)?
+    };
     if dataset.levels.first() != model.card.heads.first().map(|h| &h.level) {
         tracing::warn!(
             "dataset primary level {:?} differs from the model's",
@@ -394,12 +439,36 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         unreadable: failures.len(),
         heads,
         retrieval,
+        generalisation: None,
+    };
+    let generalisation = if args.unseen {
+        Some(generalisation::run(
+            &model,
+            &full,
+            &GeneralisationArgs {
+                unseen: &unseen,
+                unknown: &args.unknown,
+                shots: &args.shots,
+                episodes: args.episodes,
+                calibrate: args.calibrate.then_some(args.model.as_path()),
+                out: &args.out,
+            },
+        )?)
+    } else {
+        None
+    };
+    let report = EvalReport {
+        generalisation,
+        ..report
     };
     std::fs::write(
         args.out.join("report.json"),
         serde_json::to_vec_pretty(&report)?,
     )?;
-    let md = eval_markdown(&report);
+    let mut md = eval_markdown(&report);
+    if let Some(g) = &report.generalisation {
+        md += &generalisation::markdown(g);
+    }
     std::fs::write(args.out.join("report.md"), &md)?;
     print!("{md}");
     Ok(())

@@ -43,6 +43,7 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
         training: serde_json::Value::Null,
         metrics: BTreeMap::new(),
         fingerprint: String::new(),
+        similarity: None,
     };
     let model = checkpoint::build(&card).unwrap();
     let path = dir.join("tiny");
