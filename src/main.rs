@@ -93,6 +93,13 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// Whether log lines may carry ANSI colour: only on a terminal, and never when `NO_COLOR` is set
+/// to anything (<https://no-color.org>); logs sent to a file or a pipe stay plain text.
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn main() -> Result<()> {
     configure_runtime();
     tracing_subscriber::fmt()
@@ -101,6 +108,7 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "info,hnsw_rs=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs())
         .init();
     match Cli::parse().command {
         Command::Train(a) => model::run_train(a),

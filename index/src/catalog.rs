@@ -9,6 +9,7 @@ use crate::characters::CentroidTable;
 use crate::dump::{self, DumpTag};
 use crate::error::{CatalogError, Result};
 use crate::filter::{Filter, Postings};
+use crate::limits;
 use crate::record::{now_ms, AddOutcome, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem};
 use crate::store::{Prepared, Store};
 use crate::vector::{self, QuantizedVector};
@@ -58,6 +59,18 @@ impl OpenOptions {
             exact_threshold: DEFAULT_EXACT_THRESHOLD,
         }
     }
+}
+
+/// The counts the catalogue keeps in memory: reading them touches neither sled nor the disk, so
+/// health checks and metrics stay cheap and cannot block on the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatalogCounts {
+    /// Live (searchable) items.
+    pub live: usize,
+    /// Removed items still in the search graph, awaiting compaction.
+    pub tombstoned: usize,
+    /// Write generation.
+    pub generation: u64,
 }
 
 /// Catalogue counts and sizes.
@@ -279,6 +292,7 @@ impl Catalog {
     /// Adds items in one transaction (one flush). Outcomes are in input order.
     pub fn add_batch(&self, items: Vec<NewItem>) -> Result<Vec<AddOutcome>> {
         let added_at_ms = now_ms();
+        items.iter().try_for_each(limits::check_new_item)?;
         let prepared = items
             .into_iter()
             .map(|n| {
@@ -396,6 +410,7 @@ impl Catalog {
 
     /// Replaces an item's labels and/or tags; returns the updated record.
     pub fn update(&self, id: ItemId, update: &ItemUpdate) -> Result<Item> {
+        limits::check_update(update)?;
         let _writer = lock(&self.writer);
         let (old, new, generation) = self.store.update_item(id, update)?;
         let v = if old.character() != new.character() {
@@ -608,7 +623,17 @@ impl Catalog {
         Ok(CompactReport { purged, live })
     }
 
-    /// Counts and sizes.
+    /// Live and removed item counts from memory (see [`CatalogCounts`]).
+    pub fn counts(&self) -> CatalogCounts {
+        let st = self.read_state();
+        CatalogCounts {
+            live: st.live.len(),
+            tombstoned: st.ann.len().saturating_sub(st.live.len()),
+            generation: st.generation,
+        }
+    }
+
+    /// Counts and sizes, read from the store (walks sled trees: for the CLI, not for health checks).
     pub fn stats(&self) -> Result<CatalogStats> {
         let st = self.read_state();
         let dump_bytes: u64 = std::fs::read_dir(dump::dump_dir(&self.dir))

@@ -546,6 +546,38 @@ fn feeds_use_likes_exclude_seen_and_handle_cold_start() {
 }
 
 #[test]
+fn popularity_counts_distinct_users_and_events_per_user_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = open(dir.path());
+    let (ids, _, _) = fill(&cat, 40, 4, 11);
+    // One user liking an item 30 times counts once; two users liking another count twice.
+    for t in 0..30 {
+        cat.record_event("mallory", ids[0], EventKind::Like, Some(t))
+            .unwrap();
+    }
+    for user in ["dave", "erin"] {
+        cat.record_event(user, ids[1], EventKind::Like, Some(1))
+            .unwrap();
+    }
+    let cold = cat.feed("newcomer", 4, 1.0).unwrap();
+    assert_eq!(cold[0].id, ids[1]);
+    assert_eq!(cold[1].id, ids[0]);
+    assert_eq!(cold[1].score, 0.5);
+    // Only the newest events of a user are kept.
+    let extra = 5;
+    for t in 0..(crate::limits::MAX_EVENTS_PER_USER + extra) as u64 {
+        cat.record_event("busy", ids[2], EventKind::View, Some(1000 + t))
+            .unwrap();
+    }
+    let kept = cat.events("busy").unwrap();
+    assert_eq!(kept.len(), crate::limits::MAX_EVENTS_PER_USER);
+    assert_eq!(kept[0].at_ms, 1000 + extra as u64);
+    assert!(cat
+        .record_event("../../x", ids[2], EventKind::View, None)
+        .is_err());
+}
+
+#[test]
 fn readers_run_while_a_writer_ingests() {
     let dir = tempfile::tempdir().unwrap();
     let cat = Arc::new(open(dir.path()));

@@ -176,7 +176,8 @@ impl Catalog {
     /// Few-shot enrolment: adds `vectors` (e.g. embeddings of a handful of images) to character
     /// `name`'s centroid, creating the character if new. Returns the number of shots stored.
     pub fn enroll(&self, name: &str, vectors: &[Vec<f32>]) -> Result<usize> {
-        if name.is_empty() || vectors.is_empty() {
+        crate::limits::check_name("character name", name)?;
+        if vectors.is_empty() {
             return Err(CatalogError::invalid(
                 "enrolment needs a character name and at least one vector",
                 "pass the name and the embeddings of a few images of the character",

@@ -13,7 +13,8 @@ pub enum CatalogError {
     /// Another process (or another open `Catalog` in this process) holds the folder's lock.
     #[error(
         "catalogue folder {} is held by another animelens process (only one process may open a catalogue); \
-         stop that process (for example a running `animelens serve`) or pass a different --db folder",
+         stop that process (for example a running `animelens serve`) or use a different folder \
+         (--db for the CLI commands, data_dir / --data-dir / ANIMELENS_DATA_DIR for `serve`)",
         dir.display()
     )]
     Locked {
@@ -69,7 +70,8 @@ pub enum CatalogError {
     /// The folder cannot be written.
     #[error(
         "catalogue folder {} cannot be written ({source}); make the folder writable by this user, \
-         or copy the catalogue to a writable folder and pass that as --db",
+         or copy the catalogue to a writable folder and use that (--db for the CLI commands, \
+         data_dir / --data-dir / ANIMELENS_DATA_DIR for `serve`)",
         dir.display()
     )]
     ReadOnly {
@@ -223,6 +225,10 @@ mod tests {
         assert!(full.to_string().contains("not acknowledged"));
         let ro = CatalogError::from_io(dir.clone(), io::Error::from_raw_os_error(30));
         assert!(matches!(ro, CatalogError::ReadOnly { .. }));
+        assert!(
+            ro.to_string().contains("--data-dir"),
+            "serve takes no --db: {ro}"
+        );
         let lock = CatalogError::from_io(
             dir.clone(),
             io::Error::other("could not acquire lock on \"/tmp/cat/store/db\": busy"),

@@ -50,12 +50,7 @@ impl Catalog {
         kind: EventKind,
         at_ms: Option<u64>,
     ) -> Result<()> {
-        if user.is_empty() || user.contains('\0') {
-            return Err(CatalogError::invalid(
-                format!("user name {user:?} is empty or contains NUL"),
-                "pass a non-empty user name without NUL characters",
-            ));
-        }
+        crate::limits::check_name("user name", user)?;
         if self.get(item)?.is_none() {
             return Err(CatalogError::UnknownItem { id: item });
         }

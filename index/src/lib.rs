@@ -25,6 +25,7 @@ mod dump;
 mod error;
 mod feed;
 mod filter;
+pub mod limits;
 mod recommend;
 mod record;
 mod reembed;
@@ -34,7 +35,7 @@ mod vector;
 pub use ann::{HnswParams, MAX_CONNECTIONS};
 pub use backend::CatalogBackend;
 pub use catalog::{
-    Catalog, CatalogStats, CompactReport, Consistency, IndexOrigin, OpenOptions,
+    Catalog, CatalogCounts, CatalogStats, CompactReport, Consistency, IndexOrigin, OpenOptions,
     DEFAULT_EXACT_THRESHOLD,
 };
 pub use characters::{

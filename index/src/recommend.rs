@@ -63,6 +63,10 @@ pub fn best_score(candidate: &[f32], positives: &[Vec<f32>], negatives: &[Vec<f3
 impl Catalog {
     /// Items recommended from positive and negative examples; `Hit::score` is the strategy's score.
     pub fn recommend(&self, query: &RecommendQuery) -> Result<Vec<Hit>> {
+        crate::limits::check_examples(
+            query.positives.len() + query.negatives.len(),
+            query.exclude.len(),
+        )?;
         let norm = |vs: &[Vec<f32>]| {
             vs.iter()
                 .map(|v| self.check_vector(v))

@@ -4,8 +4,10 @@
 //! Trees: `items` (id → JSON [`Item`]), `vectors` (id → f32 LE), `vectors_q8` (id → int8 copy,
 //! optional), `thumbnails` (id → JPEG), `by_hash` (content hash → id of the live item),
 //! `tombstones` (id → removal time), `meta` (model tag, generation, next id, open-set threshold,
-//! current vector set), `users`, `events` (user ␀ time seq → JSON [`Event`]), `popularity`
-//! (id → like count), `characters` (enrolled character → few-shot vector sum).
+//! current vector set), `users`, `events` (user ␀ time seq → JSON [`Event`]; the newest
+//! [`MAX_EVENTS_PER_USER`] per user are kept), `likes` (user ␀ id, one key per user who liked an
+//! item), `popularity` (id → number of distinct users who liked it: a user liking an item again
+//! does not count twice), `characters` (enrolled character → few-shot vector sum).
 //!
 //! Vector sets: the vectors of one model live in `vectors`/`vectors_q8` (set 0) or
 //! `vectors.N`/`vectors_q8.N` (set N). Re-embedding with a new model writes set N+1 beside the
@@ -14,6 +16,7 @@
 //! not current (leftovers of an interrupted re-embedding, or the old set after a switch).
 
 use crate::error::{CatalogError, Result};
+use crate::limits::MAX_EVENTS_PER_USER;
 use crate::record::{now_ms, Event, EventKind, Item, ItemId, ItemUpdate, ModelTag};
 use crate::vector::{self, QuantizedVector, VectorSum};
 use serde::{Deserialize, Serialize};
@@ -102,6 +105,7 @@ pub(crate) struct Store {
     meta: sled::Tree,
     users: sled::Tree,
     events: sled::Tree,
+    likes: sled::Tree,
     popularity: sled::Tree,
     characters: sled::Tree,
 }
@@ -156,6 +160,7 @@ impl Store {
             meta,
             users: tree("users")?,
             events: tree("events")?,
+            likes: tree("likes")?,
             popularity: tree("popularity")?,
             characters: tree("characters")?,
             dir: dir.to_path_buf(),
@@ -421,45 +426,80 @@ impl Store {
         Ok((ids.len(), generation))
     }
 
-    /// Appends a user event (and bumps the item's like count for likes).
+    /// Appends a user event, bumps the item's popularity for a user's first like of it, and drops
+    /// the user's oldest events beyond [`MAX_EVENTS_PER_USER`].
     pub(crate) fn record_event(&self, user: &str, event: &Event) -> Result<()> {
         let seq = self.db.generate_id().map_err(|e| self.err(e))?;
-        let mut k = user.as_bytes().to_vec();
-        k.push(0);
+        let mut prefix = user.as_bytes().to_vec();
+        prefix.push(0);
+        let mut k = prefix.clone();
         k.extend(event.at_ms.to_be_bytes());
         k.extend(seq.to_be_bytes());
+        let mut like_key = prefix.clone();
+        like_key.extend(key(event.item));
         let json = serde_json::to_vec(event).expect("Event serialises");
-        (&self.events, &self.users, &self.popularity)
-            .transaction(|(events, users, popularity)| {
+        let stored = (&self.events, &self.users, &self.likes, &self.popularity)
+            .transaction(|(events, users, likes, popularity)| {
                 events.insert(k.as_slice(), json.as_slice())?;
+                let fresh = UserRecord {
+                    first_seen_ms: event.at_ms,
+                    last_seen_ms: event.at_ms,
+                    events: 0,
+                };
                 let mut rec = match users.get(user.as_bytes())? {
-                    Some(v) => serde_json::from_slice(&v).unwrap_or(UserRecord {
-                        first_seen_ms: event.at_ms,
-                        last_seen_ms: event.at_ms,
-                        events: 0,
-                    }),
-                    None => UserRecord {
-                        first_seen_ms: event.at_ms,
-                        last_seen_ms: event.at_ms,
-                        events: 0,
-                    },
+                    Some(v) => serde_json::from_slice(&v).unwrap_or(fresh),
+                    None => fresh,
                 };
                 rec.first_seen_ms = rec.first_seen_ms.min(event.at_ms);
                 rec.last_seen_ms = rec.last_seen_ms.max(event.at_ms);
                 rec.events += 1;
+                let count = rec.events;
                 let rec = serde_json::to_vec(&rec).expect("UserRecord serialises");
                 users.insert(user.as_bytes(), rec)?;
-                if event.kind == EventKind::Like {
+                if event.kind == EventKind::Like
+                    && likes.insert(like_key.as_slice(), &[])?.is_none()
+                {
                     let n = popularity
                         .get(key(event.item))?
                         .and_then(|v| id_of(&v))
                         .unwrap_or(0);
                     popularity.insert(&key(event.item), &(n + 1).to_be_bytes())?;
                 }
-                Ok(())
+                Ok(count)
             })
             .map_err(|e: TransactionError<CatalogError>| self.tx_err(e))?;
+        if stored > MAX_EVENTS_PER_USER as u64 {
+            self.drop_oldest_events(user, &prefix)?;
+        }
         self.flush()
+    }
+
+    /// Deletes `user`'s oldest events beyond [`MAX_EVENTS_PER_USER`] and records the new count.
+    fn drop_oldest_events(&self, user: &str, prefix: &[u8]) -> Result<()> {
+        let keys = self
+            .events
+            .scan_prefix(prefix)
+            .keys()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        let excess = keys.len().saturating_sub(MAX_EVENTS_PER_USER);
+        let mut batch = sled::Batch::default();
+        keys[..excess].iter().for_each(|k| batch.remove(k));
+        self.events.apply_batch(batch).map_err(|e| self.err(e))?;
+        let kept = (keys.len() - excess) as u64;
+        self.users
+            .fetch_and_update(user.as_bytes(), |v| {
+                let v = v?;
+                match serde_json::from_slice::<UserRecord>(v) {
+                    Ok(mut rec) => {
+                        rec.events = kept;
+                        Some(serde_json::to_vec(&rec).expect("UserRecord serialises"))
+                    }
+                    Err(_) => Some(v.to_vec()),
+                }
+            })
+            .map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// A user's events in time order.

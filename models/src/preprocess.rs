@@ -1,6 +1,7 @@
-//! From encoded image bytes to the network's input: decode (with a pixel limit against
-//! decompression bombs), composite transparency onto white, resize, optional histogram
-//! equalisation and YCrCb conversion, and normalisation to [-1, 1] in CHW order.
+//! From encoded image bytes to the network's input: decode (with limits on pixels, aspect ratio
+//! and allocation against decompression bombs), composite transparency onto white, shrink to a
+//! working size with an integer box filter, resize, optional histogram equalisation and YCrCb
+//! conversion, and normalisation to [-1, 1] in CHW order.
 
 use candle_core::{Device, Tensor};
 use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage, RgbaImage};
@@ -9,6 +10,18 @@ use std::io::Cursor;
 
 /// Default pixel limit for decoding: 40 megapixels.
 pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
+/// Most times an image's longer side may exceed its shorter one. A 39,000,000 × 1 strip is under
+/// the pixel limit but no picture, and resampling it would need a float buffer of its full width.
+pub const MAX_ASPECT_RATIO: u64 = 32;
+
+/// Longest side a decoded image keeps: larger images are shrunk right after decoding (an
+/// integer area average, no float intermediate), so only one full-size image exists at a time
+/// and everything downstream (network input ≤ 224 px, thumbnails) works on at most this size.
+pub const WORKING_SIDE: u32 = 1024;
+
+/// Bytes the decoder may allocate per pixel of the pixel limit: one 8-bit RGBA image.
+const DECODE_BYTES_PER_PIXEL: u64 = 4;
 
 /// Colour space the network sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -75,9 +88,9 @@ pub enum ImageError {
     },
 }
 
-/// Decodes `bytes`, refusing images whose header claims more than `max_pixels`, and returns
-/// RGB with any transparency composited onto white.
-pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
+/// The width and height an image's header claims, after checking that AnimeLens decodes its
+/// format (and that a JPEG is complete).
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), ImageError> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImageError::Decode(e.to_string()))?;
@@ -95,9 +108,17 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
         }
         Some(_) => {}
     }
-    let (width, height) = reader
+    reader
         .into_dimensions()
-        .map_err(|e| ImageError::Decode(e.to_string()))?;
+        .map_err(|e| ImageError::Decode(e.to_string()))
+}
+
+/// Decodes `bytes` and returns RGB with any transparency composited onto white, shrunk to at
+/// most [`WORKING_SIDE`] px on its longer side. Refuses, from the header and before decoding,
+/// images over `max_pixels` or with sides more than [`MAX_ASPECT_RATIO`] times apart; the
+/// decoder may allocate at most one 8-bit RGBA image of `max_pixels`.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
+    let (width, height) = dimensions(bytes)?;
     if width as u64 * height as u64 > max_pixels {
         return Err(ImageError::TooLarge {
             width,
@@ -105,17 +126,36 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
             limit: max_pixels,
         });
     }
+    let (long, short) = (width.max(height) as u64, width.min(height) as u64);
+    if long > short.max(1) * MAX_ASPECT_RATIO {
+        return Err(ImageError::Decode(format!(
+            "the image is {width}x{height} pixels: its longer side is more than \
+             {MAX_ASPECT_RATIO} times its shorter one; crop it to the picture"
+        )));
+    }
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImageError::Decode(e.to_string()))?;
     let mut limits = Limits::default();
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
+    limits.max_alloc = Some(max_pixels.saturating_mul(DECODE_BYTES_PER_PIXEL));
     reader.limits(limits);
     let img = reader
         .decode()
         .map_err(|e| ImageError::Decode(e.to_string()))?;
-    Ok(flatten_onto_white(img))
+    Ok(shrink_to_working_side(flatten_onto_white(img)))
+}
+
+/// Shrinks `img` so that its longer side is at most [`WORKING_SIDE`] (aspect ratio kept).
+fn shrink_to_working_side(img: RgbImage) -> RgbImage {
+    let (w, h) = img.dimensions();
+    if w.max(h) <= WORKING_SIDE {
+        return img;
+    }
+    let scale = WORKING_SIDE as f64 / w.max(h) as f64;
+    let fit = |side: u32| ((side as f64 * scale).round() as u32).clamp(1, WORKING_SIDE);
+    image::imageops::thumbnail(&img, fit(w), fit(h))
 }
 
 /// Whether a JPEG's last KiB holds the end-of-image marker 0xFFD9 (some writers append padding).
@@ -125,18 +165,26 @@ fn has_jpeg_end(bytes: &[u8]) -> bool {
         .any(|w| w == [0xFF, 0xD9])
 }
 
-/// Composites transparent pixels onto a white background.
+/// Composites transparent pixels onto a white background, reusing the decoded buffer where it
+/// can (8-bit RGB is returned as is, 8-bit RGBA is blended in place).
 pub fn flatten_onto_white(img: DynamicImage) -> RgbImage {
     if !img.color().has_alpha() {
-        return img.to_rgb8();
+        return img.into_rgb8();
     }
-    let rgba: RgbaImage = img.to_rgba8();
-    RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let p = rgba.get_pixel(x, y).0;
-        let a = p[3] as f32 / 255.0;
-        let blend = |c: u8| (c as f32 * a + 255.0 * (1.0 - a)).round() as u8;
-        image::Rgb([blend(p[0]), blend(p[1]), blend(p[2])])
-    })
+    let rgba: RgbaImage = img.into_rgba8();
+    let (width, height) = rgba.dimensions();
+    let mut data = rgba.into_raw();
+    let pixels = data.len() / 4;
+    // Pixel i moves from 4i to 3i: forward order never overwrites a pixel not yet read.
+    for i in 0..pixels {
+        let a = data[4 * i + 3] as f32 / 255.0;
+        for c in 0..3 {
+            let v = data[4 * i + c] as f32;
+            data[3 * i + c] = (v * a + 255.0 * (1.0 - a)).round() as u8;
+        }
+    }
+    data.truncate(3 * pixels);
+    RgbImage::from_raw(width, height, data).expect("3 bytes per pixel")
 }
 
 /// Resizes to `size`×`size` (anime face crops and sprites are near-square: stretch, no crop).
@@ -321,6 +369,33 @@ mod tests {
             decode(tiff, DEFAULT_MAX_PIXELS),
             Err(ImageError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn refuses_strips_and_shrinks_large_images_to_the_working_side() {
+        let strip = png_bytes(DynamicImage::ImageRgb8(RgbImage::new(3300, 100)));
+        let err = decode(&strip, DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(err.to_string().contains("32 times"), "{err}");
+        let wide = png_bytes(DynamicImage::ImageRgb8(RgbImage::new(3000, 100)));
+        let img = decode(&wide, DEFAULT_MAX_PIXELS).unwrap();
+        assert_eq!(img.dimensions(), (WORKING_SIDE, 34));
+        assert_eq!(dimensions(&wide).unwrap(), (3000, 100));
+        let small = png_bytes(DynamicImage::ImageRgb8(RgbImage::new(300, 200)));
+        assert_eq!(
+            decode(&small, DEFAULT_MAX_PIXELS).unwrap().dimensions(),
+            (300, 200)
+        );
+    }
+
+    #[test]
+    fn half_transparent_pixels_blend_with_white() {
+        let img = RgbaImage::from_fn(3, 2, |x, _| {
+            image::Rgba([0, 100, 200, [255, 0, 128][x as usize]])
+        });
+        let rgb = flatten_onto_white(DynamicImage::ImageRgba8(img));
+        assert_eq!(rgb.get_pixel(0, 1).0, [0, 100, 200]);
+        assert_eq!(rgb.get_pixel(1, 1).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(2, 0).0, [127, 177, 227]);
     }
 
     #[test]

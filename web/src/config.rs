@@ -43,7 +43,22 @@ pub struct Settings {
     pub http_workers: usize,
     /// MMR trade-off of personal feeds: 1 = pure relevance, 0 = pure diversity.
     pub feed_lambda: f32,
+    /// Seconds a client has to send a request's head and, separately, its whole body (then 408).
+    pub request_timeout_secs: u64,
+    /// Most open connections per HTTP worker; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// Resident memory, in MiB, the service is sized to stay under. At start the settings are
+    /// checked against it: every inference worker may hold one decoded image at the pixel limit
+    /// (4 bytes a pixel) besides [`BASE_MEMORY_MIB`] for the model, buffers and the runtime.
+    pub memory_budget_mib: u64,
 }
+
+/// Memory the service needs besides decoding: the model, the network's buffers, the catalogue's
+/// graph for a gallery of thousands of items, and the runtime.
+pub const BASE_MEMORY_MIB: u64 = 512;
+
+/// Bytes one decode may hold per pixel of `max_pixels` (one 8-bit RGBA image).
+const DECODE_BYTES_PER_PIXEL: u64 = 4;
 
 impl Settings {
     /// Defaults for everything but the model and gallery paths, which the binary knows.
@@ -63,6 +78,9 @@ impl Settings {
             max_batch: 16,
             http_workers: 2,
             feed_lambda: 0.7,
+            request_timeout_secs: 30,
+            max_connections: 256,
+            memory_budget_mib: 1024,
         }
     }
 
@@ -128,6 +146,8 @@ impl Settings {
             ("queue_capacity", self.queue_capacity),
             ("max_batch", self.max_batch),
             ("http_workers", self.http_workers),
+            ("request_timeout_secs", self.request_timeout_secs as usize),
+            ("max_connections", self.max_connections),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{key} must be at least 1")));
@@ -136,6 +156,17 @@ impl Settings {
             return Err(ConfigError::Invalid(format!(
                 "feed_lambda {} must lie in [0, 1] (0.7 is a good value)",
                 self.feed_lambda
+            )));
+        }
+        let decoding = self.inference_workers as u64
+            * self.max_pixels.saturating_mul(DECODE_BYTES_PER_PIXEL)
+            / (1024 * 1024);
+        if BASE_MEMORY_MIB + decoding > self.memory_budget_mib {
+            return Err(ConfigError::Invalid(format!(
+                "memory_budget_mib {} is too small for {} inference workers decoding images of up \
+                 to max_pixels {} ({} MiB plus {BASE_MEMORY_MIB} MiB); raise memory_budget_mib or \
+                 lower max_pixels or inference_workers",
+                self.memory_budget_mib, self.inference_workers, self.max_pixels, decoding
             )));
         }
         Ok(())
@@ -163,6 +194,9 @@ pub const KEYS: &[&str] = &[
     "max_batch",
     "http_workers",
     "feed_lambda",
+    "request_timeout_secs",
+    "max_connections",
+    "memory_budget_mib",
 ];
 
 /// Why the settings could not be assembled.
@@ -237,6 +271,9 @@ mod tests {
         assert!(err.to_string().contains("ANIMELENS_MAX_K"));
         let env = |k: &str| (k == "ANIMELENS_QUEUE_CAPACITY").then(|| "0".to_string());
         assert!(base().overridden(None, env).is_err());
+        let env = |k: &str| (k == "ANIMELENS_INFERENCE_WORKERS").then(|| "8".to_string());
+        let err = base().overridden(None, env).unwrap_err();
+        assert!(err.to_string().contains("memory_budget_mib"), "{err}");
         let dir = std::env::temp_dir().join(format!("animelens-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("serve.toml");

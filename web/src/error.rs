@@ -1,6 +1,8 @@
 //! The API's errors and how they become HTTP answers: a status code and a JSON body
 //! `{"error": "what was wrong and what to do"}`. Catalogue and embedder errors are mapped here so
-//! that handlers only use `?`.
+//! that handlers only use `?`. Storage failures (full disk, unwritable folder, sled errors,
+//! damaged records) are logged in full but answered with a plain message: their text holds
+//! absolute paths and raw OS errors, which are the operator's business, not the client's.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
@@ -27,6 +29,14 @@ pub enum ApiError {
     PayloadTooLarge {
         /// The limit in bytes.
         limit: usize,
+    },
+    /// The client took longer than the configured time to send the body (408).
+    #[error(
+        "the request body did not arrive within {secs} s; send it faster or in a smaller request"
+    )]
+    RequestTimeout {
+        /// The limit in seconds.
+        secs: u64,
     },
     /// The content type or image format is not accepted (415).
     #[error("{0}")]
@@ -70,6 +80,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::BadImage(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
@@ -92,11 +103,24 @@ impl ResponseError for ApiError {
         if status.is_server_error() {
             tracing::error!("{self}");
         }
+        let message = match self {
+            ApiError::Catalog(CatalogError::DiskFull { .. }) => {
+                "the server's disk is full: this write was not stored (earlier data is intact); \
+                 retry later"
+                    .to_string()
+            }
+            ApiError::Catalog(_) if status.is_server_error() => {
+                "the catalogue could not be read or written: the request was not completed; retry \
+                 later (the server log has the details)"
+                    .to_string()
+            }
+            _ => self.to_string(),
+        };
         let mut res = HttpResponse::build(status);
         if let ApiError::Busy = self {
             res.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
         }
-        res.json(serde_json::json!({ "error": self.to_string() }))
+        res.json(serde_json::json!({ "error": message }))
     }
 }
 
@@ -126,5 +150,29 @@ mod tests {
         );
         assert_eq!(bomb.status_code(), StatusCode::UNPROCESSABLE_ENTITY);
         assert!(bomb.to_string().starts_with("image 2 of 2"));
+    }
+
+    #[actix_web::test]
+    async fn storage_errors_hide_paths_and_os_messages() {
+        let full = ApiError::from(CatalogError::DiskFull {
+            dir: "/srv/secret/catalog".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        });
+        let res = full.error_response();
+        assert_eq!(res.status(), StatusCode::INSUFFICIENT_STORAGE);
+        let body = String::from_utf8(to_bytes(res.into_body()).await.unwrap().to_vec()).unwrap();
+        assert!(body.contains("disk is full"), "{body}");
+        assert!(
+            !body.contains("/srv") && !body.contains("os error"),
+            "{body}"
+        );
+        let damaged = ApiError::from(CatalogError::Corrupt {
+            dir: "/srv/secret/catalog".into(),
+            what: "items/3".into(),
+        });
+        let body = to_bytes(damaged.error_response().into_body())
+            .await
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&body).contains("/srv"));
     }
 }

@@ -5,7 +5,7 @@
 use crate::inference::InferencePool;
 use actix_web::web::Bytes;
 use animelens_index::{Catalog, CatalogError, NewItem, PRIMARY_LEVEL};
-use animelens_models::preprocess::{content_hash, decode, jpeg_thumbnail};
+use animelens_models::preprocess::{content_hash, decode, dimensions, jpeg_thumbnail};
 use animelens_models::Prediction;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,7 +52,8 @@ pub fn new_item(
     max_pixels: u64,
 ) -> Result<NewItem, String> {
     let image = decode(bytes, max_pixels).map_err(|e| e.to_string())?;
-    let (width, height) = image.dimensions();
+    // The decoded image is shrunk to the working size; the item records the picture's own size.
+    let (width, height) = dimensions(bytes).map_err(|e| e.to_string())?;
     let jpeg = jpeg_thumbnail(&image, THUMBNAIL_SIZE, 85).map_err(|e| e.to_string())?;
     Ok(NewItem {
         source: meta.source,

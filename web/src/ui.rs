@@ -1,5 +1,6 @@
 //! The static web UI (`web/static/`), compiled into the binary so that the service runs from any
-//! working directory: `/` is the page, `/ui/*` its script and style sheet.
+//! working directory: `/` is the page, `/ui/*` its script and style sheet, `/favicon.ico` its
+//! icon (an SVG, which browsers accept under that name).
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
@@ -7,6 +8,7 @@ use actix_web::{web, HttpResponse};
 const INDEX_HTML: &str = include_str!("../static/index.html");
 const APP_JS: &str = include_str!("../static/app.js");
 const STYLE_CSS: &str = include_str!("../static/style.css");
+const FAVICON_SVG: &str = include_str!("../static/favicon.svg");
 
 fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
@@ -28,5 +30,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/ui/style.css",
         web::get().to(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+    )
+    .route(
+        "/favicon.ico",
+        web::get().to(|| async { asset("image/svg+xml", FAVICON_SVG) }),
     );
 }

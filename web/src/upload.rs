@@ -1,7 +1,9 @@
 //! Reading images out of a request: a `multipart/form-data` body (one or more file parts plus
 //! text fields) or a raw image body (`image/*`, `application/octet-stream`). Enforces the body
-//! size limit (413), the content type (415), the per-request image count, and refuses empty
-//! images (400); the decoder in `animelens_models` judges formats (415) and damaged files (422).
+//! size limit (413), the time a client may take to send the body (408, `request_timeout_secs`:
+//! slow clients cannot hold a connection open indefinitely), the content type (415), the
+//! per-request image count, and refuses empty images (400); the decoder in `animelens_models`
+//! judges formats (415) and damaged files (422).
 
 use crate::error::ApiError;
 use actix_multipart::Multipart;
@@ -10,6 +12,8 @@ use actix_web::web::{Bytes, BytesMut, Payload};
 use actix_web::HttpRequest;
 use futures_util::StreamExt;
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
 
 /// One uploaded image and the form field it came in.
 #[derive(Debug, Clone)]
@@ -90,9 +94,9 @@ pub async fn read(
     }
     let ct = content_type(req);
     let upload = if ct.starts_with("multipart/form-data") {
-        read_multipart(req, payload, limits).await?
+        within_deadline(req, read_multipart(req, payload, limits)).await?
     } else if ct.starts_with("image/") || ct.starts_with("application/octet-stream") {
-        let bytes = read_body(payload, limits.max_bytes).await?;
+        let bytes = within_deadline(req, read_body(payload, limits.max_bytes)).await?;
         Upload {
             images: vec![UploadedImage {
                 field: "image".into(),
@@ -126,6 +130,19 @@ pub async fn read(
         check_not_empty(&image.bytes, i, upload.images.len())?;
     }
     Ok(upload)
+}
+
+/// Runs a body read, failing with 408 past the service's `request_timeout_secs`.
+async fn within_deadline<T>(
+    req: &HttpRequest,
+    read: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let secs = req
+        .app_data::<actix_web::web::Data<crate::state::AppState>>()
+        .map_or(30, |s| s.settings.request_timeout_secs);
+    actix_web::rt::time::timeout(Duration::from_secs(secs), read)
+        .await
+        .map_err(|_| ApiError::RequestTimeout { secs })?
 }
 
 /// Rejects empty images; everything else about the bytes is the decoder's to judge.
@@ -224,7 +241,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
             if ct.is_empty() { "(none)" } else { ct.as_str() }
         )));
     }
-    let body = read_body(payload, max_bytes).await?;
+    let body = within_deadline(req, read_body(payload, max_bytes)).await?;
     serde_json::from_slice(&body).map_err(|e| {
         ApiError::BadRequest(format!(
             "malformed JSON body: {e}; see /api/v1/openapi.json for the expected fields"

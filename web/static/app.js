@@ -9,6 +9,8 @@ const user = localStorage.getItem("animelens-user") ||
   (() => { const u = "web-" + Math.random().toString(36).slice(2, 10); localStorage.setItem("animelens-user", u); return u; })();
 const verdicts = new Map(); // item id -> "like" | "dislike"
 let current = null; // the query on screen: { file } or { id }
+let maxK = 12; // the server's max_k, read from /healthz: the UI never asks for more
+const k = (wanted) => Math.min(wanted, maxK);
 
 async function call(path, options = {}) {
   const res = await fetch(API + path, options);
@@ -74,7 +76,7 @@ async function rate(id, kind, actions) {
 
 async function loadFeed() {
   try {
-    const { hits } = await call(`/users/${encodeURIComponent(user)}/feed?k=12`);
+    const { hits } = await call(`/users/${encodeURIComponent(user)}/feed?k=${k(12)}`);
     fill($("feed"), hits);
   } catch (e) { showError(e); }
 }
@@ -130,8 +132,8 @@ async function searchFile(file) {
   const headers = { "content-type": file.type || "application/octet-stream" };
   try {
     const [classified, found] = await Promise.all([
-      call("/classify?k=5", { method: "POST", headers, body: file }),
-      call("/search?k=12", { method: "POST", headers, body: file }),
+      call(`/classify?k=${k(5)}`, { method: "POST", headers, body: file }),
+      call(`/search?k=${k(12)}`, { method: "POST", headers, body: file }),
     ]);
     showVerdict(classified.results[0]);
     showResults("Lookalikes", "upload:" + file.name, found.hits);
@@ -149,7 +151,7 @@ async function openItem(item) {
   $("drop-hint").hidden = true;
   try {
     const [found] = await Promise.all([
-      call(`/items/${item.id}/similar?k=12`),
+      call(`/items/${item.id}/similar?k=${k(12)}`),
       call(`/users/${encodeURIComponent(user)}/events`, {
         method: "POST", headers: { "content-type": "application/json" },
         body: JSON.stringify({ item: item.id, kind: "view" }),
@@ -160,7 +162,7 @@ async function openItem(item) {
     v.classList.remove("unknown");
     v.textContent = name || "";
     if (name) {
-      const { similar } = await call(`/characters/${encodeURIComponent(name)}/similar?k=5`);
+      const { similar } = await call(`/characters/${encodeURIComponent(name)}/similar?k=${k(5)}`);
       showCharacters(similar);
     }
     showResults("Similar to item " + item.id, "item:" + item.id, found.hits);
@@ -175,9 +177,9 @@ async function searchCharacter(name) {
   try {
     const [found, similar] = await Promise.all([
       current.file
-        ? call("/search?k=12" + filter, { method: "POST", headers: { "content-type": current.file.type || "application/octet-stream" }, body: current.file })
-        : call(`/items/${current.id}/similar?k=12` + filter),
-      call(`/characters/${encodeURIComponent(name)}/similar?k=5`),
+        ? call(`/search?k=${k(12)}` + filter, { method: "POST", headers: { "content-type": current.file.type || "application/octet-stream" }, body: current.file })
+        : call(`/items/${current.id}/similar?k=${k(12)}` + filter),
+      call(`/characters/${encodeURIComponent(name)}/similar?k=${k(5)}`),
     ]);
     showResults(`Closest pictures of ${name}`, "character:" + name, found.hits);
     showCharacters(similar.similar);
@@ -199,11 +201,11 @@ function setUpDrop() {
 async function loadStatus() {
   try {
     const h = await fetch("/healthz").then((r) => r.json());
+    if (h.max_k) maxK = h.max_k;
     $("status").textContent = `${h.items} pictures · user ${user}`;
   } catch (e) { $("status").textContent = ""; }
 }
 
 setUpDrop();
 $("feed-refresh").addEventListener("click", loadFeed);
-loadStatus();
-loadFeed();
+loadStatus().then(loadFeed);

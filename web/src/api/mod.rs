@@ -75,6 +75,7 @@ async fn no_route() -> Result<HttpResponse, ApiError> {
 /// Registers the `/api/v1` scope and the operations endpoints.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(system::healthz))
+        .route("/healthz", web::head().to(system::healthz))
         .route("/metrics", web::get().to(system::metrics))
         .service(
             web::scope("/api/v1")
@@ -87,6 +88,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 }))
                 .route("/openapi.json", web::get().to(openapi))
                 .route("/healthz", web::get().to(system::healthz))
+                .route("/healthz", web::head().to(system::healthz))
                 .service(classify::classify)
                 .service(search::search_image)
                 .service(search::similar_items)

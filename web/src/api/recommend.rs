@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::upload;
 use actix_web::{post, web, HttpRequest, HttpResponse};
+use animelens_index::limits::check_examples;
 use animelens_index::{CatalogError, RecommendQuery, RecommendStrategy};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -36,6 +37,9 @@ pub struct RecommendRequest {
     #[serde(default)]
     pub exclude: Vec<u64>,
 }
+
+/// Largest JSON recommendation request, in bytes (room for the largest id lists allowed).
+const MAX_JSON_BYTES: usize = 64 * 1024;
 
 fn default_k() -> usize {
     12
@@ -67,10 +71,16 @@ pub async fn recommend(
             upload.images_in("negative"),
         )
     } else {
-        let body = upload::read_json(&req, payload, state.settings.max_upload_bytes).await?;
+        let body = upload::read_json(&req, payload, MAX_JSON_BYTES).await?;
         (body, Vec::new(), Vec::new())
     };
     let k = state.check_k(request.k)?;
+    // Before any vector is loaded: the stored examples are excluded from the answer too.
+    let stored = request.positive.len() + request.negative.len();
+    check_examples(
+        stored + positive_images.len() + negative_images.len(),
+        request.exclude.len() + stored,
+    )?;
     let split = positive_images.len();
     let uploaded = [positive_images, negative_images].concat();
     let vectors: Vec<Vec<f32>> = if uploaded.is_empty() {

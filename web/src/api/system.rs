@@ -1,5 +1,7 @@
-//! Operations endpoints: `GET /healthz` (liveness with catalogue and queue figures) and
+//! Operations endpoints: `GET`/`HEAD /healthz` (liveness with catalogue and queue figures) and
 //! `GET /metrics` (Prometheus text: per-route requests and latency, queue depth, catalogue size).
+//! Both read the catalogue's in-memory counts only ([`animelens_index::Catalog::counts`]), never
+//! sled, so they answer at once even while the store is stuck on a full disk.
 
 use crate::api::types::ErrorBody;
 use crate::error::ApiError;
@@ -20,18 +22,20 @@ pub struct Health {
     pub model: String,
     /// Inference jobs waiting.
     pub queue_depth: usize,
+    /// Largest `k` a request may ask for (the UI asks for no more).
+    pub max_k: usize,
 }
 
 /// Liveness and basic figures.
 #[utoipa::path(get, path = "/healthz", tag = "operations",
     responses((status = 200, body = Health), (status = 500, body = ErrorBody)))]
 pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let stats = state.catalog(|cat| cat.stats()).await?;
     Ok(HttpResponse::Ok().json(Health {
         status: "ok".into(),
-        items: stats.live,
-        model: stats.fingerprint,
+        items: state.catalog.counts().live,
+        model: state.catalog.model().fingerprint.clone(),
         queue_depth: state.pool.stats().queued.load(Ordering::Relaxed),
+        max_k: state.settings.max_k,
     }))
 }
 
@@ -39,7 +43,7 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, content_type = "text/plain", body = String)))]
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let stats = state.catalog(|cat| cat.stats()).await?;
+    let counts = state.catalog.counts();
     let pool = state.pool.stats();
     let text = state.metrics.render(&[
         (
@@ -65,12 +69,12 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         (
             "animelens_catalog_items",
             "Live items in the catalogue.",
-            stats.live as f64,
+            counts.live as f64,
         ),
         (
             "animelens_catalog_tombstoned",
             "Removed items awaiting compaction.",
-            stats.tombstoned as f64,
+            counts.tombstoned as f64,
         ),
     ]);
     Ok(HttpResponse::Ok()
