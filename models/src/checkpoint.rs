@@ -5,8 +5,8 @@
 //! catalogues remember. Files are written to a temporary name and renamed, so a killed process
 //! never leaves a half-written checkpoint behind.
 
-use crate::googlenet::{GoogLeNet, HeadSpec};
 use crate::generalisation::ScoreCalibration;
+use crate::googlenet::{GoogLeNet, HeadSpec};
 use crate::head::HeadKind;
 use crate::preprocess::Preprocessing;
 use candle_core::{DType, Device, Tensor};

@@ -4,6 +4,7 @@
 use crate::checkpoint::{self, CheckpointError, ModelCard};
 use crate::embedder::{EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
 use crate::folded::FoldedGoogLeNet;
+use crate::generalisation::ScoreCalibration;
 use crate::googlenet::EMBEDDING_DIM;
 use crate::metrics::top_k;
 use crate::preprocess::{batch_tensor, decode, ImageError, DEFAULT_MAX_PIXELS};
@@ -85,6 +86,10 @@ impl Embedder for Classifier {
 
     fn heads(&self) -> Vec<String> {
         self.card.heads.iter().map(|h| h.level.clone()).collect()
+    }
+
+    fn similarity(&self) -> Option<ScoreCalibration> {
+        self.card.similarity
     }
 
     fn predict_batch(

@@ -3,6 +3,7 @@
 //! `index` and `web` only see [`Embedder`] and [`Prediction`], so they can be tested with a fake
 //! embedder and without a trained network.
 
+use crate::generalisation::ScoreCalibration;
 use serde::{Deserialize, Serialize};
 
 /// One candidate label of one head, with its softmax probability.
@@ -66,6 +67,11 @@ pub trait Embedder: Send + Sync {
     fn fingerprint(&self) -> String;
     /// Names of the heads, primary level first.
     fn heads(&self) -> Vec<String>;
+    /// The model's map from embedding cosine to P(same character), when it was calibrated
+    /// (`animelens eval --unseen --calibrate`).
+    fn similarity(&self) -> Option<ScoreCalibration> {
+        None
+    }
     /// Predicts a batch of encoded images; one result per input, in order.
     fn predict_batch(&self, images: &[&[u8]], top_k: usize) -> Vec<Result<Prediction, EmbedError>>;
 }

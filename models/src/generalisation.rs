@@ -284,42 +284,73 @@ pub fn pair_cosines(embeddings: &[Vec<f32>], labels: &[usize]) -> (Vec<f32>, Vec
     (same, different)
 }
 
-/// Fits [`ScoreCalibration`] by Newton's method on the weighted log-loss.
+/// Fits [`ScoreCalibration`] by Newton's method (with step halving) on the weighted log-loss,
+/// over the pairs binned into 2,000 cosine bins (millions of pairs fit in milliseconds) and with
+/// the cosine standardised (so nearly identical distributions give a flat map, not a diverging one).
 pub fn fit_calibration(same: &[f32], different: &[f32]) -> Option<ScoreCalibration> {
     if same.is_empty() || different.is_empty() {
         return None;
     }
-    let (ws, wd) = (0.5 / same.len() as f64, 0.5 / different.len() as f64);
-    let (mut a, mut b) = (10.0f64, -5.0f64);
+    const BINS: usize = 2000;
+    let bin = |x: f32| (((x + 1.0) / 2.0 * BINS as f32) as usize).min(BINS - 1);
+    let centre = |k: usize| -1.0 + (k as f64 + 0.5) * 2.0 / BINS as f64;
+    let (mut ws, mut wd) = (vec![0f64; BINS], vec![0f64; BINS]);
+    same.iter().for_each(|&x| ws[bin(x)] += 0.5 / same.len() as f64);
+    different.iter().for_each(|&x| wd[bin(x)] += 0.5 / different.len() as f64);
+    let mean: f64 = (0..BINS).map(|k| (ws[k] + wd[k]) * centre(k)).sum();
+    let var: f64 = (0..BINS).map(|k| (ws[k] + wd[k]) * (centre(k) - mean).powi(2)).sum();
+    let sd = var.sqrt().max(1e-6);
+    let z = |k: usize| (centre(k) - mean) / sd;
+    let loss = |a: f64, b: f64| -> f64 {
+        (0..BINS)
+            .map(|k| {
+                let t = a * z(k) + b;
+                // −log σ(t) = softplus(−t), −log(1 − σ(t)) = softplus(t), computed stably.
+                let softplus = |u: f64| u.max(0.0) + (-u.abs()).exp().ln_1p();
+                ws[k] * softplus(-t) + wd[k] * softplus(t)
+            })
+            .sum()
+    };
+    let (mut a, mut b) = (0f64, 0f64);
+    let mut current = loss(a, b);
     for _ in 0..100 {
         let (mut g, mut h) = ([0f64; 2], [0f64; 3]);
-        let mut acc = |x: f32, y: f64, w: f64| {
-            let x = x as f64;
+        for k in 0..BINS {
+            let (w, x) = (ws[k] + wd[k], z(k));
+            if w == 0.0 {
+                continue;
+            }
             let p = 1.0 / (1.0 + (-(a * x + b)).exp());
-            let r = w * (p - y);
+            let r = ws[k] * (p - 1.0) + wd[k] * p;
             let v = w * p * (1.0 - p);
             g[0] += r * x;
             g[1] += r;
             h[0] += v * x * x;
             h[1] += v * x;
             h[2] += v;
-        };
-        same.iter().for_each(|&x| acc(x, 1.0, ws));
-        different.iter().for_each(|&x| acc(x, 0.0, wd));
+        }
         let det = h[0] * h[2] - h[1] * h[1];
-        if det.abs() < 1e-18 {
+        if det.abs() < 1e-300 {
             break;
         }
-        let (da, db) = (
-            (h[2] * g[0] - h[1] * g[1]) / det,
-            (h[0] * g[1] - h[1] * g[0]) / det,
-        );
-        a -= da;
-        b -= db;
-        if da.abs() + db.abs() < 1e-10 {
+        let (da, db) = ((h[2] * g[0] - h[1] * g[1]) / det, (h[0] * g[1] - h[1] * g[0]) / det);
+        let mut step = 1.0;
+        let mut improved = false;
+        while step > 1e-6 {
+            let candidate = loss(a - step * da, b - step * db);
+            if candidate <= current {
+                (a, b, current) = (a - step * da, b - step * db, candidate);
+                improved = true;
+                break;
+            }
+            step /= 2.0;
+        }
+        if !improved || (step * (da.abs() + db.abs())) < 1e-10 {
             break;
         }
     }
+    // Back from the standardised cosine: a·(x − mean)/sd + b.
+    let (a, b) = (a / sd, b - a * mean / sd);
     (a.is_finite() && b.is_finite()).then_some(ScoreCalibration { a, b })
 }
 
@@ -424,6 +455,9 @@ mod tests {
         assert!(c.confidence(0.95) > 0.9 && c.confidence(0.4) < 0.1);
         let crossing = -c.b / c.a;
         assert!((0.7..0.85).contains(&crossing), "{c:?}");
+        // Indistinguishable distributions give a flat map near one half, not a diverging fit.
+        let flat = fit_calibration(&different, &different).unwrap();
+        assert!(flat.a.abs() < 1.0 && (flat.confidence(0.5) - 0.5).abs() < 0.05, "{flat:?}");
         let (s, d) = pair_cosines(&[unit(0.0), unit(0.0), unit(90.0)], &[0, 0, 1]);
         assert_eq!((s.len(), d.len()), (1, 2));
         assert!((s[0] - 1.0).abs() < 1e-6 && d.iter().all(|x| x.abs() < 1e-6));

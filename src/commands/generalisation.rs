@@ -141,8 +141,12 @@ pub fn run(
         .filter(|&c| !set.unseen[c])
         .map(|c| {
             let mut sum = vec![0f32; set.embeddings[0].len()];
-            for i in (0..set.embeddings.len()).filter(|&i| set.character[i] == c && set.train_split[i]) {
-                sum.iter_mut().zip(&set.embeddings[i]).for_each(|(s, v)| *s += v);
+            for i in
+                (0..set.embeddings.len()).filter(|&i| set.character[i] == c && set.train_split[i])
+            {
+                sum.iter_mut()
+                    .zip(&set.embeddings[i])
+                    .for_each(|(s, v)| *s += v);
             }
             let centroid = animelens_index::normalise(&sum).unwrap_or(sum);
             (names[c].clone(), centroid)
@@ -157,7 +161,11 @@ pub fn run(
     let catalogue_rule = CatalogueRule {
         threshold: rule.threshold,
         unknown_rejected: share(
-            scores.unknown.iter().filter(|&&s| s < rule.threshold).count(),
+            scores
+                .unknown
+                .iter()
+                .filter(|&&s| s < rule.threshold)
+                .count(),
             scores.unknown.len(),
         ),
         known_rejected: share(
@@ -195,7 +203,11 @@ pub fn run(
         let mut card = model.card.clone();
         card.similarity = Some(c);
         write_card(path, &card)?;
-        tracing::info!("calibration a = {:.3}, b = {:.3} written to the model card", c.a, c.b);
+        tracing::info!(
+            "calibration a = {:.3}, b = {:.3} written to the model card",
+            c.a,
+            c.b
+        );
     }
     let held_out_in_training = model
         .card

@@ -1,9 +1,9 @@
 //! `train`, `eval`, `classify`, `embed`: the model's life cycle on the command line.
 
+use super::generalisation::{self, GeneralisationArgs, GeneralisationReport};
 use animelens_models::checkpoint::read_card;
 use animelens_models::data::{decode_all, unlabelled_images, Dataset, LabelColumn, Split};
 use animelens_models::metric_loss::Margin;
-use super::generalisation::{self, GeneralisationArgs, GeneralisationReport};
 use animelens_models::metrics::{head_report, retrieval, run_set, HeadReport, RetrievalReport};
 use animelens_models::plots::confusion_matrix;
 use animelens_models::preprocess::ColorSpace;

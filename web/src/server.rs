@@ -15,6 +15,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, DefaultHeaders, Next};
 use actix_web::{web, App, HttpServer};
 use animelens_index::{Catalog, CatalogError, ModelTag, OpenOptions};
+use animelens_models::generalisation::ScoreCalibration;
 use animelens_models::Embedder;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +50,7 @@ pub struct Service {
     settings: Settings,
     catalog: Arc<Catalog>,
     pool: InferencePool,
+    similarity: Option<ScoreCalibration>,
 }
 
 impl Service {
@@ -59,6 +61,7 @@ impl Service {
             fingerprint: embedder.fingerprint(),
             dim: embedder.dim(),
         };
+        let similarity = embedder.similarity();
         let pool = InferencePool::start(
             embedder,
             settings.inference_workers,
@@ -87,6 +90,7 @@ impl Service {
             settings,
             catalog: Arc::new(catalog),
             pool,
+            similarity,
         })
     }
 
@@ -106,6 +110,7 @@ impl Service {
             pool: self.pool,
             settings: self.settings,
             metrics: Metrics::default(),
+            similarity: self.similarity,
         });
         let server = HttpServer::new(move || {
             App::new()

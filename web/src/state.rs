@@ -10,6 +10,7 @@ use crate::upload::UploadLimits;
 use actix_web::web::Bytes;
 use actix_web::HttpRequest;
 use animelens_index::Catalog;
+use animelens_models::generalisation::ScoreCalibration;
 use animelens_models::Prediction;
 use std::sync::Arc;
 
@@ -26,6 +27,8 @@ pub struct AppState {
     pub settings: Settings,
     /// Request metrics.
     pub metrics: Metrics,
+    /// The model's cosine → confidence map (`None`: the model was not calibrated).
+    pub similarity: Option<ScoreCalibration>,
 }
 
 impl AppState {

@@ -93,7 +93,7 @@ pub async fn search_image(
     let hits = state
         .catalog(move |cat| cat.search(&query, k, &filter))
         .await?;
-    Ok(HttpResponse::Ok().json(HitsResponse::new(hits)))
+    Ok(HttpResponse::Ok().json(HitsResponse::searched(hits, state.similarity)))
 }
 
 /// Items most similar to a stored item (itself excluded).
@@ -117,5 +117,5 @@ pub async fn similar_items(
     let hits = state
         .catalog(move |cat| cat.search_by_id(id, k, &filter))
         .await?;
-    Ok(HttpResponse::Ok().json(HitsResponse::new(hits)))
+    Ok(HttpResponse::Ok().json(HitsResponse::searched(hits, state.similarity)))
 }

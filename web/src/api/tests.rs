@@ -7,6 +7,7 @@ use crate::metrics::Metrics;
 use crate::state::AppState;
 use actix_web::{test, web, App};
 use animelens_index::{Catalog, ModelTag, NewItem, OpenOptions};
+use animelens_models::generalisation::ScoreCalibration;
 use animelens_models::{EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -81,6 +82,7 @@ fn state(dir: &std::path::Path) -> web::Data<AppState> {
         pool: InferencePool::start(Arc::new(FakeEmbedder), 1, 4, 4),
         settings,
         metrics: Metrics::default(),
+        similarity: Some(ScoreCalibration { a: 10.0, b: -8.0 }),
     })
 }
 
@@ -103,6 +105,15 @@ async fn routes_answer_with_the_catalogue_and_json_errors() {
     let hits = body["hits"].as_array().unwrap();
     assert_eq!(hits.len(), 2);
     assert!(hits.iter().all(|h| h["item"]["labels"]["character"] == "a"));
+    // Searches carry the calibrated confidence of each cosine: 1 / (1 + e^-(10·cos − 8)).
+    for h in hits {
+        let cos = h["score"].as_f64().unwrap();
+        let expected = 1.0 / (1.0 + (-(10.0 * cos - 8.0)).exp());
+        assert!(
+            (h["confidence"].as_f64().unwrap() - expected).abs() < 1e-5,
+            "{h}"
+        );
+    }
 
     let req = test::TestRequest::post()
         .uri("/api/v1/classify")

@@ -1,6 +1,7 @@
 //! JSON shapes shared by several API groups: items, hits, filters, characters.
 
 use animelens_index::{CharacterScore, Filter, Hit, Item, PRIMARY_LEVEL};
+use animelens_models::generalisation::ScoreCalibration;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
@@ -49,6 +50,10 @@ impl From<Item> for ItemView {
 pub struct HitView {
     /// Cosine similarity for searches; the strategy's score for recommendations and feeds.
     pub score: f32,
+    /// For searches with a calibrated model: the probability that the hit shows the same
+    /// character as the query, from the cosine (the same map for every query).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f32>,
     /// The item.
     pub item: ItemView,
 }
@@ -63,11 +68,17 @@ pub struct HitsResponse {
 impl HitsResponse {
     /// Wraps catalogue hits.
     pub fn new(hits: Vec<Hit>) -> Self {
+        Self::searched(hits, None)
+    }
+
+    /// Wraps the hits of a cosine search, with each hit's calibrated confidence.
+    pub fn searched(hits: Vec<Hit>, similarity: Option<ScoreCalibration>) -> Self {
         HitsResponse {
             hits: hits
                 .into_iter()
                 .map(|h| HitView {
                     score: h.score,
+                    confidence: similarity.map(|c| c.confidence(h.score)),
                     item: h.item.into(),
                 })
                 .collect(),
