@@ -154,8 +154,10 @@ mod tests {
 
     #[test]
     fn items_and_queries_are_bounded() {
-        let mut item = NewItem::default();
-        item.tags = vec!["t".into(); MAX_TAGS + 1];
+        let mut item = NewItem {
+            tags: vec!["t".into(); MAX_TAGS + 1],
+            ..NewItem::default()
+        };
         assert!(check_new_item(&item).is_err());
         item.tags = vec!["t".into()];
         item.labels

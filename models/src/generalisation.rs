@@ -295,10 +295,15 @@ pub fn fit_calibration(same: &[f32], different: &[f32]) -> Option<ScoreCalibrati
     let bin = |x: f32| (((x + 1.0) / 2.0 * BINS as f32) as usize).min(BINS - 1);
     let centre = |k: usize| -1.0 + (k as f64 + 0.5) * 2.0 / BINS as f64;
     let (mut ws, mut wd) = (vec![0f64; BINS], vec![0f64; BINS]);
-    same.iter().for_each(|&x| ws[bin(x)] += 0.5 / same.len() as f64);
-    different.iter().for_each(|&x| wd[bin(x)] += 0.5 / different.len() as f64);
+    same.iter()
+        .for_each(|&x| ws[bin(x)] += 0.5 / same.len() as f64);
+    different
+        .iter()
+        .for_each(|&x| wd[bin(x)] += 0.5 / different.len() as f64);
     let mean: f64 = (0..BINS).map(|k| (ws[k] + wd[k]) * centre(k)).sum();
-    let var: f64 = (0..BINS).map(|k| (ws[k] + wd[k]) * (centre(k) - mean).powi(2)).sum();
+    let var: f64 = (0..BINS)
+        .map(|k| (ws[k] + wd[k]) * (centre(k) - mean).powi(2))
+        .sum();
     let sd = var.sqrt().max(1e-6);
     let z = |k: usize| (centre(k) - mean) / sd;
     let loss = |a: f64, b: f64| -> f64 {
@@ -333,7 +338,10 @@ pub fn fit_calibration(same: &[f32], different: &[f32]) -> Option<ScoreCalibrati
         if det.abs() < 1e-300 {
             break;
         }
-        let (da, db) = ((h[2] * g[0] - h[1] * g[1]) / det, (h[0] * g[1] - h[1] * g[0]) / det);
+        let (da, db) = (
+            (h[2] * g[0] - h[1] * g[1]) / det,
+            (h[0] * g[1] - h[1] * g[0]) / det,
+        );
         let mut step = 1.0;
         let mut improved = false;
         while step > 1e-6 {
@@ -457,7 +465,10 @@ mod tests {
         assert!((0.7..0.85).contains(&crossing), "{c:?}");
         // Indistinguishable distributions give a flat map near one half, not a diverging fit.
         let flat = fit_calibration(&different, &different).unwrap();
-        assert!(flat.a.abs() < 1.0 && (flat.confidence(0.5) - 0.5).abs() < 0.05, "{flat:?}");
+        assert!(
+            flat.a.abs() < 1.0 && (flat.confidence(0.5) - 0.5).abs() < 0.05,
+            "{flat:?}"
+        );
         let (s, d) = pair_cosines(&[unit(0.0), unit(0.0), unit(90.0)], &[0, 0, 1]);
         assert_eq!((s.len(), d.len()), (1, 2));
         assert!((s[0] - 1.0).abs() < 1e-6 && d.iter().all(|x| x.abs() < 1e-6));

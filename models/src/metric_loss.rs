@@ -206,7 +206,13 @@ mod tests {
             for &y in &labels {
                 for d in 0..8 {
                     let mean = match d {
-                        0 => if y == 0 { 1.0 } else { -1.0 },
+                        0 => {
+                            if y == 0 {
+                                1.0
+                            } else {
+                                -1.0
+                            }
+                        }
                         1 => 4.0,
                         _ => 0.0,
                     };
@@ -219,41 +225,60 @@ mod tests {
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
         let mut rng = StdRng::seed_from_u64(3);
         let init: Vec<f32> = (0..32).map(|_| rng.random_range(-0.5f32..0.5)).collect();
-        let embed = vb.get_with_hints((4, 8), "embed", candle_nn::Init::Const(0.0)).unwrap();
+        let embed = vb
+            .get_with_hints((4, 8), "embed", candle_nn::Init::Const(0.0))
+            .unwrap();
         let mut vm = vm;
-        vm.set_one("embed", Tensor::from_vec(init, (4, 8), &dev).unwrap()).unwrap();
+        vm.set_one("embed", Tensor::from_vec(init, (4, 8), &dev).unwrap())
+            .unwrap();
         let kind = match margin {
             Some(_) => HeadKind::Cosine { scale: 10.0 },
             None => HeadKind::Linear,
         };
         let head = Head::new(kind, 4, 2, vb.pp("fc")).unwrap();
         let start: Vec<f32> = (0..8).map(|_| rng.random_range(-0.5f32..0.5)).collect();
-        vm.set_one("fc.weight", Tensor::from_vec(start, (2, 4), &dev).unwrap()).unwrap();
+        vm.set_one("fc.weight", Tensor::from_vec(start, (2, 4), &dev).unwrap())
+            .unwrap();
         if margin.is_none() {
-            vm.set_one("fc.bias", Tensor::zeros(2, DType::F32, &dev).unwrap()).unwrap();
+            vm.set_one("fc.bias", Tensor::zeros(2, DType::F32, &dev).unwrap())
+                .unwrap();
         }
         let mut opt = candle_nn::AdamW::new(
             vm.all_vars(),
-            candle_nn::ParamsAdamW { lr: 0.05, weight_decay: 0.0, ..Default::default() },
+            candle_nn::ParamsAdamW {
+                lr: 0.05,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
         )
         .unwrap();
         let (x, y) = points(1, 64);
         for _ in 0..60 {
-            let logits = head.forward(&x.matmul(&embed.t().unwrap()).unwrap()).unwrap();
+            let logits = head
+                .forward(&x.matmul(&embed.t().unwrap()).unwrap())
+                .unwrap();
             let logits = match margin {
                 Some(m) => margin_logits(&logits, &y, 10.0, m).unwrap(),
                 None => logits,
             };
-            let loss = soft_cross_entropy(&logits, &smoothed_targets(&y, 2, 0.0, &dev).unwrap()).unwrap();
+            let loss =
+                soft_cross_entropy(&logits, &smoothed_targets(&y, 2, 0.0, &dev).unwrap()).unwrap();
             opt.backward_step(&loss).unwrap();
         }
         let (x, y) = points(2, 40);
-        let e = l2_normalise(&x.matmul(&embed.t().unwrap()).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+        let e = l2_normalise(&x.matmul(&embed.t().unwrap()).unwrap())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         let (mut same, mut diff) = (Vec::new(), Vec::new());
         for i in 0..e.len() {
             for j in i + 1..e.len() {
                 let c: f32 = e[i].iter().zip(&e[j]).map(|(a, b)| a * b).sum();
-                if y[i] == y[j] { same.push(c) } else { diff.push(c) }
+                if y[i] == y[j] {
+                    same.push(c)
+                } else {
+                    diff.push(c)
+                }
             }
         }
         let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len() as f32;
@@ -266,8 +291,14 @@ mod tests {
         let cosface = cosine_gap_after_training(Some(Margin::CosFace { margin: 0.35 }));
         let arcface = cosine_gap_after_training(Some(Margin::ArcFace { margin: 0.5 }));
         eprintln!("cosine gap: softmax {softmax}, cosface {cosface}, arcface {arcface}");
-        assert!(cosface > softmax + 0.05, "cosface gap {cosface} vs softmax {softmax}");
-        assert!(arcface > softmax + 0.05, "arcface gap {arcface} vs softmax {softmax}");
+        assert!(
+            cosface > softmax + 0.05,
+            "cosface gap {cosface} vs softmax {softmax}"
+        );
+        assert!(
+            arcface > softmax + 0.05,
+            "arcface gap {arcface} vs softmax {softmax}"
+        );
     }
 
     #[test]
