@@ -56,6 +56,15 @@ pub struct ModelCard {
 }
 
 impl ModelCard {
+    /// The characters the model was trained without (`train --hold-out`), from its training
+    /// configuration; empty for cards that record none.
+    pub fn held_out(&self) -> Vec<String> {
+        self.training
+            .get("held_out")
+            .and_then(|h| serde_json::from_value(h.clone()).ok())
+            .unwrap_or_default()
+    }
+
     /// Head specs for building the network.
     pub fn head_specs(&self) -> Vec<HeadSpec> {
         self.heads

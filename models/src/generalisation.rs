@@ -157,18 +157,24 @@ pub struct OpenSetScores {
     pub unknown: Vec<f32>,
 }
 
-/// Seen characters are enrolled with all their training images; their other images are the
-/// known queries; every unseen character's image and every vector of `extra_unknown` is an
-/// unknown query.
-pub fn open_set_scores(set: &ProtocolSet, extra_unknown: &[Vec<f32>]) -> OpenSetScores {
-    let centroids: Vec<Option<Vec<f32>>> = (0..set.unseen.len())
+/// The centroid of each seen character over all its training images (`None` for unseen
+/// characters and characters without training images): the open-set enrolment.
+pub fn training_centroids(set: &ProtocolSet) -> Vec<Option<Vec<f32>>> {
+    (0..set.unseen.len())
         .map(|c| {
             let members: Vec<usize> = (0..set.embeddings.len())
                 .filter(|&i| set.character[i] == c && set.train_split[i])
                 .collect();
             (!set.unseen[c] && !members.is_empty()).then(|| centroid(set, members.into_iter()))
         })
-        .collect();
+        .collect()
+}
+
+/// Seen characters are enrolled with all their training images; their other images are the
+/// known queries; every unseen character's image and every vector of `extra_unknown` is an
+/// unknown query.
+pub fn open_set_scores(set: &ProtocolSet, extra_unknown: &[Vec<f32>]) -> OpenSetScores {
+    let centroids = training_centroids(set);
     let mut scores = OpenSetScores::default();
     for (i, q) in set.embeddings.iter().enumerate() {
         let c = set.character[i];
@@ -215,7 +221,8 @@ pub fn auroc(known: &[f32], unknown: &[f32]) -> f64 {
     (rank_sum - k * (k + 1.0) / 2.0) / (k * u)
 }
 
-fn median(mut v: Vec<f32>) -> f32 {
+/// The median (upper middle value) of `v`; 0 when empty.
+pub fn median(mut v: Vec<f32>) -> f32 {
     if v.is_empty() {
         return 0.0;
     }
@@ -268,20 +275,45 @@ impl ScoreCalibration {
     }
 }
 
-/// Cosines of all pairs of `embeddings`, split into same- and different-`labels` pairs.
-pub fn pair_cosines(embeddings: &[Vec<f32>], labels: &[usize]) -> (Vec<f32>, Vec<f32>) {
-    let (mut same, mut different) = (Vec::new(), Vec::new());
-    for i in 0..embeddings.len() {
-        for j in i + 1..embeddings.len() {
+/// The cosines of all pairs of a set of embeddings.
+#[derive(Debug, Clone, Default)]
+pub struct PairCosines {
+    /// Pairs with the same label.
+    pub same: Vec<f32>,
+    /// Pairs with different labels.
+    pub different: Vec<f32>,
+    /// Per embedding, its best cosine to any other embedding.
+    pub best_other_picture: Vec<f32>,
+    /// Per embedding, its best cosine to an embedding of another label.
+    pub best_other_label: Vec<f32>,
+}
+
+/// Cosines of all pairs of `embeddings`, split into same- and different-`labels` pairs, with
+/// each embedding's best match, in one pass over the pairs.
+pub fn pair_cosines(embeddings: &[Vec<f32>], labels: &[usize]) -> PairCosines {
+    let n = embeddings.len();
+    let mut out = PairCosines {
+        best_other_picture: vec![f32::MIN; n],
+        best_other_label: vec![f32::MIN; n],
+        ..PairCosines::default()
+    };
+    for i in 0..n {
+        for j in i + 1..n {
             let s = dot(&embeddings[i], &embeddings[j]);
+            for k in [i, j] {
+                out.best_other_picture[k] = out.best_other_picture[k].max(s);
+            }
             if labels[i] == labels[j] {
-                same.push(s);
+                out.same.push(s);
             } else {
-                different.push(s);
+                out.different.push(s);
+                for k in [i, j] {
+                    out.best_other_label[k] = out.best_other_label[k].max(s);
+                }
             }
         }
     }
-    (same, different)
+    out
 }
 
 /// Fits [`ScoreCalibration`] by Newton's method (with step halving) on the weighted log-loss,
@@ -469,9 +501,14 @@ mod tests {
             flat.a.abs() < 1.0 && (flat.confidence(0.5) - 0.5).abs() < 0.05,
             "{flat:?}"
         );
-        let (s, d) = pair_cosines(&[unit(0.0), unit(0.0), unit(90.0)], &[0, 0, 1]);
+        let p = pair_cosines(&[unit(0.0), unit(0.0), unit(90.0)], &[0, 0, 1]);
+        let (s, d) = (&p.same, &p.different);
         assert_eq!((s.len(), d.len()), (1, 2));
         assert!((s[0] - 1.0).abs() < 1e-6 && d.iter().all(|x| x.abs() < 1e-6));
+        assert!(
+            (p.best_other_picture[0] - 1.0).abs() < 1e-6 && p.best_other_picture[2].abs() < 1e-6
+        );
+        assert!(p.best_other_label.iter().all(|x| x.abs() < 1e-6));
     }
 
     #[test]

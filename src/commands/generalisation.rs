@@ -7,8 +7,8 @@ use animelens_index::open_set_threshold;
 use animelens_models::checkpoint::{write_card, LoadedModel};
 use animelens_models::data::{decode_all, unlabelled_images, Dataset, Sample, Split};
 use animelens_models::generalisation::{
-    few_shot, fit_calibration, histogram, open_set_report, open_set_scores, pair_cosines,
-    FewShotReport, OpenSetReport, ProtocolSet, ScoreCalibration,
+    few_shot, fit_calibration, histogram, median, open_set_report, open_set_scores, pair_cosines,
+    training_centroids, FewShotReport, OpenSetReport, ProtocolSet, ScoreCalibration,
 };
 use animelens_models::metrics::run_set;
 use animelens_models::plots::{line_chart, Series};
@@ -71,20 +71,16 @@ pub struct GeneralisationReport {
     pub extra_unknown: usize,
 }
 
-fn median(mut v: Vec<f32>) -> f32 {
-    v.sort_by(f32::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
-}
-
 fn embed(model: &LoadedModel, samples: &[Sample]) -> Result<(Vec<Vec<f32>>, Vec<Sample>)> {
     let pre = &model.card.preprocessing;
     let (set, failures) = decode_all(samples, pre.input_size, true);
     for (path, reason) in &failures {
         tracing::warn!("skipping unreadable image {}: {reason}", path.display());
     }
+    let failed: std::collections::HashSet<&PathBuf> = failures.iter().map(|f| &f.0).collect();
     let kept: Vec<Sample> = samples
         .iter()
-        .filter(|s| set.paths.contains(&s.path))
+        .filter(|s| !failed.contains(&s.path))
         .cloned()
         .collect();
     let set = Arc::new(set);
@@ -137,20 +133,10 @@ pub fn run(
 
     // The catalogue's rule: seen centroids from training images, calibrated on the seen
     // characters' other images with simulated unknowns.
-    let centroids: Vec<(String, Vec<f32>)> = (0..names.len())
-        .filter(|&c| !set.unseen[c])
-        .map(|c| {
-            let mut sum = vec![0f32; set.embeddings[0].len()];
-            for i in
-                (0..set.embeddings.len()).filter(|&i| set.character[i] == c && set.train_split[i])
-            {
-                sum.iter_mut()
-                    .zip(&set.embeddings[i])
-                    .for_each(|(s, v)| *s += v);
-            }
-            let centroid = animelens_index::normalise(&sum).unwrap_or(sum);
-            (names[c].clone(), centroid)
-        })
+    let centroids: Vec<(String, Vec<f32>)> = training_centroids(&set)
+        .into_iter()
+        .zip(names)
+        .filter_map(|(c, name)| Some((name.clone(), c?)))
         .collect();
     let calibration_samples: Vec<(Vec<f32>, String)> = (0..set.embeddings.len())
         .filter(|&i| !set.train_split[i] && !set.unseen[set.character[i]])
@@ -181,24 +167,10 @@ pub fn run(
         .collect();
     let pool_vectors: Vec<Vec<f32>> = pool.iter().map(|&i| set.embeddings[i].clone()).collect();
     let pool_labels: Vec<usize> = pool.iter().map(|&i| set.character[i]).collect();
-    let (same, different) = pair_cosines(&pool_vectors, &pool_labels);
-    let calibration = fit_calibration(&same, &different);
-    let (mut best_other, mut best_other_character) = (Vec::new(), Vec::new());
-    for (a, va) in pool_vectors.iter().enumerate() {
-        let (mut any, mut other) = (f32::MIN, f32::MIN);
-        for (b, vb) in pool_vectors.iter().enumerate() {
-            if a != b {
-                let s: f32 = va.iter().zip(vb).map(|(x, y)| x * y).sum();
-                any = any.max(s);
-                if pool_labels[a] != pool_labels[b] {
-                    other = other.max(s);
-                }
-            }
-        }
-        best_other.push(any);
-        best_other_character.push(other);
-    }
-    plot_histograms(args.out, &same, &different, calibration)?;
+    let pairs = pair_cosines(&pool_vectors, &pool_labels);
+    let (same, different) = (&pairs.same, &pairs.different);
+    let calibration = fit_calibration(same, different);
+    plot_histograms(args.out, same, different, calibration)?;
     if let (Some(path), Some(c)) = (args.calibrate, calibration) {
         let mut card = model.card.clone();
         card.similarity = Some(c);
@@ -209,12 +181,8 @@ pub fn run(
             c.b
         );
     }
-    let held_out_in_training = model
-        .card
-        .training
-        .get("held_out")
-        .and_then(|h| serde_json::from_value::<Vec<String>>(h.clone()).ok())
-        .is_some_and(|h| args.unseen.iter().all(|u| h.contains(u)));
+    let held_out = model.card.held_out();
+    let held_out_in_training = args.unseen.iter().all(|u| held_out.contains(u));
     Ok(GeneralisationReport {
         unseen_characters: args.unseen.to_vec(),
         held_out_in_training,
@@ -224,8 +192,8 @@ pub fn run(
         catalogue_rule,
         calibration,
         pairs: (same.len(), different.len()),
-        median_best_other_picture: median(best_other),
-        median_best_other_character: median(best_other_character),
+        median_best_other_picture: median(pairs.best_other_picture.clone()),
+        median_best_other_character: median(pairs.best_other_label.clone()),
         extra_unknown: extra.len(),
     })
 }

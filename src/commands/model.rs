@@ -347,14 +347,8 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let model = animelens_models::checkpoint::load(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let full = args.data.load()?;
-    let held_out: Vec<String> = model
-        .card
-        .training
-        .get("held_out")
-        .and_then(|h| serde_json::from_value(h.clone()).ok())
-        .unwrap_or_default();
     let unseen = if args.unseen_characters.is_empty() {
-        held_out
+        model.card.held_out()
     } else {
         args.unseen_characters.clone()
     };
