@@ -156,6 +156,20 @@ pub(crate) struct IndexState {
     pub(crate) centroids: Mutex<Option<CentroidTable>>,
 }
 
+/// Read access to the store of a [`Catalog`]; it holds the store's read lock, so a reopen waits
+/// for it.
+pub(crate) struct StoreGuard<'a>(RwLockReadGuard<'a, Option<Store>>);
+
+impl std::ops::Deref for StoreGuard<'_> {
+    type Target = Store;
+
+    fn deref(&self) -> &Store {
+        self.0
+            .as_ref()
+            .expect("Catalog::store checks that the store is open")
+    }
+}
+
 /// Locks ignoring poisoning: a panicked reader must not take the whole service down.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -165,7 +179,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// share it with `Arc<Catalog>`.
 pub struct Catalog {
     pub(crate) dir: PathBuf,
-    pub(crate) store: Store,
+    /// `None` only between dropping a failed store and a reopen that did not succeed.
+    store: RwLock<Option<Store>>,
     pub(crate) model: ModelTag,
     pub(crate) options: OpenOptions,
     pub(crate) state: RwLock<IndexState>,
@@ -241,7 +256,7 @@ impl Catalog {
         let state = new_state(ann, items, generation, origin);
         Ok(Catalog {
             dir,
-            store,
+            store: RwLock::new(Some(store)),
             model,
             options,
             state: RwLock::new(state),
@@ -270,12 +285,77 @@ impl Catalog {
         &self.model
     }
 
+    /// Where the model was loaded from, when a caller recorded it (see
+    /// [`Catalog::set_model_source`]); lets tools default to the catalogue's own model.
+    pub fn model_source(&self) -> Result<Option<String>> {
+        self.store()?.model_source()
+    }
+
+    /// Records where the catalogue's model was loaded from (a checkpoint path).
+    pub fn set_model_source(&self, source: &str) -> Result<()> {
+        let _writer = self.begin_write()?;
+        self.store()?.set_model_source(source)
+    }
+
     pub(crate) fn read_state(&self) -> RwLockReadGuard<'_, IndexState> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn write_state(&self) -> RwLockWriteGuard<'_, IndexState> {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The sled store, for one operation (do not hold the guard across a call that writes).
+    pub(crate) fn store(&self) -> Result<StoreGuard<'_>> {
+        let guard = self.store.read().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
+            return Err(CatalogError::StorageUnavailable {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(StoreGuard(guard))
+    }
+
+    /// Takes the single-writer lock. When an earlier write met an I/O error (sled then fails every
+    /// later write until reopened, e.g. after a full disk), first reopens the store, and rebuilds
+    /// the derived state if the reopened store's generation is not the one searches see (a failed
+    /// write that reached the disk after all). Writes thus recover once space is freed, without a
+    /// restart; until then each write answers the disk's error again.
+    pub(crate) fn begin_write(&self) -> Result<MutexGuard<'_, ()>> {
+        let writer = lock(&self.writer);
+        let needs_reopen = self
+            .store
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(Store::has_failed);
+        if needs_reopen {
+            self.reopen_store()?;
+        }
+        Ok(writer)
+    }
+
+    /// Drops the failed store (sled's file lock with it) and opens it again. Caller holds the
+    /// writer lock.
+    fn reopen_store(&self) -> Result<()> {
+        let published = self.read_state().generation;
+        let mut slot = self.store.write().unwrap_or_else(PoisonError::into_inner);
+        *slot = None;
+        let store = Store::open(&self.dir)?;
+        let generation = store.generation()?;
+        *slot = Some(store);
+        drop(slot);
+        tracing::warn!(
+            catalogue = %self.dir.display(),
+            "reopened the catalogue's store after a failed write"
+        );
+        if generation != published {
+            tracing::warn!(
+                "a failed write reached the disk; rebuilding the search index from the store"
+            );
+            self.rebuild_locked()?;
+        }
+        Ok(())
     }
 
     /// Validates and normalises a caller's vector.
@@ -316,8 +396,8 @@ impl Catalog {
         if prepared.is_empty() {
             return Ok(Vec::new());
         }
-        let _writer = lock(&self.writer);
-        let (written, generation) = self.store.add_items(&prepared)?;
+        let _writer = self.begin_write()?;
+        let (written, generation) = self.store()?.add_items(&prepared)?;
         let mut outcomes = Vec::with_capacity(written.len());
         let mut to_index: Vec<(Vec<f32>, Item)> = Vec::new();
         let mut fresh: HashSet<ItemId> = HashSet::new();
@@ -334,10 +414,10 @@ impl Catalog {
                 // Stored by an earlier call whose index update did not happen (it failed after the
                 // sled write): index it now and report it as new, since that call reported failure.
                 let item = self
-                    .store
+                    .store()?
                     .item(id)?
                     .ok_or(CatalogError::UnknownItem { id })?;
-                let v = self.store.vector(id)?.ok_or_else(|| {
+                let v = self.store()?.vector(id)?.ok_or_else(|| {
                     CatalogError::corrupt(&self.dir, format!("vectors/{id} missing"))
                 })?;
                 fresh.insert(id);
@@ -384,10 +464,10 @@ impl Catalog {
     /// Tombstones a live item: it disappears from every search at once; its records are deleted
     /// by [`Catalog::compact`].
     pub fn remove(&self, id: ItemId) -> Result<()> {
-        let _writer = lock(&self.writer);
-        let (item, generation) = self.store.tombstone(id)?;
+        let _writer = self.begin_write()?;
+        let (item, generation) = self.store()?.tombstone(id)?;
         let v = match item.character() {
-            Some(_) => self.store.vector(id)?,
+            Some(_) => self.store()?.vector(id)?,
             None => None,
         };
         let mut st = self.write_state();
@@ -411,10 +491,10 @@ impl Catalog {
     /// Replaces an item's labels and/or tags; returns the updated record.
     pub fn update(&self, id: ItemId, update: &ItemUpdate) -> Result<Item> {
         limits::check_update(update)?;
-        let _writer = lock(&self.writer);
-        let (old, new, generation) = self.store.update_item(id, update)?;
+        let _writer = self.begin_write()?;
+        let (old, new, generation) = self.store()?.update_item(id, update)?;
         let v = if old.character() != new.character() {
-            self.store.vector(id)?
+            self.store()?.vector(id)?
         } else {
             None
         };
@@ -446,7 +526,7 @@ impl Catalog {
         if !self.read_state().live.contains(&id) {
             return Ok(None);
         }
-        self.store.item(id)
+        self.store()?.item(id)
     }
 
     /// The stored (normalised) vector of a live item.
@@ -454,7 +534,7 @@ impl Catalog {
         if !self.read_state().live.contains(&id) {
             return Ok(None);
         }
-        self.store.vector(id)
+        self.store()?.vector(id)
     }
 
     /// The int8 copy of a live item's vector (present when opened with `store_int8`).
@@ -462,7 +542,7 @@ impl Catalog {
         if !self.read_state().live.contains(&id) {
             return Ok(None);
         }
-        self.store.quantized(id)
+        self.store()?.quantized(id)
     }
 
     /// The thumbnail of a live item.
@@ -470,7 +550,7 @@ impl Catalog {
         if !self.read_state().live.contains(&id) {
             return Ok(None);
         }
-        self.store.thumbnail(id)
+        self.store()?.thumbnail(id)
     }
 
     /// The `k` live items most similar to `vector` among those matching `filter`.
@@ -575,7 +655,7 @@ impl Catalog {
     pub(crate) fn exact(&self, q: &[f32], ids: &[ItemId], k: usize) -> Result<Vec<(ItemId, f32)>> {
         let mut scored = ids
             .par_iter()
-            .map(|&id| match self.store.vector(id)? {
+            .map(|&id| match self.store()?.vector(id)? {
                 Some(v) => Ok(Some((id, vector::dot(q, &v)))),
                 None => Ok(None),
             })
@@ -592,7 +672,7 @@ impl Catalog {
     pub(crate) fn hits(&self, scored: Vec<(ItemId, f32)>) -> Result<Vec<Hit>> {
         let mut out = Vec::with_capacity(scored.len());
         for (id, score) in scored {
-            if let Some(item) = self.store.item(id)? {
+            if let Some(item) = self.store()?.item(id)? {
                 out.push(Hit { id, score, item });
             }
         }
@@ -602,14 +682,14 @@ impl Catalog {
     /// Rebuilds the graph from the store (e.g. after changing HNSW parameters, or to repair).
     /// Returns the number of live items indexed.
     pub fn rebuild(&self) -> Result<usize> {
-        let _writer = lock(&self.writer);
+        let _writer = self.begin_write()?;
         self.rebuild_locked()
     }
 
     fn rebuild_locked(&self) -> Result<usize> {
-        let generation = self.store.generation()?;
-        let items = self.store.live_items()?;
-        let ann = build_ann(&self.store, &self.dir, &items, &self.options)?;
+        let generation = self.store()?.generation()?;
+        let items = self.store()?.live_items()?;
+        let ann = build_ann(&*self.store()?, &self.dir, &items, &self.options)?;
         let live = items.len();
         *self.write_state() = new_state(ann, items, generation, IndexOrigin::Built);
         Ok(live)
@@ -617,8 +697,8 @@ impl Catalog {
 
     /// Deletes tombstoned records and rebuilds the graph without them.
     pub fn compact(&self) -> Result<CompactReport> {
-        let _writer = lock(&self.writer);
-        let (purged, _) = self.store.purge_tombstoned()?;
+        let _writer = self.begin_write()?;
+        let (purged, _) = self.store()?.purge_tombstoned()?;
         let live = self.rebuild_locked()?;
         Ok(CompactReport { purged, live })
     }
@@ -646,12 +726,12 @@ impl Catalog {
             })
             .unwrap_or(0);
         Ok(CatalogStats {
-            items: self.store.item_count(),
+            items: self.store()?.item_count(),
             live: st.live.len(),
-            tombstoned: self.store.tombstoned_ids()?.len(),
+            tombstoned: self.store()?.tombstoned_ids()?.len(),
             dim: self.model.dim,
             fingerprint: self.model.fingerprint.clone(),
-            bytes_on_disk: self.store.size_on_disk()? + dump_bytes,
+            bytes_on_disk: self.store()?.size_on_disk()? + dump_bytes,
             generation: st.generation,
             indexed_points: st.ann.len(),
         })
@@ -659,8 +739,9 @@ impl Catalog {
 
     /// Compares the live items in sled with what searches can return.
     pub fn check_consistency(&self) -> Result<Consistency> {
-        let _writer = lock(&self.writer);
-        let store_live: BTreeSet<ItemId> = self.store.live_items()?.iter().map(|i| i.id).collect();
+        let _writer = self.begin_write()?;
+        let store_live: BTreeSet<ItemId> =
+            self.store()?.live_items()?.iter().map(|i| i.id).collect();
         let st = self.read_state();
         let in_graph: HashSet<ItemId> = st.ann.ids().into_iter().collect();
         let searchable: BTreeSet<ItemId> = st
@@ -685,7 +766,7 @@ impl Catalog {
     /// Saves the graph so that the next open reloads it instead of rebuilding (no-op when the saved
     /// graph is current).
     pub fn save_index(&self) -> Result<()> {
-        let _writer = lock(&self.writer);
+        let _writer = self.begin_write()?;
         let st = self.read_state();
         let mut saved = lock(&self.saved_generation);
         if *saved == Some(st.generation) || st.ann.len() == 0 {

@@ -695,7 +695,7 @@ fn a_stored_but_unindexed_item_is_repaired_by_a_retry() {
         store_int8: false,
         thumbnail: vec![],
     };
-    let (written, _) = cat.store.add_items(&[orphan]).unwrap();
+    let (written, _) = cat.store().unwrap().add_items(&[orphan]).unwrap();
     assert!(cat.search(&vs[0], 1, &Filter::any()).unwrap().is_empty());
     let retry = cat.add(new_item(&vs[0], "x", "orphan")).unwrap();
     assert_eq!(
@@ -710,4 +710,43 @@ fn a_stored_but_unindexed_item_is_repaired_by_a_retry() {
         retry.id
     );
     assert!(cat.check_consistency().unwrap().is_consistent());
+}
+
+#[test]
+fn the_write_after_a_storage_failure_reopens_the_store_and_indexes_a_write_that_landed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = open(dir.path());
+    let (_, vs, _) = fill(&cat, 20, 2, 9);
+    // A write that reached sled although its caller saw an error, then sled's sticky I/O error.
+    let landed = crate::store::Prepared {
+        item: Item {
+            id: 0,
+            source: "landed.png".into(),
+            labels: BTreeMap::new(),
+            tags: vec![],
+            width: 1,
+            height: 1,
+            content_hash: "landed".into(),
+            added_at_ms: 0,
+        },
+        vector: crate::vector::normalise(&vs[0]).unwrap(),
+        store_int8: false,
+        thumbnail: vec![],
+    };
+    let (written, _) = cat.store().unwrap().add_items(&[landed]).unwrap();
+    cat.store().unwrap().mark_failed();
+    let after = cat.add(new_item(&vs[1], "c1", "after-reopen")).unwrap();
+    assert!(!after.duplicate);
+    assert!(!cat.store().unwrap().has_failed(), "the store was reopened");
+    assert!(cat.check_consistency().unwrap().is_consistent());
+    let live: HashSet<ItemId> = cat
+        .search(&vs[0], 30, &Filter::any())
+        .unwrap()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    assert!(live.contains(&written[0].0) && live.contains(&after.id));
+    drop(cat);
+    let reopened = open(dir.path());
+    assert_eq!(reopened.counts().live, 22);
 }

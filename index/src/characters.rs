@@ -105,12 +105,12 @@ fn compute_table(cat: &Catalog, st: &IndexState) -> Result<CentroidTable> {
             .into_iter()
             .flatten();
         for &id in ids {
-            if let Some(v) = cat.store.vector(id)? {
+            if let Some(v) = cat.store()?.vector(id)? {
                 table.add(&name, &v);
             }
         }
     }
-    for (name, sum) in cat.store.enrolled()? {
+    for (name, sum) in cat.store()?.enrolled()? {
         table.merge(&name, &sum);
     }
     Ok(table)
@@ -187,8 +187,8 @@ impl Catalog {
         for v in vectors {
             shots.add(&self.check_vector(v)?);
         }
-        let _writer = lock(&self.writer);
-        let total = self.store.enroll(name, &shots)?;
+        let _writer = self.begin_write()?;
+        let total = self.store()?.enroll(name, &shots)?;
         let mut st = self.write_state();
         if let Some(table) = st
             .centroids
@@ -213,10 +213,16 @@ impl Catalog {
         self.add_batch(items)
     }
 
+    /// Whether the open-set threshold was calibrated (otherwise [`DEFAULT_OPEN_SET_THRESHOLD`],
+    /// which means little for a given model: callers should say so).
+    pub fn open_set_calibrated(&self) -> Result<bool> {
+        Ok(self.store()?.threshold()?.is_some())
+    }
+
     /// The open-set threshold in use (calibrated, or [`DEFAULT_OPEN_SET_THRESHOLD`]).
     pub fn open_set_threshold(&self) -> Result<f32> {
         Ok(self
-            .store
+            .store()?
             .threshold()?
             .unwrap_or(DEFAULT_OPEN_SET_THRESHOLD))
     }
@@ -259,8 +265,8 @@ impl Catalog {
             .map(|(v, truth)| Ok((self.check_vector(v)?, truth.clone())))
             .collect::<Result<Vec<_>>>()?;
         let calibration = open_set_threshold(&checked, &centroids);
-        let _writer = lock(&self.writer);
-        self.store.set_threshold(calibration.threshold)?;
+        let _writer = self.begin_write()?;
+        self.store()?.set_threshold(calibration.threshold)?;
         Ok(calibration)
     }
 }

@@ -26,8 +26,8 @@ pub enum CatalogError {
     #[error(
         "catalogue {} was indexed with model fingerprint {stored} ({stored_dim}-d embeddings) but the model \
          in use has fingerprint {requested} ({requested_dim}-d); embeddings from different models cannot be \
-         compared: run `animelens index rebuild --reembed --model CKPT --db {}` to re-embed every item with this model, \
-         or create a new catalogue folder",
+         compared: pass the checkpoint the catalogue was built with as --model, run `animelens index rebuild --reembed \
+         --model CKPT --db {}` to re-embed every item with this model, or create a new catalogue folder",
         dir.display(), dir.display()
     )]
     ModelMismatch {
@@ -45,7 +45,7 @@ pub enum CatalogError {
 
     /// Opening without a model tag a folder that holds no catalogue yet.
     #[error(
-        "no catalogue in {}: the folder has never been indexed; create it with `animelens index add DIR --db {}` \
+        "no catalogue in {}: the folder has never been indexed; create it with `animelens index add DIR --db {} [--model CKPT]` \
          (or `animelens index import-vectors FILE --fingerprint FP --db {}`), or check the --db path",
         dir.display(), dir.display(), dir.display()
     )]
@@ -65,6 +65,17 @@ pub enum CatalogError {
         dir: PathBuf,
         /// The underlying I/O error.
         source: io::Error,
+    },
+
+    /// The store was closed after a failed write and could not be reopened yet.
+    #[error(
+        "catalogue {} is temporarily unavailable: its storage failed and could not be reopened yet; \
+         free disk space (or fix the disk), then retry: the next write reopens it",
+        dir.display()
+    )]
+    StorageUnavailable {
+        /// The catalogue folder.
+        dir: PathBuf,
     },
 
     /// The folder cannot be written.

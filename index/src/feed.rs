@@ -59,12 +59,13 @@ impl Catalog {
             kind,
             at_ms: at_ms.unwrap_or_else(now_ms),
         };
-        self.store.record_event(user, &event)
+        let _writer = self.begin_write()?;
+        self.store()?.record_event(user, &event)
     }
 
     /// A user's events in time order.
     pub fn events(&self, user: &str) -> Result<Vec<Event>> {
-        self.store.events(user)
+        self.store()?.events(user)
     }
 
     /// Up to `k` unseen live items for `user`, diversified by MMR with trade-off `lambda` in [0, 1]
@@ -117,7 +118,7 @@ impl Catalog {
         };
         let mut candidates = Vec::with_capacity(scored.len());
         for (id, relevance) in scored {
-            if let Some(v) = self.store.vector(id)? {
+            if let Some(v) = self.store()?.vector(id)? {
                 candidates.push((id, relevance, v));
             }
         }
@@ -152,7 +153,7 @@ impl Catalog {
         };
         let live_set: HashSet<ItemId> = live.iter().copied().collect();
         let mut popular: Vec<(ItemId, u64)> = self
-            .store
+            .store()?
             .popularity()?
             .into_iter()
             .filter(|(id, n)| *n > 0 && live_set.contains(id))

@@ -120,7 +120,7 @@ impl Catalog {
                 };
                 let mut scored = Vec::with_capacity(candidates.len());
                 for id in candidates {
-                    if let Some(v) = self.store.vector(id)? {
+                    if let Some(v) = self.store()?.vector(id)? {
                         scored.push((id, best_score(&v, &pos, &neg)));
                     }
                 }

@@ -127,7 +127,7 @@ impl Catalog {
         if hash.is_empty() {
             return Ok(None);
         }
-        let id = self.store.live_by_hash(hash)?;
+        let id = self.store()?.live_by_hash(hash)?;
         Ok(id.filter(|id| self.read_state().live.contains(id)))
     }
 }

@@ -14,6 +14,10 @@
 //! current one, then one transaction on `meta` switches the set and the model tag together; a
 //! crash before the switch leaves the old set current, and [`Store::open`] drops any set that is
 //! not current (leftovers of an interrupted re-embedding, or the old set after a switch).
+//!
+//! I/O failures are sticky in sled: after one write fails (a full disk), sled answers every later
+//! write with the same error until the database is opened again. [`Store::has_failed`] says so, and
+//! the catalogue reopens the store before its next write (see `Catalog::begin_write`).
 
 use crate::error::{CatalogError, Result};
 use crate::limits::MAX_EVENTS_PER_USER;
@@ -26,6 +30,7 @@ use sled::transaction::{
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const KEY_MODEL: &[u8] = b"model";
 const KEY_GENERATION: &[u8] = b"generation";
@@ -43,6 +48,7 @@ fn bump_generation(meta: &TransactionalTree) -> Result<u64, UnabortableTransacti
 const KEY_NEXT_ID: &[u8] = b"next_id";
 const KEY_THRESHOLD: &[u8] = b"open_set_threshold";
 const KEY_VECTOR_SET: &[u8] = b"vector_set";
+const KEY_MODEL_SOURCE: &[u8] = b"model_source";
 
 /// Names of the f32 and int8 vector trees of vector set `n`.
 fn vector_tree_names(n: u64) -> (String, String) {
@@ -108,6 +114,8 @@ pub(crate) struct Store {
     likes: sled::Tree,
     popularity: sled::Tree,
     characters: sled::Tree,
+    /// Set when sled reported an I/O error: its later writes fail until it is reopened.
+    failed: AtomicBool,
 }
 
 fn key(id: ItemId) -> [u8; 8] {
@@ -165,11 +173,26 @@ impl Store {
             characters: tree("characters")?,
             dir: dir.to_path_buf(),
             db,
+            failed: AtomicBool::new(false),
         })
     }
 
     fn err(&self, e: sled::Error) -> CatalogError {
+        if matches!(e, sled::Error::Io(_)) {
+            self.failed.store(true, Ordering::Release);
+        }
         CatalogError::storage(&self.dir, e)
+    }
+
+    /// Whether sled met an I/O error since this store was opened (every later write would fail).
+    pub(crate) fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Marks the store as failed, as an I/O error would (tests of the reopen path).
+    #[cfg(test)]
+    pub(crate) fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Release);
     }
 
     fn tx_err(&self, e: TransactionError<CatalogError>) -> CatalogError {
@@ -674,6 +697,20 @@ impl Store {
     pub(crate) fn set_threshold(&self, t: f32) -> Result<()> {
         self.meta
             .insert(KEY_THRESHOLD, &t.to_le_bytes())
+            .map_err(|e| self.err(e))?;
+        self.flush()
+    }
+
+    /// Where the catalogue's model was loaded from, as recorded by [`Store::set_model_source`].
+    pub(crate) fn model_source(&self) -> Result<Option<String>> {
+        let v = self.meta.get(KEY_MODEL_SOURCE).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|b| String::from_utf8(b.to_vec()).ok()))
+    }
+
+    /// Records where the catalogue's model was loaded from (a checkpoint path).
+    pub(crate) fn set_model_source(&self, source: &str) -> Result<()> {
+        self.meta
+            .insert(KEY_MODEL_SOURCE, source.as_bytes())
             .map_err(|e| self.err(e))?;
         self.flush()
     }

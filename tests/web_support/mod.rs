@@ -128,6 +128,24 @@ impl Server {
         server
     }
 
+    /// Starts the binary on data folder `data` with `model` and `gallery` (and a TOML `config`
+    /// file when given), the arguments every web test passes.
+    pub fn start_on(data: &Path, model: &Path, gallery: &Path, config: Option<&Path>) -> Server {
+        let mut args = vec![
+            "--data-dir".to_string(),
+            data.display().to_string(),
+            "--model".to_string(),
+            model.display().to_string(),
+            "--gallery".to_string(),
+            gallery.display().to_string(),
+        ];
+        if let Some(config) = config {
+            args.extend(["--config".to_string(), config.display().to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Server::start(&args, &[])
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -92,6 +92,7 @@ impl ResponseError for ApiError {
                     StatusCode::BAD_REQUEST
                 }
                 CatalogError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
+                CatalogError::StorageUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -117,7 +118,7 @@ impl ResponseError for ApiError {
             _ => self.to_string(),
         };
         let mut res = HttpResponse::build(status);
-        if let ApiError::Busy = self {
+        if let ApiError::Busy | ApiError::Catalog(CatalogError::StorageUnavailable { .. }) = self {
             res.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
         }
         res.json(serde_json::json!({ "error": message }))
