@@ -174,6 +174,18 @@ fn bad_paths_and_manifests_give_clear_errors() {
     let o = animelens(&["classify", "--model", "/no/such/model", "x.jpg"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("/no/such/model.json"), "{}", text(&o));
+    assert!(text(&o).contains("Check the path"), "{}", text(&o));
+    assert!(
+        !text(&o).contains("disk space"),
+        "a read error is not about disk space: {}",
+        text(&o)
+    );
+
+    // serve --help names every settings key (the list grows with the settings).
+    let help = text(&animelens(&["serve", "--help"]));
+    for key in animelens_web::config::KEYS {
+        assert!(help.contains(key), "serve --help lacks {key}:\n{help}");
+    }
 
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/sample/pokemon/manifest.csv");
     let o = animelens(&[

@@ -374,3 +374,131 @@ fn manifest_levels_become_filters() {
             .any(|t| t.as_str().unwrap().starts_with("split:")));
     }
 }
+
+/// A copy of the holoen sample's `train/` folders only (no validation images).
+fn train_only_sample(dir: &Path) -> PathBuf {
+    let root = dir.join("train-only");
+    for entry in std::fs::read_dir(sample("holoen/train")).unwrap() {
+        let from = entry.unwrap().path();
+        let to = root.join("train").join(from.file_name().unwrap());
+        std::fs::create_dir_all(&to).unwrap();
+        for f in std::fs::read_dir(&from).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    root
+}
+
+#[test]
+fn commands_default_to_the_catalogues_model_and_add_calibrates_on_validation_images() {
+    let model_dir = tempfile::tempdir().unwrap();
+    let trained = PathBuf::from(tiny_model(3));
+    // A private copy, so that the test can take it away later.
+    let model = model_dir.path().join("tiny");
+    for ext in ["safetensors", "json"] {
+        std::fs::copy(trained.with_extension(ext), model.with_extension(ext)).unwrap();
+    }
+    let model = model.display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db").display().to_string();
+
+    // The sample has val/ images: they calibrate the threshold before they are added.
+    let added = ok(&[
+        "index",
+        "--db",
+        &db,
+        "add",
+        sample("holoen").to_str().unwrap(),
+        "--model",
+        &model,
+    ]);
+    assert!(added.contains("added 180 items"), "{added}");
+    assert!(
+        added.contains("calibrated on the 72 validation images"),
+        "{added}"
+    );
+
+    // No --model: the catalogue's recorded model embeds the query, and identify uses the
+    // calibrated threshold without a warning.
+    let gura = first_image("gura").display().to_string();
+    let hits = json_lines(&ok(&["search", "--db", &db, "--image", &gura, "--json"]));
+    assert_eq!(hits[0]["source"], gura.as_str());
+    let out = run(&["identify", "--db", &db, "--json", &gura]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("not calibrated"));
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["threshold_calibrated"], true);
+
+    // index update relabels an item: the character filter follows.
+    let id = hits[0]["id"].to_string();
+    let updated = ok(&[
+        "index",
+        "--db",
+        &db,
+        "update",
+        &id,
+        "--label",
+        "character=relabelled",
+        "--tag",
+        "fixed",
+    ]);
+    assert!(updated.contains("character=relabelled"), "{updated}");
+    let found = json_lines(&ok(&[
+        "search",
+        "--db",
+        &db,
+        "--id",
+        &id,
+        "--filter",
+        "character=relabelled",
+        "--json",
+    ]));
+    assert!(found.is_empty(), "the query item itself is not returned");
+    let found = json_lines(&ok(&[
+        "search",
+        "--db",
+        &db,
+        "--image",
+        &gura,
+        "--filter",
+        "character=relabelled",
+        "--json",
+    ]));
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["tags"], serde_json::json!(["fixed"]));
+    let nothing = run(&["index", "--db", &db, "update", &id]);
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("nothing to change"));
+
+    // The recorded model gone: the demo model does not match, and the error asks for --model.
+    std::fs::remove_file(PathBuf::from(&model).with_extension("safetensors")).unwrap();
+    let out = run(&["search", "--db", &db, "--image", &gura]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--model") && err.contains("fingerprint"),
+        "{err}"
+    );
+
+    // A collection without validation images leaves the threshold uncalibrated, and says so.
+    let other = dir.path().join("other").display().to_string();
+    let train_only = train_only_sample(dir.path());
+    let out = run(&[
+        "index",
+        "--db",
+        &other,
+        "add",
+        train_only.to_str().unwrap(),
+        "--model",
+        trained.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not calibrated"), "{err}");
+    let out = run(&["identify", "--db", &other, &gura]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not calibrated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

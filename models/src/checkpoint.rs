@@ -80,9 +80,17 @@ impl ModelCard {
 /// Why a checkpoint could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    /// File system error.
-    #[error("{path}: {source}. Check the path and permissions (and free disk space when saving)")]
-    Io {
+    /// A checkpoint file could not be read.
+    #[error("cannot read {path}: {source}. Check the path: a checkpoint is NAME.safetensors with NAME.json beside it, as `animelens train` writes them")]
+    Read {
+        /// File involved.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A checkpoint file could not be written.
+    #[error("cannot write {path}: {source}. Check free disk space and the folder's permissions")]
+    Write {
         /// File involved.
         path: PathBuf,
         /// Cause.
@@ -109,8 +117,15 @@ pub enum CheckpointError {
     Tensor(#[from] candle_core::Error),
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
+fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Read {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Write {
         path: path.to_path_buf(),
         source,
     }
@@ -128,11 +143,11 @@ pub fn checkpoint_paths(path: &Path) -> (PathBuf, PathBuf) {
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        std::fs::create_dir_all(dir).map_err(write_error(dir))?;
     }
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    std::fs::write(&tmp, bytes).map_err(write_error(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(write_error(path))
 }
 
 /// SHA-256 (hex, first 16 bytes) of a weights file's bytes.
@@ -181,7 +196,7 @@ pub fn write_card(path: &Path, card: &ModelCard) -> Result<(), CheckpointError> 
 /// Reads a model card.
 pub fn read_card(path: &Path) -> Result<ModelCard, CheckpointError> {
     let (_, card_path) = checkpoint_paths(path);
-    let text = std::fs::read(&card_path).map_err(io(&card_path))?;
+    let text = std::fs::read(&card_path).map_err(read_error(&card_path))?;
     serde_json::from_slice(&text).map_err(|e| CheckpointError::Card {
         path: card_path,
         message: e.to_string(),
@@ -214,7 +229,7 @@ pub fn build(card: &ModelCard) -> Result<LoadedModel, CheckpointError> {
 pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
     let (weights_path, _) = checkpoint_paths(path);
     let card = read_card(path)?;
-    let bytes = std::fs::read(&weights_path).map_err(io(&weights_path))?;
+    let bytes = std::fs::read(&weights_path).map_err(read_error(&weights_path))?;
     let actual = fingerprint(&bytes);
     if !card.fingerprint.is_empty() && actual != card.fingerprint {
         return Err(CheckpointError::Mismatch {

@@ -11,7 +11,7 @@ use super::embedding_cache::EmbeddingCache;
 use super::model::DataArgs;
 use animelens_index::bench::{self, catalog_retrieval_quality, BenchConfig};
 use animelens_index::{Catalog, Filter, HnswParams, ModelTag, NewItem, OpenOptions};
-use animelens_models::data::{Dataset, Split};
+use animelens_models::data::Dataset;
 use animelens_models::Embedder;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -72,11 +72,7 @@ fn entries(name: &'static str, dataset: &Dataset) -> Vec<Entry> {
                 .map(|((l, names), &i)| (l.clone(), names[i as usize].clone()))
                 .collect(),
             dataset: name,
-            split: match s.split {
-                Split::Train => "train",
-                Split::Val => "val",
-                Split::Test => "test",
-            },
+            split: s.split.name(),
         })
         .collect()
 }

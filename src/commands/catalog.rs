@@ -1,11 +1,11 @@
 //! `animelens index <subcommand> --db DIR`: the catalogue's life cycle. This module parses the
-//! subcommands and runs those that need neither the network nor HTTP (stats, remove, compact,
+//! subcommands and runs those that need neither the network nor HTTP (stats, update, remove, compact,
 //! rebuild, import of precomputed vectors); `add`, `calibrate` and `rebuild --reembed` embed images
 //! and live in [`super::ingest`], [`super::characters`] and [`super::reembed`].
 //!
 //! `tests/catalog_crash.rs` runs `animelens index --db DIR import-vectors FILE --fingerprint FP`.
 
-use animelens_index::{Catalog, NewItem, OpenOptions};
+use animelens_index::{Catalog, ItemUpdate, NewItem, OpenOptions};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -24,6 +24,20 @@ pub enum CatalogCommand {
     Calibrate(super::characters::CalibrateArgs),
     /// Print item counts, dimension, model fingerprint, size on disk and generation.
     Stats,
+    /// Change an item's labels and/or tags (each flag given replaces that part of the record).
+    Update {
+        /// The item's id.
+        id: u64,
+        /// New labels as `level=value`, replacing all the item's labels (repeatable).
+        #[arg(long = "label", value_name = "LEVEL=VALUE")]
+        labels: Vec<String>,
+        /// New tags, replacing all the item's tags (repeatable).
+        #[arg(long = "tag", conflicts_with = "clear_tags")]
+        tags: Vec<String>,
+        /// Remove all the item's tags.
+        #[arg(long)]
+        clear_tags: bool,
+    },
     /// Remove an item (tombstone; `compact` deletes its records).
     Remove {
         /// The item's id.
@@ -90,7 +104,34 @@ impl From<ImportLine> for NewItem {
     }
 }
 
-fn open_existing(db: &Path) -> anyhow::Result<Catalog> {
+/// The change `index update` asks for; at least one part must be given.
+fn item_update(
+    labels: &[String],
+    tags: Vec<String>,
+    clear_tags: bool,
+) -> anyhow::Result<ItemUpdate> {
+    let labels = labels
+        .iter()
+        .map(|pair| {
+            let (level, value) = pair.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!(
+                    "label {pair:?} is not LEVEL=VALUE; write e.g. --label character=gura"
+                )
+            })?;
+            Ok((level.trim().to_string(), value.trim().to_string()))
+        })
+        .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+    if labels.is_empty() && tags.is_empty() && !clear_tags {
+        bail!("nothing to change: pass --label LEVEL=VALUE, --tag TAG or --clear-tags");
+    }
+    Ok(ItemUpdate {
+        labels: (!labels.is_empty()).then_some(labels),
+        tags: (!tags.is_empty() || clear_tags).then_some(tags),
+    })
+}
+
+/// Opens the existing catalogue in `db` whatever its model (commands that embed nothing).
+pub fn open_existing(db: &Path) -> anyhow::Result<Catalog> {
     let mut options = OpenOptions::existing();
     options.show_progress = true;
     Ok(Catalog::open(db, options)?)
@@ -107,6 +148,25 @@ pub fn run(db: &Path, cmd: CatalogCommand) -> anyhow::Result<()> {
             ..
         } => super::reembed::run_reembed(db, &model, &source_root)?,
         CatalogCommand::Stats => println!("{}", open_existing(db)?.stats()?),
+        CatalogCommand::Update {
+            id,
+            labels,
+            tags,
+            clear_tags,
+        } => {
+            let change = item_update(&labels, tags, clear_tags)?;
+            let item = open_existing(db)?.update(id, &change)?;
+            let labels: Vec<String> = item
+                .labels
+                .iter()
+                .map(|(l, v)| format!("{l}={v}"))
+                .collect();
+            println!(
+                "updated {id}: labels {} tags {}",
+                labels.join(","),
+                item.tags.join(",")
+            );
+        }
         CatalogCommand::Remove { id } => {
             open_existing(db)?.remove(id)?;
             println!("removed {id}");

@@ -10,10 +10,9 @@
 //! around the best cut).
 
 use super::catalog::DEFAULT_DB;
-use super::embedding::{embed, embed_files, load_model, model_tag, progress_bar, read_files};
+use super::embedding::{embed, embed_files, progress_bar, read_files};
 use super::model::DataArgs;
-use super::search::open_catalog;
-use animelens_index::{Catalog, OpenOptions};
+use super::model_choice::{open_with_model, Missing};
 use animelens_models::data::Split;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
@@ -27,9 +26,10 @@ pub struct EnrollArgs {
     /// A handful of images of the character.
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    /// Checkpoint the catalogue is built with.
+    /// Checkpoint the catalogue is built with (default: the catalogue's own model, else the
+    /// shipped demo model).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Catalogue folder (created if it does not exist).
     #[arg(long, default_value = DEFAULT_DB)]
     db: PathBuf,
@@ -41,10 +41,7 @@ pub struct EnrollArgs {
 /// Runs `animelens enroll`: adds the images as items labelled with the character, which also
 /// makes them part of its centroid (and lets them survive re-embedding).
 pub fn run_enroll(args: EnrollArgs) -> Result<()> {
-    let model = load_model(&args.model)?;
-    let mut options = OpenOptions::new(model_tag(&model));
-    options.show_progress = true;
-    let cat = Catalog::open(&args.db, options)?;
+    let (cat, model) = open_with_model(&args.db, args.model.as_deref(), Missing::Create)?;
     let files = read_files(&args.images);
     let mut items = Vec::new();
     let mut sources = Vec::new();
@@ -101,9 +98,10 @@ pub struct IdentifyArgs {
     /// Images to identify.
     #[arg(required = true)]
     images: Vec<PathBuf>,
-    /// Checkpoint the catalogue is built with.
+    /// Checkpoint the catalogue is built with (default: the catalogue's own model, else the
+    /// shipped demo model).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Catalogue folder.
     #[arg(long, default_value = DEFAULT_DB)]
     db: PathBuf,
@@ -117,8 +115,17 @@ pub struct IdentifyArgs {
 
 /// Runs `animelens identify`: nearest character centroid, or "unknown" below the threshold.
 pub fn run_identify(args: IdentifyArgs) -> Result<()> {
-    let model = load_model(&args.model)?;
-    let cat = open_catalog(&args.db, Some(&model_tag(&model)))?;
+    let (cat, model) = open_with_model(&args.db, args.model.as_deref(), Missing::Fail)?;
+    let calibrated = cat.open_set_calibrated()?;
+    if !calibrated {
+        eprintln!(
+            "warning: the catalogue's \"unknown\" threshold is not calibrated (default {:.2}), so \"unknown\" \
+             answers mean little; run `animelens index calibrate --data DIR --db {}` with validation images \
+             of catalogued characters",
+            animelens_index::DEFAULT_OPEN_SET_THRESHOLD,
+            args.db.display()
+        );
+    }
     let bar = indicatif::ProgressBar::hidden();
     let mut failed = 0usize;
     for (path, v) in args
@@ -148,6 +155,7 @@ pub fn run_identify(args: IdentifyArgs) -> Result<()> {
                 "character": c.label,
                 "score": best,
                 "threshold": c.threshold,
+                "threshold_calibrated": calibrated,
                 "candidates": candidates,
             });
             println!("{line}");
@@ -174,9 +182,10 @@ pub fn run_identify(args: IdentifyArgs) -> Result<()> {
 /// `animelens index calibrate` options.
 #[derive(Args, Debug)]
 pub struct CalibrateArgs {
-    /// Checkpoint the catalogue is built with.
+    /// Checkpoint the catalogue is built with (default: the catalogue's own model, else the
+    /// shipped demo model).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
     /// Split of the data to calibrate on (train, val or test); its images should not be in the
@@ -198,8 +207,7 @@ pub fn run_calibrate(db: &Path, args: CalibrateArgs) -> Result<()> {
             args.split
         );
     }
-    let model = load_model(&args.model)?;
-    let cat = open_catalog(db, Some(&model_tag(&model)))?;
+    let (cat, model) = open_with_model(db, args.model.as_deref(), Missing::Fail)?;
     let paths: Vec<PathBuf> = samples.iter().map(|s| s.path.clone()).collect();
     let bar = progress_bar(paths.len(), "embedding");
     let embedded = embed_files(&model, &paths, &bar);

@@ -1,14 +1,23 @@
-//! `animelens index add DIR|MANIFEST --model CKPT`: embeds a labelled image collection in batches
-//! and adds it to the catalogue (creating it with the model's fingerprint and dimension). Exact
-//! duplicates (same SHA-256 as a live item) are skipped before embedding; unreadable files are
-//! reported with the reason and the ingest continues. Each batch is durable when counted.
+//! `animelens index add DIR|MANIFEST [--model CKPT]`: embeds a labelled image collection in
+//! batches and adds it to the catalogue (creating it with the model's fingerprint and dimension;
+//! the model defaults as in [`super::model_choice`]). Exact duplicates (same SHA-256 as a live
+//! item) are skipped before embedding; unreadable files are reported with the reason and the
+//! ingest continues. Each batch is durable when counted.
+//!
+//! Every image is added, whatever its split. When the collection has `val` images, they are
+//! embedded last and first calibrate the open-set "unknown" threshold against the centroids of the
+//! other images (so that they do not judge centroids they belong to), the same order as the
+//! service's gallery ingest; without them the catalogue says loudly that it is uncalibrated.
 
-use super::embedding::{embed, load_model, model_tag, progress_bar, read_files, BATCH};
+use super::embedding::{embed, progress_bar, read_files, ImageFile, BATCH};
 use super::model::DataArgs;
-use animelens_index::{Catalog, NewItem, OpenOptions};
-use animelens_models::data::{Dataset, Sample};
+use super::model_choice::{open_with_model, Missing};
+use animelens_index::{Catalog, NewItem};
+use animelens_models::data::{Dataset, Sample, Split};
+use animelens_models::Classifier;
 use anyhow::{bail, Result};
 use clap::Args;
+use indicatif::ProgressBar;
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,9 +27,10 @@ use std::path::{Path, PathBuf};
 pub struct AddArgs {
     /// A folder (`<character>/*.jpg`, optionally under `train/`, `val/`, `test/`) or a CSV manifest.
     source: PathBuf,
-    /// Checkpoint (`NAME.safetensors` or `NAME`) whose embeddings the catalogue holds.
+    /// Checkpoint (`NAME.safetensors` or `NAME`) whose embeddings the catalogue holds (default:
+    /// the catalogue's own model, else the shipped demo model).
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
     /// Manifest column holding the image path (relative to the manifest's folder).
     #[arg(long, default_value = "path")]
     path_column: String,
@@ -55,43 +65,40 @@ fn labels_of(dataset: &Dataset, sample: &Sample) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Runs `animelens index add` on the catalogue in `db`.
-pub fn run_add(db: &Path, args: AddArgs) -> Result<()> {
-    let data = DataArgs {
-        data: args.source.clone(),
-        path_column: args.path_column.clone(),
-        labels: args.labels.clone(),
-        split_column: args.split_column.clone(),
-    };
-    let dataset = data.load()?;
-    let model = load_model(&args.model)?;
-    let mut options = OpenOptions::new(model_tag(&model));
-    options.show_progress = true;
-    let cat = Catalog::open(db, options)?;
-    let with_splits = args.split_column.is_some() || has_split_folders(&args.source);
-    let bar = progress_bar(dataset.samples.len(), "embedding");
-    let mut summary = Summary::default();
-    for chunk in dataset.samples.chunks(BATCH) {
+/// One ingest: the dataset, the model, the catalogue and the tags every item gets.
+struct Ingest<'a> {
+    dataset: &'a Dataset,
+    model: &'a Classifier,
+    catalog: &'a Catalog,
+    tags: &'a [String],
+    with_splits: bool,
+}
+
+impl Ingest<'_> {
+    /// Reads and embeds `chunk`, skipping exact duplicates and recording unreadable files.
+    fn embed_chunk(&self, chunk: &[Sample], summary: &mut Summary) -> Result<Vec<NewItem>> {
         let paths: Vec<PathBuf> = chunk.iter().map(|s| s.path.clone()).collect();
-        let mut pending: Vec<(&Sample, super::embedding::ImageFile)> = Vec::new();
+        let mut pending: Vec<(&Sample, ImageFile)> = Vec::new();
         for (sample, file) in chunk.iter().zip(read_files(&paths)) {
             match file {
                 Err(reason) => summary.unreadable.push((sample.path.clone(), reason)),
-                Ok(f) if cat.find_by_hash(&f.content_hash)?.is_some() => summary.duplicates += 1,
+                Ok(f) if self.catalog.find_by_hash(&f.content_hash)?.is_some() => {
+                    summary.duplicates += 1
+                }
                 Ok(f) => pending.push((sample, f)),
             }
         }
         let bytes: Vec<&[u8]> = pending.iter().map(|(_, f)| f.bytes.as_slice()).collect();
-        let embeddings = embed(&model, &bytes);
+        let embeddings = embed(self.model, &bytes);
         let described: Vec<Result<NewItem, String>> = pending
             .par_iter()
             .zip(embeddings)
             .map(|((sample, file), embedding)| {
-                let mut tags = args.tags.clone();
-                if with_splits {
-                    tags.push(format!("split:{}", split_name(sample)));
+                let mut tags = self.tags.to_vec();
+                if self.with_splits {
+                    tags.push(format!("split:{}", sample.split.name()));
                 }
-                file.to_item(labels_of(&dataset, sample), &tags, embedding?)
+                file.to_item(labels_of(self.dataset, sample), &tags, embedding?)
             })
             .collect();
         let mut items = Vec::with_capacity(described.len());
@@ -101,18 +108,98 @@ pub fn run_add(db: &Path, args: AddArgs) -> Result<()> {
                 Err(reason) => summary.unreadable.push((sample.path.clone(), reason)),
             }
         }
-        for outcome in cat.add_batch(items)? {
+        Ok(items)
+    }
+
+    /// Adds `items`, counting new ones and duplicates.
+    fn add(&self, items: Vec<NewItem>, summary: &mut Summary) -> Result<()> {
+        for outcome in self.catalog.add_batch(items)? {
             if outcome.duplicate {
                 summary.duplicates += 1;
             } else {
                 summary.added += 1;
             }
         }
-        bar.inc(chunk.len() as u64);
+        Ok(())
     }
+
+    /// Embeds and adds `samples` batch by batch.
+    fn add_all(&self, samples: &[Sample], bar: &ProgressBar, summary: &mut Summary) -> Result<()> {
+        for chunk in samples.chunks(BATCH) {
+            let items = self.embed_chunk(chunk, summary)?;
+            self.add(items, summary)?;
+            bar.inc(chunk.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Embeds the validation samples, calibrates the open-set threshold on them against the
+    /// catalogue as it stands, then adds them. Returns the calibration, or why there is none.
+    fn calibrate_then_add(
+        &self,
+        samples: &[Sample],
+        bar: &ProgressBar,
+        summary: &mut Summary,
+    ) -> Result<std::result::Result<animelens_index::Calibration, String>> {
+        let mut items = Vec::new();
+        for chunk in samples.chunks(BATCH) {
+            items.extend(self.embed_chunk(chunk, summary)?);
+            bar.inc(chunk.len() as u64);
+        }
+        let pairs: Vec<(Vec<f32>, String)> = items
+            .iter()
+            .filter_map(|i| Some((i.vector.clone(), i.labels.get("character")?.clone())))
+            .collect();
+        let calibration = self
+            .catalog
+            .calibrate_open_set(&pairs)
+            .map_err(|e| e.to_string());
+        for chunk in items.chunks(BATCH) {
+            self.add(chunk.to_vec(), summary)?;
+        }
+        Ok(calibration)
+    }
+}
+
+/// Runs `animelens index add` on the catalogue in `db`.
+pub fn run_add(db: &Path, args: AddArgs) -> Result<()> {
+    let data = DataArgs {
+        data: args.source.clone(),
+        path_column: args.path_column.clone(),
+        labels: args.labels.clone(),
+        split_column: args.split_column.clone(),
+    };
+    let dataset = data.load()?;
+    let (catalog, model) = open_with_model(db, args.model.as_deref(), Missing::Create)?;
+    let ingest = Ingest {
+        dataset: &dataset,
+        model: &model,
+        catalog: &catalog,
+        tags: &args.tags,
+        with_splits: args.split_column.is_some() || has_split_folders(&args.source),
+    };
+    let (validation, others): (Vec<Sample>, Vec<Sample>) = dataset
+        .samples
+        .iter()
+        .cloned()
+        .partition(|s| s.split == Split::Val);
+    tracing::info!(
+        "adding all {} images ({} of them validation images, embedded last to calibrate the \"unknown\" threshold first)",
+        dataset.samples.len(),
+        validation.len()
+    );
+    let bar = progress_bar(dataset.samples.len(), "embedding");
+    let mut summary = Summary::default();
+    ingest.add_all(&others, &bar, &mut summary)?;
+    let calibration = if validation.is_empty() {
+        Err("the collection has no validation images".to_string())
+    } else {
+        ingest.calibrate_then_add(&validation, &bar, &mut summary)?
+    };
     bar.finish_and_clear();
-    let live = cat.stats()?.live;
-    cat.close()?;
+    let live = catalog.stats()?.live;
+    let calibrated = catalog.open_set_calibrated()?;
+    catalog.close()?;
     for (path, reason) in &summary.unreadable {
         eprintln!("unreadable: {}: {reason}", path.display());
     }
@@ -124,6 +211,27 @@ pub fn run_add(db: &Path, args: AddArgs) -> Result<()> {
         live,
         db.display()
     );
+    match calibration {
+        Ok(c) => println!(
+            "open-set threshold {:.4} calibrated on the {} validation images before they were added \
+             (accuracy {:.4} on {} known and {} unseen-character queries)",
+            c.threshold,
+            validation.len(),
+            c.accuracy,
+            c.known,
+            c.unknown
+        ),
+        Err(why) if !calibrated => eprintln!(
+            "warning: the catalogue's \"unknown\" threshold is not calibrated ({why}): `identify` will use the \
+             default {:.2}, which means little for this model; run `animelens index calibrate --data DIR --db {}` \
+             with validation images of catalogued characters",
+            animelens_index::DEFAULT_OPEN_SET_THRESHOLD,
+            db.display()
+        ),
+        Err(why) => eprintln!(
+            "note: the open-set threshold was not recalibrated ({why}); the catalogue keeps its earlier calibration"
+        ),
+    }
     if summary.added + summary.duplicates == 0 && !summary.unreadable.is_empty() {
         bail!(
             "none of the {} images of {} could be read; check that they are JPEG, PNG, WebP, GIF or BMP files",
@@ -136,13 +244,7 @@ pub fn run_add(db: &Path, args: AddArgs) -> Result<()> {
 
 /// Whether a folder dataset is laid out as `train/`, `val/`, `test/` sub-folders.
 fn has_split_folders(source: &Path) -> bool {
-    source.join("train").is_dir()
-}
-
-fn split_name(sample: &Sample) -> &'static str {
-    match sample.split {
-        animelens_models::data::Split::Train => "train",
-        animelens_models::data::Split::Val => "val",
-        animelens_models::data::Split::Test => "test",
-    }
+    ["train", "val", "test"]
+        .iter()
+        .any(|split| source.join(split).is_dir())
 }

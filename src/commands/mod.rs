@@ -11,6 +11,7 @@ pub mod embedding_cache;
 pub mod generalisation;
 pub mod ingest;
 pub mod model;
+pub mod model_choice;
 pub mod reembed;
 pub mod search;
 pub mod serve;

@@ -292,12 +292,13 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
 /// `animelens eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Checkpoint (`NAME.safetensors` or `NAME`).
-    #[arg(long)]
+    /// Checkpoint (`NAME.safetensors` or `NAME`; default: the shipped demo model).
+    #[arg(long, default_value = super::model_choice::DEFAULT_MODEL, hide_default_value = true)]
     model: PathBuf,
     #[command(flatten)]
     data: DataArgs,
-    /// Split to evaluate.
+    /// Split to evaluate: train, val, test, or all (every image, e.g. a folder of `<label>/`
+    /// images kept out of training).
     #[arg(long, default_value = "val")]
     split: String,
     /// Folder for report.json, report.md and confusion matrices.
@@ -342,13 +343,30 @@ pub struct EvalReport {
 
 /// Runs `animelens eval`.
 pub fn run_eval(args: EvalArgs) -> Result<()> {
-    let split = Split::parse(&args.split)
-        .with_context(|| format!("unknown split '{}': use train, val or test", args.split))?;
+    let split = match args.split.as_str() {
+        "all" => None,
+        name => Some(
+            Split::parse(name)
+                .with_context(|| format!("unknown split '{name}': use train, val, test or all"))?,
+        ),
+    };
     let model = animelens_models::checkpoint::load(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let full = args.data.load()?;
     let unseen = if args.unseen_characters.is_empty() {
-        model.card.held_out()
+        // A model trained on several datasets holds out characters of each: keep this data's.
+        let (here, elsewhere): (Vec<String>, Vec<String>) = model
+            .card
+            .held_out()
+            .into_iter()
+            .partition(|c| full.classes[0].contains(c));
+        if !elsewhere.is_empty() {
+            tracing::info!(
+                "{} of the card's held-out characters are not in this data (another dataset's)",
+                elsewhere.len()
+            );
+        }
+        here
     } else {
         args.unseen_characters.clone()
     };
@@ -370,7 +388,24 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         );
     }
     let pre = &model.card.preprocessing;
-    let (set, failures) = decode_all(&dataset.split(split), pre.input_size, true);
+    let samples = match split {
+        Some(split) => dataset.split(split),
+        None => dataset.samples.clone(),
+    };
+    if samples.is_empty() {
+        let present: Vec<&str> = [Split::Train, Split::Val, Split::Test]
+            .into_iter()
+            .filter(|s| dataset.samples.iter().any(|x| x.split == *s))
+            .map(Split::name)
+            .collect();
+        bail!(
+            "{} has no {} images; pass --split with one it has ({}) or --split all",
+            args.data.data.display(),
+            args.split,
+            present.join(", ")
+        );
+    }
+    let (set, failures) = decode_all(&samples, pre.input_size, true);
     if set.images.is_empty() {
         bail!(
             "the {} split of {} has no readable images",
@@ -549,8 +584,8 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
 /// `animelens classify`.
 #[derive(Args, Debug)]
 pub struct ClassifyArgs {
-    /// Checkpoint (`NAME.safetensors` or `NAME`).
-    #[arg(long)]
+    /// Checkpoint (`NAME.safetensors` or `NAME`; default: the shipped demo model).
+    #[arg(long, default_value = super::model_choice::DEFAULT_MODEL, hide_default_value = true)]
     model: PathBuf,
     /// Labels to show per head.
     #[arg(long, short = 'k', default_value_t = 3)]
@@ -623,8 +658,8 @@ pub fn run_classify(args: ClassifyArgs) -> Result<()> {
 /// `animelens embed`.
 #[derive(Args, Debug)]
 pub struct EmbedArgs {
-    /// Checkpoint (`NAME.safetensors` or `NAME`).
-    #[arg(long)]
+    /// Checkpoint (`NAME.safetensors` or `NAME`; default: the shipped demo model).
+    #[arg(long, default_value = super::model_choice::DEFAULT_MODEL, hide_default_value = true)]
     model: PathBuf,
     /// Output file: `.npy` (float32 matrix, one row per image) or `.jsonl`.
     #[arg(long)]

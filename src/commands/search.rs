@@ -1,9 +1,10 @@
 //! `animelens search` (items most similar to an image or to an item, with label and tag filters)
 //! and `animelens similar-characters` (characters ranked by centroid cosine).
 
-use super::catalog::DEFAULT_DB;
-use super::embedding::{embed, load_model, model_tag, ImageFile};
-use animelens_index::{Catalog, Filter, Hit, OpenOptions};
+use super::catalog::{open_existing, DEFAULT_DB};
+use super::embedding::{embed, ImageFile};
+use super::model_choice::{open_with_model, Missing};
+use animelens_index::{Filter, Hit};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,8 @@ pub struct SearchArgs {
     /// Keep only items with this tag (repeatable, all must hold).
     #[arg(long = "tag")]
     tags: Vec<String>,
-    /// Checkpoint that embeds the query image (required with --image).
+    /// Checkpoint that embeds the query image (default: the catalogue's own model, else the
+    /// shipped demo model).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Catalogue folder.
@@ -52,19 +54,6 @@ fn parse_filter(filters: &[String], tags: &[String]) -> Result<Filter> {
     Ok(filter)
 }
 
-/// Opens the catalogue for reading, checking the model when one is given.
-pub fn open_catalog(db: &Path, model: Option<&animelens_index::ModelTag>) -> Result<Catalog> {
-    let mut options = match model {
-        Some(tag) if Catalog::exists(db) => OpenOptions::new(tag.clone()),
-        Some(_) => {
-            return Err(animelens_index::CatalogError::NotInitialised { dir: db.into() }.into())
-        }
-        None => OpenOptions::existing(),
-    };
-    options.show_progress = true;
-    Ok(Catalog::open(db, options)?)
-}
-
 /// Embeds one image file with `model`, with an error naming the file.
 pub fn embed_image(model: &dyn animelens_models::Embedder, path: &Path) -> Result<Vec<f32>> {
     let file = ImageFile::read(path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -78,20 +67,15 @@ pub fn run_search(args: SearchArgs) -> Result<()> {
     let filter = parse_filter(&args.filters, &args.tags)?;
     let hits = match (&args.image, args.id) {
         (Some(image), _) => {
-            let Some(model_path) = &args.model else {
-                bail!("--image needs --model CKPT, the checkpoint the catalogue was built with");
-            };
-            let model = load_model(model_path)?;
-            let cat = open_catalog(&args.db, Some(&model_tag(&model)))?;
+            let (cat, model) = open_with_model(&args.db, args.model.as_deref(), Missing::Fail)?;
             let query = embed_image(&model, image)?;
             cat.search(&query, args.k, &filter)?
         }
         (None, Some(id)) => {
-            let tag = match &args.model {
-                Some(m) => Some(model_tag(&load_model(m)?)),
-                None => None,
+            let cat = match &args.model {
+                Some(m) => open_with_model(&args.db, Some(m), Missing::Fail)?.0,
+                None => open_existing(&args.db)?,
             };
-            let cat = open_catalog(&args.db, tag.as_ref())?;
             cat.search_by_id(id, args.k, &filter)?
         }
         (None, None) => bail!("pass --image FILE or --id ID"),
@@ -152,7 +136,7 @@ pub struct SimilarArgs {
 
 /// Runs `animelens similar-characters`.
 pub fn run_similar(args: SimilarArgs) -> Result<()> {
-    let cat = open_catalog(&args.db, None)?;
+    let cat = open_existing(&args.db)?;
     for (rank, c) in cat
         .similar_characters(&args.name, args.k)?
         .iter()

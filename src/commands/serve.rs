@@ -1,14 +1,12 @@
 //! `animelens serve`: the service. Assembles the settings (defaults, `--config` TOML file,
 //! `ANIMELENS_*` environment variables, then flags), loads the model, and runs `animelens-web`.
 
+use super::model_choice::DEFAULT_MODEL;
 use animelens_models::Classifier;
 use animelens_web::{Service, Settings};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// The shipped demo model (checkpoint path without extension).
-pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo/holoen");
 
 /// The committed sample gallery ingested into an empty catalogue.
 pub const DEFAULT_GALLERY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/sample/holoen");
@@ -18,7 +16,8 @@ pub const DEFAULT_GALLERY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/s
 pub struct ServeArgs {
     /// TOML settings file (keys: bind, data_dir, model, gallery, api_key, max_upload_bytes,
     /// max_pixels, max_images_per_request, max_k, inference_workers, queue_capacity, max_batch,
-    /// http_workers, feed_lambda); also ANIMELENS_CONFIG.
+    /// http_workers, feed_lambda, request_timeout_secs, max_connections, memory_budget_mib; each
+    /// also as ANIMELENS_<KEY>); the file itself also from ANIMELENS_CONFIG.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Address to listen on (default 127.0.0.1:8080).

@@ -23,6 +23,15 @@ pub enum Split {
 }
 
 impl Split {
+    /// The split's folder and tag name: `train`, `val` or `test`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Val => "val",
+            Self::Test => "test",
+        }
+    }
+
     /// Parses `train`, `val`/`valid`/`validation`, `test`.
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().as_str() {
@@ -235,7 +244,7 @@ impl Dataset {
         }
     }
 
-    /// Reads `root/<label>/*` or, when `root` has `train/` (and `val/`, `test/`) folders,
+    /// Reads `root/<label>/*` or, when `root` has any of `train/`, `val/`, `test/` folders,
     /// `root/<split>/<label>/*`. One label level, `character`.
     pub fn from_folders(root: &Path) -> Result<Self, DataError> {
         if !root.is_dir() {
@@ -252,7 +261,9 @@ impl Dataset {
                 Some((p, split))
             })
             .collect();
-        let has_splits = split_dirs.iter().any(|(_, s)| *s == Split::Train);
+        // Any split folder (a folder of only `test/` included) means the split layout, so that
+        // `test` is never taken for a character.
+        let has_splits = !split_dirs.is_empty();
         let sources: Vec<(PathBuf, Option<Split>)> = if has_splits {
             split_dirs.into_iter().map(|(p, s)| (p, Some(s))).collect()
         } else {
@@ -477,6 +488,33 @@ mod tests {
         fs::create_dir_all(dir.path().join("train/empty")).unwrap();
         let err = Dataset::from_folders(dir.path()).unwrap_err();
         assert!(err.to_string().contains("holds no images"), "{err}");
+    }
+
+    #[test]
+    fn a_folder_of_only_test_images_is_the_test_split_not_a_character() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(&dir.path().join("test/x/1.png"));
+        touch(&dir.path().join("test/y/2.png"));
+        let ds = Dataset::from_folders(dir.path()).unwrap();
+        assert_eq!(ds.classes[0], vec!["x", "y"]);
+        assert_eq!(ds.split(Split::Test).len(), 2);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlinked_split_and_character_folders_are_followed() {
+        let real = tempfile::tempdir().unwrap();
+        touch(&real.path().join("gura/1.png"));
+        touch(&real.path().join("ame/1.png"));
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("train")).unwrap();
+        std::os::unix::fs::symlink(real.path().join("gura"), dir.path().join("train/gura"))
+            .unwrap();
+        std::os::unix::fs::symlink(real.path(), dir.path().join("val")).unwrap();
+        let ds = Dataset::from_folders(dir.path()).unwrap();
+        assert_eq!(ds.classes[0], vec!["ame", "gura"]);
+        assert_eq!(ds.split(Split::Train).len(), 1);
+        assert_eq!(ds.split(Split::Val).len(), 2);
     }
 
     #[test]

@@ -1,0 +1,116 @@
+//! Which checkpoint a command uses when `--model` is not given, so that a new user can run every
+//! command on the shipped defaults: the catalogue's own model when the catalogue recorded where it
+//! was loaded from (and it still loads, with the same fingerprint), else the shipped demo model,
+//! the one `serve` uses. A catalogue built with another model then gets an error that names its
+//! fingerprint and asks for `--model`, never a silent mismatch.
+
+use super::embedding::{load_model, model_tag};
+use animelens_index::{Catalog, CatalogError, OpenOptions};
+use animelens_models::{Classifier, Embedder};
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+/// The shipped demo model (checkpoint path without extension).
+pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo/holoen");
+
+/// Whether a command may create the catalogue when `db` holds none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// Create it with the chosen model (`index add`, `enroll`).
+    Create,
+    /// Fail with the "no catalogue" hint (searches, identification, calibration).
+    Fail,
+}
+
+/// The catalogue in `db` with the model its vectors come from: `--model` when given, else the
+/// catalogue's recorded model, else the shipped demo model. Records the model's path in the
+/// catalogue when `Missing::Create` (a writing command) and the catalogue does not have it yet.
+pub fn open_with_model(
+    db: &Path,
+    model: Option<&Path>,
+    missing: Missing,
+) -> Result<(Catalog, Classifier)> {
+    if !Catalog::exists(db) {
+        if missing == Missing::Fail {
+            return Err(CatalogError::NotInitialised { dir: db.into() }.into());
+        }
+        let path = model.map_or_else(|| PathBuf::from(DEFAULT_MODEL), Path::to_path_buf);
+        let classifier = load_model(&path)?;
+        let mut options = OpenOptions::new(model_tag(&classifier));
+        options.show_progress = true;
+        let catalog = Catalog::open(db, options)?;
+        catalog.set_model_source(&absolute(&path))?;
+        return Ok((catalog, classifier));
+    }
+    let mut options = OpenOptions::existing();
+    options.show_progress = true;
+    let catalog = Catalog::open(db, options)?;
+    let classifier = match model {
+        Some(path) => {
+            let classifier = load_model(path)?;
+            check_fingerprint(&catalog, &classifier, db, path)?;
+            if missing == Missing::Create && catalog.model_source()?.is_none() {
+                catalog.set_model_source(&absolute(path))?;
+            }
+            classifier
+        }
+        None => default_for(&catalog, db)?,
+    };
+    Ok((catalog, classifier))
+}
+
+/// The catalogue's recorded model when it loads with the catalogue's fingerprint, else the demo.
+fn default_for(catalog: &Catalog, db: &Path) -> Result<Classifier> {
+    if let Some(source) = catalog.model_source()? {
+        match Classifier::load(Path::new(&source)) {
+            Ok(c) if c.fingerprint() == catalog.model().fingerprint => return Ok(c),
+            Ok(_) => tracing::warn!(
+                "the catalogue's recorded model {source} has changed since the catalogue was built; \
+                 trying the shipped demo model"
+            ),
+            Err(e) => tracing::warn!(
+                "the catalogue's recorded model {source} does not load ({e}); trying the shipped demo model"
+            ),
+        }
+    }
+    let demo = load_model(Path::new(DEFAULT_MODEL))?;
+    if demo.fingerprint() != catalog.model().fingerprint {
+        bail!(
+            "catalogue {} was built with a model of fingerprint {} (dimension {}), not the shipped demo \
+             model; pass that checkpoint with --model CKPT",
+            db.display(),
+            catalog.model().fingerprint,
+            catalog.model().dim
+        );
+    }
+    Ok(demo)
+}
+
+/// Fails unless `classifier` produced the catalogue's vectors.
+fn check_fingerprint(
+    catalog: &Catalog,
+    classifier: &Classifier,
+    db: &Path,
+    path: &Path,
+) -> Result<()> {
+    let tag = model_tag(classifier);
+    if &tag != catalog.model() {
+        return Err(CatalogError::ModelMismatch {
+            dir: db.into(),
+            stored: catalog.model().fingerprint.clone(),
+            stored_dim: catalog.model().dim,
+            requested: format!("{} ({})", tag.fingerprint, path.display()),
+            requested_dim: tag.dim,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// `path` made absolute against the working folder, so that the record holds from anywhere.
+fn absolute(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
