@@ -24,15 +24,7 @@ fn every_endpoint_end_to_end() {
     let model = tiny_model(tmp.path());
     let gallery = small_gallery(&tmp.path().join("gallery"), 6, 5);
     let data = tmp.path().join("data");
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--gallery",
-        gallery.to_str().unwrap(),
-    ];
-    let mut server = Server::start(&args, &[]);
+    let mut server = Server::start_on(&data, &model, &gallery, None);
     server.wait_for_log("ingested 30/30 gallery images", Duration::from_secs(1));
 
     // Operations and documentation.
@@ -60,6 +52,7 @@ fn every_endpoint_end_to_end() {
             "{path} missing from the OpenAPI document"
         );
     }
+    assert!(doc["paths"]["/api/v1/items/{id}"].get("patch").is_some());
 
     // Characters.
     let (status, chars) = server.get_json("/api/v1/characters");
@@ -256,7 +249,43 @@ fn every_endpoint_end_to_end() {
         "m.jpg"
     );
 
+    // Relabelling: PATCH replaces the parts given, needs the key, and moves the item between
+    // character filters.
     let path = format!("/api/v1/items/{new_id}");
+    let patch = json!({"labels": {"character": "renamed", "work": "indie"}}).to_string();
+    let json_ct = ("content-type", "application/json");
+    assert_eq!(
+        server
+            .request("PATCH", &path, &[json_ct], patch.as_bytes())
+            .status,
+        401
+    );
+    let keyed = [json_ct, ("x-api-key", API_KEY)];
+    let r = server.request("PATCH", &path, &keyed, patch.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.error());
+    assert_eq!(
+        r.json()["labels"],
+        json!({"character": "renamed", "work": "indie"})
+    );
+    assert_eq!(
+        r.json()["tags"],
+        json!(["upload", "test"]),
+        "tags were not sent, so they stay"
+    );
+    let r = server.request("PATCH", &path, &keyed, br#"{"tags": []}"#);
+    assert_eq!((r.status, r.json()["tags"].clone()), (200, json!([])));
+    for (body, status) in [(&br#"{}"#[..], 400), (br#"{"colour": "red"}"#, 400)] {
+        let r = server.request("PATCH", &path, &keyed, body);
+        assert_eq!(r.status, status, "{}", String::from_utf8_lossy(body));
+    }
+    let missing = server.request("PATCH", "/api/v1/items/999999", &keyed, patch.as_bytes());
+    assert_eq!(missing.status, 404);
+    let (_, characters) = server.get_json("/api/v1/characters");
+    assert!(
+        characters.to_string().contains("renamed"),
+        "the relabelled item makes a character: {characters}"
+    );
+
     assert_eq!(server.request("DELETE", &path, &[], b"").status, 401);
     assert_eq!(
         server
@@ -320,7 +349,7 @@ fn every_endpoint_end_to_end() {
         "{}",
         log.join("\n")
     );
-    let mut again = Server::start(&args, &[]);
+    let mut again = Server::start_on(&data, &model, &gallery, None);
     assert_eq!(again.get_json("/healthz").1["items"], 33);
     assert!(!again.lines.iter().any(|l| l.contains("ingesting")));
     again.wait_for_log("catalogue open", Duration::from_secs(1));

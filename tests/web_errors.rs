@@ -62,19 +62,7 @@ fn bad_requests_get_json_errors_and_the_server_stays_healthy() {
         "max_upload_bytes = 100000\nmax_images_per_request = 4\n",
     )
     .unwrap();
-    let server = Server::start(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--gallery",
-            gallery.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let server = Server::start_on(&data, &model, &gallery, Some(&config));
     let image = sample_image("ame", 0);
     assert!(image.len() < 100_000);
 

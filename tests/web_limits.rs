@@ -46,19 +46,7 @@ fn no_upload_crashes_the_server_or_passes_the_memory_budget() {
     )
     .unwrap();
     let data = tmp.path().join("data");
-    let mut server = Server::start(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--gallery",
-            gallery.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let mut server = Server::start_on(&data, &model, &gallery, Some(&config));
 
     // Strips under the pixel limit: refused from the header, the server lives on.
     for (path, (w, h)) in [

@@ -199,17 +199,7 @@ fn ui_upload_click_like_and_feed() {
         .unwrap_or_else(|| tiny_model(tmp.path()));
     let gallery = small_gallery(&tmp.path().join("gallery"), 8, 4);
     let data = tmp.path().join("data");
-    let server = Server::start(
-        &[
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--model",
-            model.to_str().unwrap(),
-            "--gallery",
-            gallery.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let server = Server::start_on(&data, &model, &gallery, None);
     let mut browser = Browser::launch(&binary, &tmp.path().join("profile"));
     browser.call(
         "Page.navigate",
@@ -220,6 +210,13 @@ fn ui_upload_click_like_and_feed() {
         "document.querySelectorAll('#feed .card').length >= 6",
     );
     let cold_feed = browser.card_ids("feed");
+    assert_eq!(
+        browser.eval(
+            "[...document.querySelectorAll('#feed .card .score')].map(s => s.textContent).join('')"
+        ),
+        json!(""),
+        "feed cards show no similarity (their scores rank, a cold-start one is 0)"
+    );
 
     // Pick an image: verdict, lookalike characters and lookalike images appear.
     let upload = web_support::sample_gallery().join("val/gura");
@@ -252,6 +249,14 @@ fn ui_upload_click_like_and_feed() {
     assert_eq!(
         browser.eval("document.getElementById('error').hidden"),
         json!(true)
+    );
+
+    // Click a lookalike character: the verdict names the character being browsed.
+    let other = browser.eval("document.querySelector('#characters li button').textContent");
+    browser.eval("document.querySelector('#characters li button').click()");
+    browser.wait_for(
+        "the verdict to follow the clicked character",
+        &format!("document.querySelector('#verdict .name') && document.querySelector('#verdict .name').textContent === {other}"),
     );
 
     // Click a result: the grid now shows that item's neighbours.

@@ -88,6 +88,11 @@ pub fn line_chart(
             .map_err(|e| e.to_string())?;
         for (i, s) in series.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
+            // A marker on every point, so that a one-epoch run (a single point, no line) still
+            // shows its value.
+            chart
+                .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                .map_err(|e| e.to_string())?;
             chart
                 .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
                 .map_err(|e| e.to_string())?
@@ -187,5 +192,24 @@ mod tests {
             let img = image::open(&p).unwrap();
             assert!(img.width() > 100);
         }
+    }
+
+    #[test]
+    fn a_one_point_curve_still_shows_its_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let curve = dir.path().join("one.png");
+        let series = [Series {
+            name: "val top-1",
+            points: vec![(1., 0.5)],
+        }];
+        line_chart(&curve, "accuracy", "epoch", &series).unwrap();
+        let (r, g, b) = Palette99::pick(0).rgb();
+        let img = image::open(&curve).unwrap().to_rgb8();
+        // The legend's sample line is 18 px long; the marker adds a filled disc of radius 3.
+        let coloured = img.pixels().filter(|p| p.0 == [r, g, b]).count();
+        assert!(
+            coloured > 18 * 2 + 20,
+            "only {coloured} pixels of the series colour"
+        );
     }
 }

@@ -28,7 +28,9 @@ function showError(e) {
 
 function pct(x) { return (100 * x).toFixed(0) + "%"; }
 
-function card(hit, onOpen) {
+// A result card. Search hits show their similarity (the calibrated confidence when the model has
+// one); feed and recommendation cards show none: their scores rank, they do not measure.
+function card(hit, onOpen, scored) {
   const item = hit.item;
   const div = document.createElement("div");
   div.className = "card";
@@ -41,8 +43,15 @@ function card(hit, onOpen) {
   img.addEventListener("click", () => onOpen(item));
   const meta = document.createElement("div");
   meta.className = "meta";
-  meta.innerHTML = `<span class="name"></span><span class="score">${hit.score.toFixed(2)}</span>`;
+  meta.innerHTML = `<span class="name"></span><span class="score"></span>`;
   meta.querySelector(".name").textContent = item.labels.character || "—";
+  if (scored) {
+    const score = meta.querySelector(".score");
+    score.textContent = hit.confidence != null ? pct(hit.confidence) : hit.score.toFixed(2);
+    score.title = hit.confidence != null
+      ? `same character: ${pct(hit.confidence)} (similarity ${hit.score.toFixed(2)})`
+      : `similarity ${hit.score.toFixed(2)}`;
+  }
   const actions = document.createElement("div");
   actions.className = "actions";
   for (const kind of ["like", "dislike"]) {
@@ -57,8 +66,8 @@ function card(hit, onOpen) {
   return div;
 }
 
-function fill(grid, hits) {
-  grid.replaceChildren(...hits.map((h) => card(h, openItem)));
+function fill(grid, hits, scored) {
+  grid.replaceChildren(...hits.map((h) => card(h, openItem, scored)));
 }
 
 async function rate(id, kind, actions) {
@@ -77,7 +86,7 @@ async function rate(id, kind, actions) {
 async function loadFeed() {
   try {
     const { hits } = await call(`/users/${encodeURIComponent(user)}/feed?k=${k(12)}`);
-    fill($("feed"), hits);
+    fill($("feed"), hits, false);
   } catch (e) { showError(e); }
 }
 
@@ -117,7 +126,7 @@ function showCharacters(list) {
 function showResults(title, query, hits) {
   $("results-title").textContent = title;
   $("results").dataset.query = query;
-  fill($("results"), hits);
+  fill($("results"), hits, true);
   $("results-empty").hidden = hits.length > 0;
 }
 
@@ -181,6 +190,11 @@ async function searchCharacter(name) {
         : call(`/items/${current.id}/similar?k=${k(12)}` + filter),
       call(`/characters/${encodeURIComponent(name)}/similar?k=${k(5)}`),
     ]);
+    const v = $("verdict");
+    v.classList.remove("unknown");
+    v.innerHTML = `<span class="name"></span><span class="conf"></span>`;
+    v.querySelector(".name").textContent = name;
+    v.querySelector(".conf").textContent = "browsing this character's pictures closest to your query";
     showResults(`Closest pictures of ${name}`, "character:" + name, found.hits);
     showCharacters(similar.similar);
   } catch (e) { showError(e); }

@@ -1,5 +1,5 @@
-//! Items: add an image with labels and tags, read an item's metadata and thumbnail, remove an
-//! item. Adding and removing are writes and need the API key.
+//! Items: add an image with labels and tags, read an item's metadata and thumbnail, change its
+//! labels or tags, remove an item. Adding, changing and removing are writes and need the API key.
 
 use crate::api::types::{split_list, ErrorBody, ItemView};
 use crate::error::ApiError;
@@ -8,9 +8,10 @@ use crate::state::AppState;
 use crate::upload;
 use actix_web::http::header;
 use actix_web::web::Bytes;
-use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
-use animelens_index::{AddOutcome, NewItem, PRIMARY_LEVEL};
+use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
+use animelens_index::{AddOutcome, CatalogError, ItemUpdate, NewItem, PRIMARY_LEVEL};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
 
 /// The outcome of adding one image.
@@ -196,4 +197,49 @@ pub async fn remove(
     let id = id.into_inner();
     state.catalog(move |cat| cat.remove(id)).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Body of `PATCH /items/{id}`: each field given replaces the item's current value; omitted
+/// fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ItemPatch {
+    /// New labels, all levels at once (e.g. `{"character": "gura", "work": "hololive"}`).
+    pub labels: Option<BTreeMap<String, String>>,
+    /// New tags, replacing all current ones.
+    pub tags: Option<Vec<String>>,
+}
+
+/// Change an item's labels and/or tags (a relabelled character moves the item to that
+/// character's centroid). Needs X-Api-Key.
+#[utoipa::path(patch, path = "/api/v1/items/{id}", tag = "items",
+    params(("id" = u64, Path, description = "item id")),
+    request_body = ItemPatch,
+    security(("api_key" = [])),
+    responses((status = 200, body = ItemView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+#[patch("/items/{id}")]
+pub async fn update(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    id: web::Path<u64>,
+    body: web::Json<ItemPatch>,
+) -> Result<HttpResponse, ApiError> {
+    state.authorize_write(&req)?;
+    let id = id.into_inner();
+    let ItemPatch { labels, tags } = body.into_inner();
+    if labels.is_none() && tags.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: send {\"labels\": {...}} and/or {\"tags\": [...]}".into(),
+        ));
+    }
+    let change = ItemUpdate { labels, tags };
+    let item = state
+        .catalog(move |cat| cat.update(id, &change))
+        .await
+        .map_err(|e| match e {
+            ApiError::Catalog(CatalogError::UnknownItem { .. }) => not_found(id),
+            other => other,
+        })?;
+    Ok(HttpResponse::Ok().json(ItemView::from(item)))
 }

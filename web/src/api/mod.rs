@@ -37,6 +37,7 @@ use utoipa::{Modify, OpenApi};
         items::get_item,
         items::thumbnail,
         items::remove,
+        items::update,
         system::healthz,
         system::metrics,
     ),
@@ -102,6 +103,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(items::thumbnail)
                 .service(items::get_item)
                 .service(items::remove)
+                .service(items::update)
                 .default_service(web::to(no_route)),
         );
 }
