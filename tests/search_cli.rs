@@ -90,6 +90,19 @@ fn holoen_catalog(dir: &Path, model: &str) -> String {
     db
 }
 
+/// `index add` of the holoen sample into `db` with `model`; returns stdout.
+fn add_holoen(db: &str, model: &str) -> String {
+    ok(&[
+        "index",
+        "--db",
+        db,
+        "add",
+        sample("holoen").to_str().unwrap(),
+        "--model",
+        model,
+    ])
+}
+
 fn first_image(character: &str) -> PathBuf {
     let dir = sample("holoen/train").join(character);
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -144,15 +157,7 @@ fn add_search_filter_remove() {
         .all(|h| h["tags"].as_array().unwrap().contains(&"split:val".into())));
 
     // Adding the same folder again writes nothing.
-    let again = ok(&[
-        "index",
-        "--db",
-        &db,
-        "add",
-        sample("holoen").to_str().unwrap(),
-        "--model",
-        &model,
-    ]);
+    let again = add_holoen(&db, &model);
     assert!(
         again.contains("added 0 items, skipped 180 exact duplicates"),
         "{again}"
@@ -404,15 +409,7 @@ fn commands_default_to_the_catalogues_model_and_add_calibrates_on_validation_ima
     let db = dir.path().join("db").display().to_string();
 
     // The sample has val/ images: they calibrate the threshold before they are added.
-    let added = ok(&[
-        "index",
-        "--db",
-        &db,
-        "add",
-        sample("holoen").to_str().unwrap(),
-        "--model",
-        &model,
-    ]);
+    let added = add_holoen(&db, &model);
     assert!(added.contains("added 180 items"), "{added}");
     assert!(
         added.contains("calibrated on the 72 validation images"),
