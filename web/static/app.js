@@ -47,7 +47,9 @@ function card(hit, onOpen, scored) {
   meta.querySelector(".name").textContent = item.labels.character || "—";
   if (scored) {
     const score = meta.querySelector(".score");
-    score.textContent = hit.confidence != null ? pct(hit.confidence) : hit.score.toFixed(2);
+    score.textContent = hit.confidence != null
+      ? `${pct(hit.confidence)} · ${hit.score.toFixed(2)}`
+      : hit.score.toFixed(2);
     score.title = hit.confidence != null
       ? `same character: ${pct(hit.confidence)} (similarity ${hit.score.toFixed(2)})`
       : `similarity ${hit.score.toFixed(2)}`;
