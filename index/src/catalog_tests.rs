@@ -38,6 +38,27 @@ fn new_item(v: &[f32], character: &str, hash: &str) -> NewItem {
     }
 }
 
+/// Writes an item to sled only, as a write whose caller saw an error may have done: the
+/// derived state (graph, live set) does not know it. Returns the store's (id, duplicate) pairs.
+fn write_to_store_only(cat: &Catalog, v: &[f32], source: &str, hash: &str) -> Vec<(ItemId, bool)> {
+    let item = crate::store::Prepared {
+        item: Item {
+            id: 0,
+            source: source.into(),
+            labels: BTreeMap::new(),
+            tags: vec![],
+            width: 1,
+            height: 1,
+            content_hash: hash.into(),
+            added_at_ms: 0,
+        },
+        vector: crate::vector::normalise(v).unwrap(),
+        store_int8: false,
+        thumbnail: vec![],
+    };
+    cat.store().unwrap().add_items(&[item]).unwrap().0
+}
+
 /// `n` items in `clusters` clusters; character = "c<cluster>", hash = "h<i>".
 fn fill(
     cat: &Catalog,
@@ -680,22 +701,7 @@ fn a_stored_but_unindexed_item_is_repaired_by_a_retry() {
     let dir = tempfile::tempdir().unwrap();
     let cat = open(dir.path());
     let (vs, _) = clustered_vectors(1, DIM, 1, 0.5, 21);
-    let orphan = crate::store::Prepared {
-        item: Item {
-            id: 0,
-            source: "x.png".into(),
-            labels: BTreeMap::new(),
-            tags: vec![],
-            width: 1,
-            height: 1,
-            content_hash: "orphan".into(),
-            added_at_ms: 0,
-        },
-        vector: crate::vector::normalise(&vs[0]).unwrap(),
-        store_int8: false,
-        thumbnail: vec![],
-    };
-    let (written, _) = cat.store().unwrap().add_items(&[orphan]).unwrap();
+    let written = write_to_store_only(&cat, &vs[0], "x.png", "orphan");
     assert!(cat.search(&vs[0], 1, &Filter::any()).unwrap().is_empty());
     let retry = cat.add(new_item(&vs[0], "x", "orphan")).unwrap();
     assert_eq!(
@@ -718,22 +724,7 @@ fn the_write_after_a_storage_failure_reopens_the_store_and_indexes_a_write_that_
     let cat = open(dir.path());
     let (_, vs, _) = fill(&cat, 20, 2, 9);
     // A write that reached sled although its caller saw an error, then sled's sticky I/O error.
-    let landed = crate::store::Prepared {
-        item: Item {
-            id: 0,
-            source: "landed.png".into(),
-            labels: BTreeMap::new(),
-            tags: vec![],
-            width: 1,
-            height: 1,
-            content_hash: "landed".into(),
-            added_at_ms: 0,
-        },
-        vector: crate::vector::normalise(&vs[0]).unwrap(),
-        store_int8: false,
-        thumbnail: vec![],
-    };
-    let (written, _) = cat.store().unwrap().add_items(&[landed]).unwrap();
+    let written = write_to_store_only(&cat, &vs[0], "landed.png", "landed");
     cat.store().unwrap().mark_failed();
     let after = cat.add(new_item(&vs[1], "c1", "after-reopen")).unwrap();
     assert!(!after.duplicate);

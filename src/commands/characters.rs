@@ -118,13 +118,7 @@ pub fn run_identify(args: IdentifyArgs) -> Result<()> {
     let (cat, model) = open_with_model(&args.db, args.model.as_deref(), Missing::Fail)?;
     let calibrated = cat.open_set_calibrated()?;
     if !calibrated {
-        eprintln!(
-            "warning: the catalogue's \"unknown\" threshold is not calibrated (default {:.2}), so \"unknown\" \
-             answers mean little; run `animelens index calibrate --data DIR --db {}` with validation images \
-             of catalogued characters",
-            animelens_index::DEFAULT_OPEN_SET_THRESHOLD,
-            args.db.display()
-        );
+        eprintln!("warning: {}", uncalibrated(&args.db));
     }
     let bar = indicatif::ProgressBar::hidden();
     let mut failed = 0usize;
@@ -177,6 +171,18 @@ pub fn run_identify(args: IdentifyArgs) -> Result<()> {
         bail!("none of the {failed} images could be read");
     }
     Ok(())
+}
+
+/// What `identify` and `index add` say about a catalogue whose open-set threshold was never
+/// calibrated, with the command that calibrates it.
+pub fn uncalibrated(db: &Path) -> String {
+    format!(
+        "the catalogue's \"unknown\" threshold is not calibrated: `identify` uses the default {:.2}, which \
+         means little for a given model; run `animelens index calibrate --data DIR --db {}` with validation \
+         images of catalogued characters",
+        animelens_index::DEFAULT_OPEN_SET_THRESHOLD,
+        db.display()
+    )
 }
 
 /// `animelens index calibrate` options.

@@ -9,6 +9,7 @@
 //! other images (so that they do not judge centroids they belong to), the same order as the
 //! service's gallery ingest; without them the catalogue says loudly that it is uncalibrated.
 
+use super::characters::uncalibrated;
 use super::embedding::{embed, progress_bar, read_files, ImageFile, BATCH};
 use super::model::DataArgs;
 use super::model_choice::{open_with_model, Missing};
@@ -154,8 +155,9 @@ impl Ingest<'_> {
             .catalog
             .calibrate_open_set(&pairs)
             .map_err(|e| e.to_string());
-        for chunk in items.chunks(BATCH) {
-            self.add(chunk.to_vec(), summary)?;
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            self.add(items.by_ref().take(BATCH).collect(), summary)?;
         }
         Ok(calibration)
     }
@@ -221,13 +223,7 @@ pub fn run_add(db: &Path, args: AddArgs) -> Result<()> {
             c.known,
             c.unknown
         ),
-        Err(why) if !calibrated => eprintln!(
-            "warning: the catalogue's \"unknown\" threshold is not calibrated ({why}): `identify` will use the \
-             default {:.2}, which means little for this model; run `animelens index calibrate --data DIR --db {}` \
-             with validation images of catalogued characters",
-            animelens_index::DEFAULT_OPEN_SET_THRESHOLD,
-            db.display()
-        ),
+        Err(why) if !calibrated => eprintln!("warning: {why}, so {}", uncalibrated(db)),
         Err(why) => eprintln!(
             "note: the open-set threshold was not recalibrated ({why}); the catalogue keeps its earlier calibration"
         ),

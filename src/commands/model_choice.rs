@@ -8,7 +8,7 @@ use super::embedding::{load_model, model_tag};
 use animelens_index::{Catalog, CatalogError, OpenOptions};
 use animelens_models::{Classifier, Embedder};
 use anyhow::{bail, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The shipped demo model (checkpoint path without extension).
 pub const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/demo/holoen");
@@ -30,32 +30,26 @@ pub fn open_with_model(
     model: Option<&Path>,
     missing: Missing,
 ) -> Result<(Catalog, Classifier)> {
-    if !Catalog::exists(db) {
-        if missing == Missing::Fail {
-            return Err(CatalogError::NotInitialised { dir: db.into() }.into());
-        }
-        let path = model.map_or_else(|| PathBuf::from(DEFAULT_MODEL), Path::to_path_buf);
-        let classifier = load_model(&path)?;
+    let exists = Catalog::exists(db);
+    if !exists && missing == Missing::Fail {
+        return Err(CatalogError::NotInitialised { dir: db.into() }.into());
+    }
+    let explicit = model.or((!exists).then_some(Path::new(DEFAULT_MODEL)));
+    if let Some(path) = explicit {
+        // The catalogue checks the model's fingerprint (or takes it, when it is created).
+        let classifier = load_model(path)?;
         let mut options = OpenOptions::new(model_tag(&classifier));
         options.show_progress = true;
         let catalog = Catalog::open(db, options)?;
-        catalog.set_model_source(&absolute(&path))?;
+        if missing == Missing::Create && catalog.model_source()?.is_none() {
+            catalog.set_model_source(&absolute(path))?;
+        }
         return Ok((catalog, classifier));
     }
     let mut options = OpenOptions::existing();
     options.show_progress = true;
     let catalog = Catalog::open(db, options)?;
-    let classifier = match model {
-        Some(path) => {
-            let classifier = load_model(path)?;
-            check_fingerprint(&catalog, &classifier, db, path)?;
-            if missing == Missing::Create && catalog.model_source()?.is_none() {
-                catalog.set_model_source(&absolute(path))?;
-            }
-            classifier
-        }
-        None => default_for(&catalog, db)?,
-    };
+    let classifier = default_for(&catalog, db)?;
     Ok((catalog, classifier))
 }
 
@@ -84,27 +78,6 @@ fn default_for(catalog: &Catalog, db: &Path) -> Result<Classifier> {
         );
     }
     Ok(demo)
-}
-
-/// Fails unless `classifier` produced the catalogue's vectors.
-fn check_fingerprint(
-    catalog: &Catalog,
-    classifier: &Classifier,
-    db: &Path,
-    path: &Path,
-) -> Result<()> {
-    let tag = model_tag(classifier);
-    if &tag != catalog.model() {
-        return Err(CatalogError::ModelMismatch {
-            dir: db.into(),
-            stored: catalog.model().fingerprint.clone(),
-            stored_dim: catalog.model().dim,
-            requested: format!("{} ({})", tag.fingerprint, path.display()),
-            requested_dim: tag.dim,
-        }
-        .into());
-    }
-    Ok(())
 }
 
 /// `path` made absolute against the working folder, so that the record holds from anywhere.
