@@ -5,7 +5,7 @@ mod commands;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use commands::{bench, catalog, characters, model, search, serve};
+use commands::{audit, bench, catalog, characters, model, search, serve};
 use std::path::PathBuf;
 
 /// Anime character recognition and lookalike search.
@@ -28,6 +28,8 @@ enum Command {
     Embed(model::EmbedArgs),
     /// Rewrite a checkpoint at another weight precision (f16 halves its size).
     Export(model::ExportArgs),
+    /// Learn the copy descriptor's whitening for a checkpoint from background pictures.
+    LearnCopyWhitening(commands::copy_whitening::LearnWhiteningArgs),
     /// Benchmark the network (default: training and inference speed) or the catalogue (`bench index`).
     Bench(bench::BenchArgs),
     /// Manage the image catalogue.
@@ -46,6 +48,8 @@ enum Command {
     Enroll(characters::EnrollArgs),
     /// Name the character of images by nearest centroid, or "unknown" (open set).
     Identify(characters::IdentifyArgs),
+    /// Copyright review: is each image an edited copy of a catalogued picture, and of which?
+    Audit(audit::AuditArgs),
     /// Run the web service: JSON API under /api/v1 and the web UI.
     Serve(serve::ServeArgs),
 }
@@ -116,12 +120,14 @@ fn main() -> Result<()> {
         Command::Classify(a) => model::run_classify(a),
         Command::Embed(a) => model::run_embed(a),
         Command::Export(a) => model::run_export(a),
+        Command::LearnCopyWhitening(a) => commands::copy_whitening::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Index { db, cmd } => catalog::run(&db, cmd),
         Command::Search(a) => search::run_search(a),
         Command::SimilarCharacters(a) => search::run_similar(a),
         Command::Enroll(a) => characters::run_enroll(a),
         Command::Identify(a) => characters::run_identify(a),
+        Command::Audit(a) => audit::run_audit(a),
         Command::Serve(a) => serve::run(a),
     }
 }

@@ -6,6 +6,8 @@
 
 use crate::ann::{Ann, HnswParams, MAX_CONNECTIONS};
 use crate::characters::CentroidTable;
+use crate::copy_index::{CopyIndex, CopyMatch, VIEW_STRIDE};
+use crate::copy_verdict::CopyVerdict;
 use crate::dump::{self, DumpTag};
 use crate::error::{CatalogError, Result};
 use crate::filter::{Filter, Postings};
@@ -16,7 +18,7 @@ use crate::vector::{self, QuantizedVector};
 use rayon::prelude::*;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Filtered searches over at most this many items are exact by default.
 pub const DEFAULT_EXACT_THRESHOLD: usize = 2000;
@@ -186,6 +188,8 @@ pub struct Catalog {
     pub(crate) state: RwLock<IndexState>,
     pub(crate) writer: Mutex<()>,
     saved_generation: Mutex<Option<u64>>,
+    /// The copy graph, built on the first copy search (see `copy_index`).
+    copy_index: Mutex<Option<Arc<CopyIndex>>>,
 }
 
 impl Catalog {
@@ -262,6 +266,7 @@ impl Catalog {
             state: RwLock::new(state),
             writer: Mutex::new(()),
             saved_generation: Mutex::new(saved),
+            copy_index: Mutex::new(None),
         })
     }
 
@@ -377,6 +382,8 @@ impl Catalog {
             .into_iter()
             .map(|n| {
                 Ok(Prepared {
+                    copy_dim: n.copies.first().map_or(0, Vec::len),
+                    copies: self.check_copies(&n.copies)?,
                     vector: self.check_vector(&n.vector)?,
                     store_int8: self.options.store_int8,
                     thumbnail: n.thumbnail,
@@ -400,6 +407,7 @@ impl Catalog {
         let (written, generation) = self.store()?.add_items(&prepared)?;
         let mut outcomes = Vec::with_capacity(written.len());
         let mut to_index: Vec<(Vec<f32>, Item)> = Vec::new();
+        let mut copies: Vec<(ItemId, Vec<f32>)> = Vec::new();
         let mut fresh: HashSet<ItemId> = HashSet::new();
         for ((id, duplicate), p) in written.iter().copied().zip(prepared) {
             if !duplicate {
@@ -407,6 +415,7 @@ impl Catalog {
                 let mut item = p.item;
                 item.id = id;
                 to_index.push((p.vector, item));
+                copies.push((id, p.copies));
                 outcomes.push(AddOutcome { id, duplicate });
             } else if fresh.contains(&id) || self.read_state().live.contains(&id) {
                 outcomes.push(AddOutcome { id, duplicate });
@@ -422,12 +431,14 @@ impl Catalog {
                 })?;
                 fresh.insert(id);
                 to_index.push((v, item));
+                copies.push((id, self.store()?.copies(id)?.unwrap_or_default()));
                 outcomes.push(AddOutcome {
                     id,
                     duplicate: false,
                 });
             }
         }
+        self.index_copies(&copies);
         self.publish(to_index, generation);
         Ok(outcomes)
     }
@@ -681,6 +692,137 @@ impl Catalog {
 
     /// Rebuilds the graph from the store (e.g. after changing HNSW parameters, or to repair).
     /// Returns the number of live items indexed.
+    /// Validates the copy descriptors of a new item: all of one length (the length the catalogue
+    /// already stores, if any), at most [`VIEW_STRIDE`] views, finite. Returns them back to back.
+    fn check_copies(&self, copies: &[Vec<f32>]) -> Result<Vec<f32>> {
+        let Some(first) = copies.first() else {
+            return Ok(Vec::new());
+        };
+        let dim = first.len();
+        let stored = self.copy_dim()?;
+        if dim == 0
+            || copies.len() > VIEW_STRIDE as usize
+            || copies
+                .iter()
+                .any(|c| c.len() != dim || c.iter().any(|v| !v.is_finite()))
+            || stored.is_some_and(|d| d != dim)
+        {
+            return Err(CatalogError::invalid(
+                format!(
+                    "copy descriptors of {} views with lengths {:?} (the catalogue stores {})",
+                    copies.len(),
+                    copies.iter().map(Vec::len).collect::<Vec<_>>(),
+                    stored.map_or("none yet".to_string(), |d| format!("length {d}")),
+                ),
+                format!("give at most {VIEW_STRIDE} finite descriptors of the catalogue's length"),
+            ));
+        }
+        Ok(copies.concat())
+    }
+
+    /// Length of the copy descriptors the catalogue stores (`None`: it stores none yet).
+    pub fn copy_dim(&self) -> Result<Option<usize>> {
+        if let Some(index) = lock(&self.copy_index).as_ref() {
+            return Ok(Some(index.dim()));
+        }
+        self.store()?.copy_dim()
+    }
+
+    /// Inserts newly stored items' copy descriptors into the copy graph, if it is built.
+    fn index_copies(&self, copies: &[(ItemId, Vec<f32>)]) {
+        if let Some(index) = lock(&self.copy_index).as_ref() {
+            for (id, c) in copies.iter().filter(|(_, c)| !c.is_empty()) {
+                index.insert(*id, c);
+            }
+        }
+    }
+
+    /// The copy graph, built from the store when this is the first copy search since the catalogue
+    /// opened or its graphs were rebuilt. `None` when no item has copy descriptors.
+    fn copy_graph(&self) -> Result<Option<Arc<CopyIndex>>> {
+        let mut slot = lock(&self.copy_index);
+        if slot.is_none() {
+            let store = self.store()?;
+            let Some(dim) = store.copy_dim()? else {
+                return Ok(None);
+            };
+            let started = std::time::Instant::now();
+            let entries = store.all_copies()?;
+            *slot = Some(Arc::new(CopyIndex::build(
+                &self.options.hnsw,
+                dim,
+                &entries,
+            )));
+            tracing::info!(
+                items = entries.len(),
+                secs = started.elapsed().as_secs_f32(),
+                "built the copy graph"
+            );
+        }
+        Ok(slot.clone())
+    }
+
+    /// The `k` live items whose views' copy descriptors are most similar to any of `queries` (an
+    /// upload's views), best first, one per item. Empty when the catalogue has no copy
+    /// descriptors; queries of another length than the stored descriptors are refused.
+    pub fn search_copies(&self, queries: &[Vec<f32>], k: usize) -> Result<Vec<(CopyMatch, Item)>> {
+        let Some(graph) = self.copy_graph()? else {
+            return Ok(Vec::new());
+        };
+        if let Some(q) = queries.iter().find(|q| q.len() != graph.dim()) {
+            return Err(CatalogError::invalid(
+                format!(
+                    "a copy descriptor of length {} (the catalogue stores {})",
+                    q.len(),
+                    graph.dim()
+                ),
+                "describe uploads with the model the catalogue was built with",
+            ));
+        }
+        let matches = {
+            let st = self.read_state();
+            graph.search(queries, k, self.options.hnsw.ef_search, &st.live)
+        };
+        let store = self.store()?;
+        matches
+            .into_iter()
+            .filter_map(|m| {
+                store
+                    .item(m.id)
+                    .transpose()
+                    .map(|item| item.map(|i| (m, i)))
+            })
+            .collect()
+    }
+
+    /// The ids of the live items, ascending (from memory).
+    pub fn live_ids(&self) -> Vec<ItemId> {
+        let mut ids: Vec<ItemId> = self.read_state().live.iter().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The copy descriptors stored for an item, one per view.
+    pub fn copies(&self, id: ItemId) -> Result<Vec<Vec<f32>>> {
+        let dim = self.copy_dim()?.unwrap_or(0).max(1);
+        Ok(self
+            .store()?
+            .copies(id)?
+            .map(|c| c.chunks(dim).map(<[f32]>::to_vec).collect())
+            .unwrap_or_default())
+    }
+
+    /// The calibrated copy verdict, if one was stored.
+    pub fn copy_verdict(&self) -> Result<Option<CopyVerdict>> {
+        self.store()?.copy_verdict()
+    }
+
+    /// Stores the calibrated copy verdict.
+    pub fn set_copy_verdict(&self, verdict: &CopyVerdict) -> Result<()> {
+        let _writer = self.begin_write()?;
+        self.store()?.set_copy_verdict(verdict)
+    }
+
     pub fn rebuild(&self) -> Result<usize> {
         let _writer = self.begin_write()?;
         self.rebuild_locked()
@@ -692,6 +834,7 @@ impl Catalog {
         let ann = build_ann(&*self.store()?, &self.dir, &items, &self.options)?;
         let live = items.len();
         *self.write_state() = new_state(ann, items, generation, IndexOrigin::Built);
+        *lock(&self.copy_index) = None;
         Ok(live)
     }
 

@@ -35,6 +35,7 @@ fn new_item(v: &[f32], character: &str, hash: &str) -> NewItem {
         content_hash: hash.into(),
         thumbnail: vec![0xFF, 0xD8],
         vector: v.to_vec(),
+        copies: vec![],
     }
 }
 
@@ -55,6 +56,8 @@ fn write_to_store_only(cat: &Catalog, v: &[f32], source: &str, hash: &str) -> Ve
         vector: crate::vector::normalise(v).unwrap(),
         store_int8: false,
         thumbnail: vec![],
+        copies: vec![],
+        copy_dim: 0,
     };
     cat.store().unwrap().add_items(&[item]).unwrap().0
 }
@@ -740,4 +743,109 @@ fn the_write_after_a_storage_failure_reopens_the_store_and_indexes_a_write_that_
     drop(cat);
     let reopened = open(dir.path());
     assert_eq!(reopened.counts().live, 22);
+}
+
+/// Copy descriptors of item `i`: three views of a 16-d vector (the whole picture first).
+fn copy_views(i: u64) -> Vec<Vec<f32>> {
+    (0..3u64)
+        .map(|view| {
+            let mut state = (i * 8 + view + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let v: Vec<f32> = (0..16)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect();
+            normalise(&v).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn copies_are_found_by_any_view_survive_reopen_and_vanish_when_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vectors, _) = clustered_vectors(40, DIM, 4, 0.3, 3);
+    let ids: Vec<ItemId> = {
+        let cat = open(dir.path());
+        assert_eq!(cat.copy_dim().unwrap(), None);
+        let items: Vec<NewItem> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| NewItem {
+                copies: copy_views(i as u64),
+                ..new_item(v, "c", &format!("h{i}"))
+            })
+            .collect();
+        let ids = cat.add_batch(items).unwrap().iter().map(|o| o.id).collect();
+        assert_eq!(cat.copy_dim().unwrap(), Some(16));
+        ids
+    };
+    let cat = open(dir.path());
+    // The second view of item 5, as an upload's mirrored view.
+    let upload = [copy_views(99)[0].clone(), copy_views(5)[2].clone()];
+    let found = cat.search_copies(&upload, 4).unwrap();
+    assert_eq!(found[0].0.id, ids[5]);
+    assert_eq!((found[0].0.view, found[0].0.query_view), (2, 1));
+    assert!((found[0].0.similarity - 1.0).abs() < 1e-5);
+    assert_eq!(cat.copies(ids[5]).unwrap(), copy_views(5));
+    let review = cat.review_copy(&upload, 2).unwrap();
+    assert!(review.is_copy && !review.calibrated, "{review:?}");
+    assert_eq!(review.matches.len(), 2);
+
+    // Added after the copy graph was built: found too.
+    let late = cat
+        .add(NewItem {
+            copies: copy_views(77),
+            ..new_item(&vectors[0], "c", "late")
+        })
+        .unwrap()
+        .id;
+    assert_eq!(
+        cat.search_copies(&copy_views(77)[..1], 1).unwrap()[0].0.id,
+        late
+    );
+
+    cat.remove(ids[5]).unwrap();
+    let found = cat.search_copies(&upload, 4).unwrap();
+    assert!(found.iter().all(|(m, _)| m.id != ids[5]));
+    cat.compact().unwrap();
+    assert!(cat
+        .search_copies(&upload, 4)
+        .unwrap()
+        .iter()
+        .all(|(m, _)| m.id != ids[5]));
+    assert!(cat.copies(ids[5]).unwrap().is_empty());
+}
+
+#[test]
+fn copy_descriptors_of_another_length_are_refused_and_the_verdict_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = open(dir.path());
+    let (v, _) = clustered_vectors(2, DIM, 1, 0.3, 5);
+    cat.add(NewItem {
+        copies: copy_views(1),
+        ..new_item(&v[0], "c", "a")
+    })
+    .unwrap();
+    let err = cat
+        .add(NewItem {
+            copies: vec![vec![1.0; 8]],
+            ..new_item(&v[1], "c", "b")
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("copy descriptors"), "{err}");
+    assert!(cat.search_copies(&[vec![1.0; 8]], 1).is_err());
+    let verdict = CopyVerdict {
+        threshold: 0.2,
+        precision: 0.99,
+        recall: 0.9,
+    };
+    cat.set_copy_verdict(&verdict).unwrap();
+    drop(cat);
+    let cat = open(dir.path());
+    assert_eq!(cat.copy_verdict().unwrap(), Some(verdict));
+    let review = cat.review_copy(&copy_views(1)[..1], 1).unwrap();
+    assert!(review.calibrated && review.threshold == 0.2);
 }

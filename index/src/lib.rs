@@ -21,6 +21,8 @@ mod catalog;
 #[cfg(test)]
 mod catalog_tests;
 mod characters;
+mod copy_index;
+pub mod copy_verdict;
 mod dump;
 mod error;
 mod feed;
@@ -41,6 +43,8 @@ pub use catalog::{
 pub use characters::{
     open_set_threshold, Calibration, CharacterScore, Classification, DEFAULT_OPEN_SET_THRESHOLD,
 };
+pub use copy_index::{CopyMatch, VIEW_STRIDE};
+pub use copy_verdict::{CalibrationViews, CopyFinding, CopyReview, CopyVerdict, MatchedItem};
 pub use error::{CatalogError, Result};
 pub use feed::mmr;
 pub use filter::Filter;
@@ -48,5 +52,5 @@ pub use recommend::{best_score, RecommendQuery, RecommendStrategy};
 pub use record::{
     AddOutcome, Event, EventKind, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, PRIMARY_LEVEL,
 };
-pub use reembed::{ReembedItem, ReembedReport};
+pub use reembed::{ItemVectors, ReembedItem, ReembedReport};
 pub use vector::{dot, normalise, QuantizedVector};

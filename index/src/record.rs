@@ -38,6 +38,9 @@ pub struct NewItem {
     pub thumbnail: Vec<u8>,
     /// The embedding (normalised by the catalogue if it is not already).
     pub vector: Vec<f32>,
+    /// The copy descriptors of the picture's views, whole picture first (empty: none; see
+    /// [`crate::Catalog::search_copies`]). All of one length, at most [`crate::VIEW_STRIDE`].
+    pub copies: Vec<Vec<f32>>,
 }
 
 /// A stored item's metadata (the thumbnail and vectors live in their own trees; see

@@ -22,6 +22,24 @@ pub struct ReembedItem {
     pub thumbnail: Option<Vec<u8>>,
 }
 
+/// An item's vectors as a model computes them: the embedding and the copy descriptors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemVectors {
+    /// The new embedding.
+    pub vector: Vec<f32>,
+    /// The new copy descriptors of its views (empty: none).
+    pub copies: Vec<Vec<f32>>,
+}
+
+impl From<Vec<f32>> for ItemVectors {
+    fn from(vector: Vec<f32>) -> Self {
+        Self {
+            vector,
+            copies: Vec::new(),
+        }
+    }
+}
+
 /// What [`Catalog::reembed`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReembedReport {
@@ -48,7 +66,7 @@ impl Catalog {
         mut embed: F,
     ) -> Result<ReembedReport>
     where
-        F: FnMut(&[ReembedItem]) -> Vec<std::result::Result<Vec<f32>, String>>,
+        F: FnMut(&[ReembedItem]) -> Vec<std::result::Result<ItemVectors, String>>,
     {
         if !Store::path_in(dir).exists() {
             return Err(CatalogError::NotInitialised {
@@ -66,7 +84,7 @@ impl Catalog {
             dir: dir.to_path_buf(),
         })?;
         let items = store.live_items()?;
-        let pending = store.begin_vector_set()?;
+        let mut pending = store.begin_vector_set()?;
         let mut removed = Vec::new();
         let mut reembedded = 0usize;
         for chunk in items.chunks(batch.max(1)) {
@@ -90,17 +108,19 @@ impl Catalog {
                     "return exactly one result per item, in order",
                 ));
             }
-            let mut ok: Vec<(ItemId, Vec<f32>)> = Vec::with_capacity(chunk.len());
+            let mut ok: Vec<(ItemId, ItemVectors)> = Vec::with_capacity(chunk.len());
             for (item, result) in chunk.iter().zip(results) {
-                match result
-                    .and_then(|v| vector::normalised(&v, model.dim).map_err(|e| e.to_string()))
-                {
-                    Ok(v) => ok.push((item.id, v)),
+                match result.and_then(|r| {
+                    let vector =
+                        vector::normalised(&r.vector, model.dim).map_err(|e| e.to_string())?;
+                    Ok(ItemVectors { vector, ..r })
+                }) {
+                    Ok(vectors) => ok.push((item.id, vectors)),
                     Err(reason) => removed.push((item.clone(), reason)),
                 }
             }
             reembedded += ok.len();
-            store.write_pending(&pending, &ok)?;
+            store.write_pending(&mut pending, &ok)?;
         }
         let enrolments_dropped = store.enrolled()?.len();
         let dropped: Vec<Item> = removed.iter().map(|(i, _)| i.clone()).collect();
@@ -134,7 +154,7 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Catalog, Filter, ModelTag, NewItem, OpenOptions};
+    use crate::{Catalog, Filter, ItemVectors, ModelTag, NewItem, OpenOptions};
 
     fn tag(fp: &str, dim: usize) -> ModelTag {
         ModelTag {
@@ -170,7 +190,10 @@ mod tests {
                 .iter()
                 .map(|i| match i.item.source.as_str() {
                     "img3.png" => Err("source file is gone".to_string()),
-                    _ => Ok(vec![i.item.id as f32, 1.0]),
+                    _ => Ok(ItemVectors {
+                        vector: vec![i.item.id as f32, 1.0],
+                        copies: vec![vec![1.0, i.item.id as f32, 0.5]],
+                    }),
                 })
                 .collect()
         })
@@ -193,6 +216,9 @@ mod tests {
             assert_eq!(cat.exact_search(&v, 1, &Filter::any()).unwrap()[0].id, id);
         }
         assert!(cat.get(4).unwrap().is_none(), "the failed item is removed");
+        // The new copy descriptors came with the switch.
+        assert_eq!(cat.copy_dim().unwrap(), Some(3));
+        assert_eq!(cat.copies(5).unwrap(), vec![vec![1.0, 5.0, 0.5]]);
         assert!(cat.similar_characters("ghost", 3).is_err());
         // The removed item's hash is free again; the others are still duplicates.
         assert_eq!(cat.find_by_hash("h3").unwrap(), None);

@@ -2,15 +2,15 @@
 //! one sled transaction (atomic across trees) and is flushed to disk before the call returns.
 //!
 //! Trees: `items` (id → JSON [`Item`]), `vectors` (id → f32 LE), `vectors_q8` (id → int8 copy,
-//! optional), `thumbnails` (id → JPEG), `by_hash` (content hash → id of the live item),
+//! optional), `copies` (id → the copy descriptors of its views, f32 LE back to back; optional), `thumbnails` (id → JPEG), `by_hash` (content hash → id of the live item),
 //! `tombstones` (id → removal time), `meta` (model tag, generation, next id, open-set threshold,
 //! current vector set), `users`, `events` (user ␀ time seq → JSON [`Event`]; the newest
 //! [`MAX_EVENTS_PER_USER`] per user are kept), `likes` (user ␀ id, one key per user who liked an
 //! item), `popularity` (id → number of distinct users who liked it: a user liking an item again
 //! does not count twice), `characters` (enrolled character → few-shot vector sum).
 //!
-//! Vector sets: the vectors of one model live in `vectors`/`vectors_q8` (set 0) or
-//! `vectors.N`/`vectors_q8.N` (set N). Re-embedding with a new model writes set N+1 beside the
+//! Vector sets: the vectors of one model live in `vectors`/`vectors_q8`/`copies` (set 0) or
+//! `vectors.N`/`vectors_q8.N`/`copies.N` (set N). Re-embedding with a new model writes set N+1 beside the
 //! current one, then one transaction on `meta` switches the set and the model tag together; a
 //! crash before the switch leaves the old set current, and [`Store::open`] drops any set that is
 //! not current (leftovers of an interrupted re-embedding, or the old set after a switch).
@@ -19,9 +19,11 @@
 //! write with the same error until the database is opened again. [`Store::has_failed`] says so, and
 //! the catalogue reopens the store before its next write (see `Catalog::begin_write`).
 
+use crate::copy_verdict::CopyVerdict;
 use crate::error::{CatalogError, Result};
 use crate::limits::MAX_EVENTS_PER_USER;
 use crate::record::{now_ms, Event, EventKind, Item, ItemId, ItemUpdate, ModelTag};
+use crate::reembed::ItemVectors;
 use crate::vector::{self, QuantizedVector, VectorSum};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{
@@ -49,21 +51,25 @@ const KEY_NEXT_ID: &[u8] = b"next_id";
 const KEY_THRESHOLD: &[u8] = b"open_set_threshold";
 const KEY_VECTOR_SET: &[u8] = b"vector_set";
 const KEY_MODEL_SOURCE: &[u8] = b"model_source";
+const KEY_COPY_VERDICT: &[u8] = b"copy_verdict";
+const KEY_COPY_DIM: &[u8] = b"copy_dim";
 
-/// Names of the f32 and int8 vector trees of vector set `n`.
-fn vector_tree_names(n: u64) -> (String, String) {
-    match n {
-        0 => ("vectors".into(), "vectors_q8".into()),
-        n => (format!("vectors.{n}"), format!("vectors_q8.{n}")),
-    }
+/// The trees of one vector set: each holds one kind of vector.
+const VECTOR_TREES: [&str; 3] = ["vectors", "vectors_q8", "copies"];
+
+/// Names of the f32, int8 and copy-descriptor trees of vector set `n`.
+fn vector_tree_names(n: u64) -> [String; 3] {
+    VECTOR_TREES.map(|t| match n {
+        0 => t.to_string(),
+        n => format!("{t}.{n}"),
+    })
 }
 
 /// Whether a tree name belongs to some vector set.
 fn is_vector_tree(name: &[u8]) -> bool {
-    name == b"vectors"
-        || name == b"vectors_q8"
-        || name.starts_with(b"vectors.")
-        || name.starts_with(b"vectors_q8.")
+    VECTOR_TREES.iter().any(|t| {
+        name == t.as_bytes() || (name.starts_with(t.as_bytes()) && name.get(t.len()) == Some(&b'.'))
+    })
 }
 
 /// A vector set being written by a re-embedding, not yet current.
@@ -71,7 +77,10 @@ pub(crate) struct PendingVectorSet {
     n: u64,
     vectors: sled::Tree,
     vectors_q8: sled::Tree,
+    copies: sled::Tree,
     int8: bool,
+    /// Length of the copy descriptors written so far.
+    copy_dim: Option<usize>,
 }
 
 /// An item ready to be written: metadata (id filled in by the store), encoded vectors, thumbnail.
@@ -80,6 +89,17 @@ pub(crate) struct Prepared {
     pub(crate) vector: Vec<f32>,
     pub(crate) store_int8: bool,
     pub(crate) thumbnail: Vec<u8>,
+    /// The copy descriptors of the item's views, back to back (empty: none).
+    pub(crate) copies: Vec<f32>,
+    /// The length of one of them.
+    pub(crate) copy_dim: usize,
+}
+
+/// An item's vectors encoded for its trees.
+struct EncodedVectors {
+    vector: Vec<u8>,
+    q8: Option<Vec<u8>>,
+    copies: Vec<u8>,
 }
 
 /// A user's summary record.
@@ -105,6 +125,7 @@ pub(crate) struct Store {
     items: sled::Tree,
     vectors: sled::Tree,
     vectors_q8: sled::Tree,
+    copies: sled::Tree,
     thumbnails: sled::Tree,
     by_hash: sled::Tree,
     tombstones: sled::Tree,
@@ -147,10 +168,9 @@ impl Store {
             .map_err(err)?
             .and_then(|v| id_of(&v))
             .unwrap_or(0);
-        let (vectors, vectors_q8) = vector_tree_names(set);
+        let current = vector_tree_names(set);
         for name in db.tree_names() {
-            if is_vector_tree(&name) && name != vectors.as_bytes() && name != vectors_q8.as_bytes()
-            {
+            if is_vector_tree(&name) && !current.iter().any(|c| c.as_bytes() == &name[..]) {
                 tracing::info!(
                     tree = %String::from_utf8_lossy(&name),
                     "dropping a vector set that is not current"
@@ -158,10 +178,12 @@ impl Store {
                 db.drop_tree(&name).map_err(err)?;
             }
         }
+        let [vectors, vectors_q8, copies] = current;
         Ok(Store {
             items: tree("items")?,
             vectors: tree(&vectors)?,
             vectors_q8: tree(&vectors_q8)?,
+            copies: tree(&copies)?,
             thumbnails: tree("thumbnails")?,
             by_hash: tree("by_hash")?,
             tombstones: tree("tombstones")?,
@@ -246,24 +268,26 @@ impl Store {
     /// generation. Items whose content hash names a live item (or an earlier item of the batch) are
     /// duplicates and are not written.
     pub(crate) fn add_items(&self, batch: &[Prepared]) -> Result<(Vec<(ItemId, bool)>, u64)> {
-        let encoded: Vec<(Vec<u8>, Option<Vec<u8>>)> = batch
+        let encoded: Vec<EncodedVectors> = batch
             .iter()
-            .map(|p| {
-                let q8 = p
+            .map(|p| EncodedVectors {
+                vector: vector::to_bytes(&p.vector),
+                q8: p
                     .store_int8
-                    .then(|| QuantizedVector::quantize(&p.vector).to_bytes());
-                (vector::to_bytes(&p.vector), q8)
+                    .then(|| QuantizedVector::quantize(&p.vector).to_bytes()),
+                copies: vector::to_bytes(&p.copies),
             })
             .collect();
         let trees = (
             &self.items,
             &self.vectors,
             &self.vectors_q8,
+            &self.copies,
             &self.thumbnails,
             &self.by_hash,
             &self.meta,
         );
-        let result = trees.transaction(|(items, vectors, q8s, thumbs, by_hash, meta)| {
+        let result = trees.transaction(|(items, vectors, q8s, copies, thumbs, by_hash, meta)| {
             let read_u64 = |k: &[u8]| -> Result<u64, ConflictableTransactionError<CatalogError>> {
                 Ok(meta.get(k)?.and_then(|v| id_of(&v)).unwrap_or(0))
             };
@@ -271,7 +295,8 @@ impl Store {
             let generation = read_u64(KEY_GENERATION)?;
             let mut in_batch: HashMap<&str, ItemId> = HashMap::new();
             let mut out = Vec::with_capacity(batch.len());
-            for (p, (vec_bytes, q8)) in batch.iter().zip(&encoded) {
+            for (p, encoded) in batch.iter().zip(&encoded) {
+                let (vec_bytes, q8, copy_bytes) = (&encoded.vector, &encoded.q8, &encoded.copies);
                 let hash = p.item.content_hash.as_str();
                 if !hash.is_empty() {
                     if let Some(id) = in_batch.get(hash) {
@@ -293,6 +318,9 @@ impl Store {
                 if let Some(q) = q8 {
                     q8s.insert(&key(id), q.as_slice())?;
                 }
+                if !copy_bytes.is_empty() {
+                    copies.insert(&key(id), copy_bytes.as_slice())?;
+                }
                 if !p.thumbnail.is_empty() {
                     thumbs.insert(&key(id), p.thumbnail.as_slice())?;
                 }
@@ -304,6 +332,11 @@ impl Store {
             }
             let written = out.iter().any(|(_, dup)| !dup);
             let generation = if written { generation + 1 } else { generation };
+            if let Some(p) = batch.iter().find(|p| p.copy_dim > 0) {
+                if meta.get(KEY_COPY_DIM)?.is_none() {
+                    meta.insert(KEY_COPY_DIM, &(p.copy_dim as u64).to_be_bytes())?;
+                }
+            }
             meta.insert(KEY_NEXT_ID, &next_id.to_be_bytes())?;
             meta.insert(KEY_GENERATION, &generation.to_be_bytes())?;
             Ok((out, generation))
@@ -385,6 +418,55 @@ impl Store {
     }
 
     /// The stored thumbnail of `id`.
+    /// The copy descriptors of an item's views, back to back (`None`: it has none).
+    pub(crate) fn copies(&self, id: ItemId) -> Result<Option<Vec<f32>>> {
+        let v = self.copies.get(key(id)).map_err(|e| self.err(e))?;
+        v.map(|b| {
+            vector::from_bytes(&b)
+                .ok_or_else(|| CatalogError::corrupt(&self.dir, format!("copies/{id}: bad length")))
+        })
+        .transpose()
+    }
+
+    /// The length of one stored copy descriptor: the first item's set over its view count is not
+    /// known here, so the length is kept in `meta` when the first set is written.
+    pub(crate) fn copy_dim(&self) -> Result<Option<usize>> {
+        let v = self.meta.get(KEY_COPY_DIM).map_err(|e| self.err(e))?;
+        Ok(v.and_then(|b| id_of(&b)).map(|d| d as usize))
+    }
+
+    /// The calibrated copy verdict, if one was stored.
+    pub(crate) fn copy_verdict(&self) -> Result<Option<CopyVerdict>> {
+        match self.meta.get(KEY_COPY_VERDICT).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(self.decode("meta/copy_verdict", &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the calibrated copy verdict.
+    pub(crate) fn set_copy_verdict(&self, verdict: &CopyVerdict) -> Result<()> {
+        let json = serde_json::to_vec(verdict).expect("CopyVerdict serialises");
+        self.meta
+            .insert(KEY_COPY_VERDICT, json)
+            .map_err(|e| self.err(e))?;
+        self.flush()
+    }
+
+    /// Every stored copy descriptor set, by id (tombstoned items included).
+    pub(crate) fn all_copies(&self) -> Result<Vec<(ItemId, Vec<f32>)>> {
+        self.copies
+            .iter()
+            .map(|entry| {
+                let (k, v) = entry.map_err(|e| self.err(e))?;
+                let id = id_of(&k).unwrap_or(0);
+                let copies = vector::from_bytes(&v).ok_or_else(|| {
+                    CatalogError::corrupt(&self.dir, format!("copies/{id}: bad length"))
+                })?;
+                Ok((id, copies))
+            })
+            .collect()
+    }
+
     pub(crate) fn thumbnail(&self, id: ItemId) -> Result<Option<Vec<u8>>> {
         let v = self.thumbnails.get(key(id)).map_err(|e| self.err(e))?;
         Ok(v.map(|b| b.to_vec()))
@@ -435,6 +517,7 @@ impl Store {
             &self.items,
             &self.vectors,
             &self.vectors_q8,
+            &self.copies,
             &self.thumbnails,
             &self.popularity,
             &self.tombstones,
@@ -596,35 +679,50 @@ impl Store {
     /// Starts a new vector set beside the current one (int8 copies kept when the current set has them).
     pub(crate) fn begin_vector_set(&self) -> Result<PendingVectorSet> {
         let n = self.u64_meta(KEY_VECTOR_SET)? + 1;
-        let (v, q) = vector_tree_names(n);
-        for name in [&v, &q] {
+        let names = vector_tree_names(n);
+        for name in &names {
             self.db
                 .drop_tree(name.as_bytes())
                 .map_err(|e| self.err(e))?;
         }
+        let [v, q, c] = names.map(|name| self.db.open_tree(name).map_err(|e| self.err(e)));
         Ok(PendingVectorSet {
             n,
-            vectors: self.db.open_tree(v).map_err(|e| self.err(e))?,
-            vectors_q8: self.db.open_tree(q).map_err(|e| self.err(e))?,
+            vectors: v?,
+            vectors_q8: q?,
+            copies: c?,
             int8: !self.vectors_q8.is_empty(),
+            copy_dim: None,
         })
     }
 
     /// Writes normalised vectors into a pending set (flushed; not visible until switched to).
     pub(crate) fn write_pending(
         &self,
-        set: &PendingVectorSet,
-        vectors: &[(ItemId, Vec<f32>)],
+        set: &mut PendingVectorSet,
+        vectors: &[(ItemId, ItemVectors)],
     ) -> Result<()> {
-        let (mut f32s, mut q8s) = (sled::Batch::default(), sled::Batch::default());
-        for (id, v) in vectors {
+        let [mut f32s, mut q8s, mut copies] = [(); 3].map(|_| sled::Batch::default());
+        for (
+            id,
+            ItemVectors {
+                vector: v,
+                copies: c,
+            },
+        ) in vectors
+        {
             f32s.insert(&key(*id), vector::to_bytes(v));
             if set.int8 {
                 q8s.insert(&key(*id), QuantizedVector::quantize(v).to_bytes());
             }
+            if let Some(first) = c.first() {
+                set.copy_dim.get_or_insert(first.len());
+                copies.insert(&key(*id), vector::to_bytes(&c.concat()));
+            }
         }
         set.vectors.apply_batch(f32s).map_err(|e| self.err(e))?;
         set.vectors_q8.apply_batch(q8s).map_err(|e| self.err(e))?;
+        set.copies.apply_batch(copies).map_err(|e| self.err(e))?;
         self.flush()
     }
 
@@ -666,15 +764,25 @@ impl Store {
                     characters.remove(name)?;
                 }
                 meta.remove(KEY_THRESHOLD)?;
+                meta.remove(KEY_COPY_VERDICT)?;
+                match set.copy_dim {
+                    Some(d) => meta.insert(KEY_COPY_DIM, &(d as u64).to_be_bytes())?,
+                    None => meta.remove(KEY_COPY_DIM)?,
+                };
                 meta.insert(KEY_MODEL, model_json.as_slice())?;
                 meta.insert(KEY_VECTOR_SET, &set.n.to_be_bytes())?;
                 Ok(bump_generation(meta)?)
             })
             .map_err(|e| self.tx_err(e))?;
         self.flush()?;
-        let old = [self.vectors.name(), self.vectors_q8.name()];
+        let old = [
+            self.vectors.name(),
+            self.vectors_q8.name(),
+            self.copies.name(),
+        ];
         self.vectors = set.vectors;
         self.vectors_q8 = set.vectors_q8;
+        self.copies = set.copies;
         for name in old {
             self.db.drop_tree(&name).map_err(|e| self.err(e))?;
         }

@@ -65,6 +65,32 @@ pub fn augment<R: Rng>(img: &RgbImage, cfg: &AugmentConfig, rng: &mut R) -> RgbI
         1.0 + symmetric(rng, cfg.zoom),
     );
     let flip = cfg.hflip && rng.random_bool(0.5);
+    warp(img, theta, (tx, ty), shear, (zx, zy), flip)
+}
+
+/// `img` rotated by `degrees` about its centre, same size, nearest-edge fill (the copy
+/// benchmark's rotation edit).
+pub fn rotate(img: &RgbImage, degrees: f32) -> RgbImage {
+    warp(
+        img,
+        degrees.to_radians(),
+        (0.0, 0.0),
+        0.0,
+        (1.0, 1.0),
+        false,
+    )
+}
+
+/// One affine warp: rotation `theta`, shift, shear, per-axis zoom and an optional mirror.
+fn warp(
+    img: &RgbImage,
+    theta: f32,
+    (tx, ty): (f32, f32),
+    shear: f32,
+    (zx, zy): (f32, f32),
+    flip: bool,
+) -> RgbImage {
+    let (w, h) = (img.width() as f32, img.height() as f32);
     // Inverse map: output pixel (relative to the centre) -> source pixel. Zoom > 1 samples a
     // larger source area (zooms out), as Keras does.
     let (cos, sin) = (theta.cos(), theta.sin());

@@ -115,6 +115,9 @@ pub enum CheckpointError {
     /// candle failed.
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// The copy descriptor's whitening beside the checkpoint is unusable.
+    #[error("{0}. Write it again with `animelens learn-copy-whitening`, or delete it")]
+    CopyWhitening(#[from] crate::copies::whitening::WhiteningError),
 }
 
 fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {

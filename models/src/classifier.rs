@@ -2,7 +2,10 @@
 //! eval mode, softmax per head, top-k labels, L2-normalised embedding.
 
 use crate::checkpoint::{self, CheckpointError, ModelCard};
-use crate::embedder::{EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
+use crate::copies::views::{catalogue_views, query_views};
+use crate::copies::whitening::Whitening;
+use crate::copies::{CopyDescriber, CopyDescriptorSpec};
+use crate::embedder::{CopyViews, EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
 use crate::folded::FoldedGoogLeNet;
 use crate::generalisation::ScoreCalibration;
 use crate::googlenet::EMBEDDING_DIM;
@@ -10,6 +13,7 @@ use crate::metrics::top_k;
 use crate::preprocess::{batch_tensor, decode, ImageError, DEFAULT_MAX_PIXELS};
 use candle_core::{Device, Result, D};
 use image::RgbImage;
+use rayon::prelude::*;
 use std::path::Path;
 
 /// A loaded model ready for inference (BatchNorm folded, see [`FoldedGoogLeNet`]). Cheap to
@@ -18,16 +22,24 @@ pub struct Classifier {
     net: FoldedGoogLeNet,
     card: ModelCard,
     max_pixels: u64,
+    copy: CopyDescriber,
 }
 
 impl Classifier {
     /// Loads a checkpoint (`NAME.safetensors` + `NAME.json`).
     pub fn load(path: &Path) -> std::result::Result<Self, CheckpointError> {
         let model = checkpoint::load(path)?;
+        let mut copy = CopyDescriber::new(CopyDescriptorSpec::default())
+            .expect("the default copy descriptor pools an Inception block");
+        let whitening = Whitening::path_for(path);
+        if whitening.exists() {
+            copy = copy.with_whitening(Whitening::load(&whitening)?);
+        }
         Ok(Self {
             net: FoldedGoogLeNet::new(&model.net)?,
             card: model.card,
             max_pixels: DEFAULT_MAX_PIXELS,
+            copy,
         })
     }
 
@@ -40,6 +52,20 @@ impl Classifier {
     /// The model card.
     pub fn card(&self) -> &ModelCard {
         &self.card
+    }
+
+    /// The copy describer (with the model's whitening when it has one).
+    pub fn copy_describer(&self) -> &CopyDescriber {
+        &self.copy
+    }
+
+    /// Copy descriptors of decoded views (see [`crate::copies`]), one per view, in order.
+    pub fn describe_copies(
+        &self,
+        describer: &CopyDescriber,
+        views: &[RgbImage],
+    ) -> Result<Vec<Vec<f32>>> {
+        describer.describe(&self.net, views)
     }
 
     /// Predicts decoded images (any size; resized to the model's input).
@@ -70,8 +96,36 @@ impl Classifier {
         Ok(heads_per_image
             .into_iter()
             .zip(embeddings)
-            .map(|(heads, embedding)| Prediction { heads, embedding })
+            .map(|(heads, embedding)| Prediction {
+                heads,
+                embedding,
+                copies: Vec::new(),
+            })
             .collect())
+    }
+}
+
+impl Classifier {
+    /// Decodes encoded images, mapping decoding failures to [`EmbedError`]s.
+    fn decode_all(&self, images: &[&[u8]]) -> Vec<std::result::Result<RgbImage, EmbedError>> {
+        images
+            .iter()
+            .map(|bytes| {
+                decode(bytes, self.max_pixels).map_err(|e| match e {
+                    ImageError::Decode(m) => EmbedError::Decode(m),
+                    ImageError::Unsupported(f) => EmbedError::Unsupported(f),
+                    ImageError::TooLarge {
+                        width,
+                        height,
+                        limit,
+                    } => EmbedError::TooLarge {
+                        width,
+                        height,
+                        limit,
+                    },
+                })
+            })
+            .collect()
     }
 }
 
@@ -92,29 +146,43 @@ impl Embedder for Classifier {
         self.card.similarity
     }
 
+    fn copy_descriptors(
+        &self,
+        images: &[&[u8]],
+        views: CopyViews,
+    ) -> Vec<std::result::Result<Vec<Vec<f32>>, EmbedError>> {
+        let decoded = self.decode_all(images);
+        let per_image: Vec<Vec<RgbImage>> = decoded
+            .par_iter()
+            .map(|d| match (d, views) {
+                (Ok(img), CopyViews::Catalogue) => catalogue_views(img),
+                (Ok(img), CopyViews::Query) => query_views(img).to_vec(),
+                (Err(_), _) => Vec::new(),
+            })
+            .collect();
+        let all: Vec<RgbImage> = per_image.iter().flatten().cloned().collect();
+        let mut described = match self.describe_copies(&self.copy, &all) {
+            Ok(d) => d.into_iter(),
+            Err(e) => {
+                return images
+                    .iter()
+                    .map(|_| Err(EmbedError::Inference(e.to_string())))
+                    .collect()
+            }
+        };
+        decoded
+            .into_iter()
+            .zip(&per_image)
+            .map(|(d, v)| d.map(|_| described.by_ref().take(v.len()).collect()))
+            .collect()
+    }
+
     fn predict_batch(
         &self,
         images: &[&[u8]],
         top_k: usize,
     ) -> Vec<std::result::Result<Prediction, EmbedError>> {
-        let decoded: Vec<std::result::Result<RgbImage, EmbedError>> = images
-            .iter()
-            .map(|bytes| {
-                decode(bytes, self.max_pixels).map_err(|e| match e {
-                    ImageError::Decode(m) => EmbedError::Decode(m),
-                    ImageError::Unsupported(f) => EmbedError::Unsupported(f),
-                    ImageError::TooLarge {
-                        width,
-                        height,
-                        limit,
-                    } => EmbedError::TooLarge {
-                        width,
-                        height,
-                        limit,
-                    },
-                })
-            })
-            .collect();
+        let decoded = self.decode_all(images);
         let ok: Vec<RgbImage> = decoded
             .iter()
             .filter_map(|d| d.as_ref().ok().cloned())

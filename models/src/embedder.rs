@@ -31,6 +31,10 @@ pub struct Prediction {
     pub heads: Vec<HeadPrediction>,
     /// The L2-normalised embedding (1024-d for GoogLeNet).
     pub embedding: Vec<f32>,
+    /// Copy descriptors of the image's views, when they were asked for (see
+    /// [`Embedder::copy_descriptors`]); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<Vec<f32>>,
 }
 
 /// Errors an embedder reports for one image.
@@ -59,6 +63,15 @@ pub enum EmbedError {
     Inference(String),
 }
 
+/// Which views of a picture its copy descriptors describe (see [`crate::copies::views`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyViews {
+    /// A catalogued picture: whole, five regions, whole at low resolution.
+    Catalogue,
+    /// An upload under review: as it came and mirrored.
+    Query,
+}
+
 /// Turns encoded images into predictions. Implementations must be usable from several threads.
 pub trait Embedder: Send + Sync {
     /// Dimension of the embeddings this embedder returns.
@@ -74,4 +87,14 @@ pub trait Embedder: Send + Sync {
     }
     /// Predicts a batch of encoded images; one result per input, in order.
     fn predict_batch(&self, images: &[&[u8]], top_k: usize) -> Vec<Result<Prediction, EmbedError>>;
+    /// Copy descriptors of each image's `views` (L2-normalised, one per view); one result per
+    /// input, in order. An embedder without a copy descriptor returns empty lists.
+    fn copy_descriptors(
+        &self,
+        images: &[&[u8]],
+        views: CopyViews,
+    ) -> Vec<Result<Vec<Vec<f32>>, EmbedError>> {
+        let _ = views;
+        images.iter().map(|_| Ok(Vec::new())).collect()
+    }
 }

@@ -42,6 +42,30 @@ impl Activation {
     }
 }
 
+/// A channel-major activation `(C, N, H, W)` taken from inside the network.
+#[derive(Debug, Clone)]
+pub struct FeatureMap {
+    /// `channels · batch · height · width` values, channel-major.
+    pub values: Vec<f32>,
+    /// Channels.
+    pub channels: usize,
+    /// Images.
+    pub batch: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+}
+
+/// `(N, C, H, W)` images as a channel-major `(C, N, H, W)` vector.
+fn channel_major(x: &Tensor) -> Result<Vec<f32>> {
+    x.to_dtype(DType::F32)?
+        .permute((1, 0, 2, 3))?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
 /// One conv → BN → ReLU with the BatchNorm folded into the weights and a bias.
 #[derive(Debug, Clone)]
 struct FoldedConv {
@@ -235,23 +259,9 @@ impl FoldedGoogLeNet {
     /// Runs `(N, 3, S, S)` normalised images; same output as `GoogLeNet::forward_t(x, false)`.
     pub fn forward(&self, x: &Tensor) -> Result<Output> {
         let (n, c, h, w) = x.dims4()?;
-        let input = x
-            .to_dtype(DType::F32)?
-            .permute((1, 0, 2, 3))?
-            .contiguous()?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let mut ws = self
-            .workspaces
-            .lock()
-            .map(|mut pool| pool.pop())
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        let pooled = on_pool(|| self.pooled_features(&input, Activation { c, n, h, w }, &mut ws));
-        if let Ok(mut pool) = self.workspaces.lock() {
-            pool.push(ws);
-        }
+        let input = channel_major(x)?;
+        let pooled =
+            self.with_workspace(|ws| self.pooled_features(&input, Activation { c, n, h, w }, ws));
         let pooled = Tensor::from_vec(pooled?, (n, EMBEDDING_DIM), &Device::Cpu)?;
         let logits = self
             .heads
@@ -264,13 +274,16 @@ impl FoldedGoogLeNet {
         })
     }
 
-    /// The pooled 1024-d features, `(N, 1024)` row-major.
-    fn pooled_features(
+    /// Runs the network on `input` up to and including Inception block `blocks - 1` (all blocks
+    /// when `blocks` is past the end), leaving the activation in `ws.current`; a block's max pool
+    /// runs only when a later block follows it.
+    fn run_blocks(
         &self,
         input: &[f32],
         x: Activation,
+        blocks: usize,
         ws: &mut Workspace,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Activation> {
         let [c1, c2, c3] = &self.stem;
         let mut a = c1.output(x);
         c1.run(input, x, prefix(&mut ws.next, a.len()))?;
@@ -285,14 +298,62 @@ impl FoldedGoogLeNet {
         }
         a = max_pool(STEM_POOL, &ws.current, a, &mut ws.next)?;
         ws.advance();
-        for (block, pool) in &self.blocks {
+        let blocks = blocks.min(self.blocks.len());
+        for (i, (block, pool)) in self.blocks[..blocks].iter().enumerate() {
             a = block.run(&ws.current, a, &mut ws.block, &mut ws.next)?;
             ws.advance();
-            if let Some(pool) = pool {
-                a = max_pool(*pool, &ws.current, a, &mut ws.next)?;
+            if let Some(pool) = pool.filter(|_| i + 1 < blocks || blocks == self.blocks.len()) {
+                a = max_pool(pool, &ws.current, a, &mut ws.next)?;
                 ws.advance();
             }
         }
+        Ok(a)
+    }
+
+    /// Borrows a workspace from the pool, runs `f` on the rayon pool, returns the workspace.
+    fn with_workspace<T>(&self, f: impl FnOnce(&mut Workspace) -> Result<T> + Send) -> Result<T>
+    where
+        T: Send,
+    {
+        let mut ws = self
+            .workspaces
+            .lock()
+            .map(|mut pool| pool.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let out = on_pool(|| f(&mut ws));
+        if let Ok(mut pool) = self.workspaces.lock() {
+            pool.push(ws);
+        }
+        out
+    }
+
+    /// The activation after the first `blocks` Inception blocks (`LAYER_NAMES[2 + blocks - 1]`)
+    /// for `(N, 3, S, S)` normalised images: what the copy descriptor pools (`copy_descriptor`).
+    pub fn feature_map(&self, x: &Tensor, blocks: usize) -> Result<FeatureMap> {
+        let (n, c, h, w) = x.dims4()?;
+        let input = channel_major(x)?;
+        self.with_workspace(|ws| {
+            let a = self.run_blocks(&input, Activation { c, n, h, w }, blocks.max(1), ws)?;
+            Ok(FeatureMap {
+                values: ws.current[..a.len()].to_vec(),
+                channels: a.c,
+                batch: a.n,
+                height: a.h,
+                width: a.w,
+            })
+        })
+    }
+
+    /// The pooled 1024-d features, `(N, 1024)` row-major.
+    fn pooled_features(
+        &self,
+        input: &[f32],
+        x: Activation,
+        ws: &mut Workspace,
+    ) -> Result<Vec<f32>> {
+        let a = self.run_blocks(input, x, usize::MAX, ws)?;
         if a.c != EMBEDDING_DIM {
             candle_core::bail!(
                 "folded network ends with {} channels, expected {EMBEDDING_DIM}",
@@ -370,6 +431,40 @@ mod tests {
                 assert!(d < 1e-4, "embeddings differ by {d} at {size} px");
             }
         }
+        Ok(())
+    }
+
+    /// The feature map after every block, averaged, is the pooled embedding before
+    /// normalisation; after fewer blocks it has that block's channels and size.
+    #[test]
+    fn feature_maps_match_the_pooled_features() -> Result<()> {
+        let net = trained_looking_net(HeadKind::Linear)?;
+        let folded = FoldedGoogLeNet::new(&net)?;
+        let x = Tensor::randn(0f32, 1., (2, 3, 64, 64), &Device::Cpu)?;
+        let map = folded.feature_map(&x, usize::MAX)?;
+        let area = (map.height * map.width) as f32;
+        let embedding = folded.forward(&x)?.embedding.to_vec2::<f32>()?;
+        for (n, e) in embedding.iter().enumerate() {
+            let pooled: Vec<f32> = (0..map.channels)
+                .map(|c| {
+                    let start = (c * map.batch + n) * map.height * map.width;
+                    map.values[start..start + map.height * map.width]
+                        .iter()
+                        .sum::<f32>()
+                        / area
+                })
+                .collect();
+            let norm = pooled.iter().map(|v| v * v).sum::<f32>().sqrt();
+            for (a, b) in pooled.iter().zip(e) {
+                assert!((a / norm - b).abs() < 1e-4);
+            }
+        }
+        // After inception4e (7 blocks) at 64 px: 832 channels, 4x4 (its pool not applied).
+        let map = folded.feature_map(&x, 7)?;
+        assert_eq!(
+            (map.channels, map.batch, map.height, map.width),
+            (832, 2, 4, 4)
+        );
         Ok(())
     }
 }

@@ -86,7 +86,7 @@ fn random_resized_crop<R: Rng>(img: &RgbImage, size: u32, min_area: f32, rng: &m
 
 /// Brightness `b`, contrast `c` (around the mean luma), saturation `s` (0 = grey) and a hue
 /// rotation of `hue` turns (in YIQ space), in place.
-fn jitter_colour(img: &mut RgbImage, b: f32, c: f32, s: f32, hue: f32) {
+pub(crate) fn jitter_colour(img: &mut RgbImage, b: f32, c: f32, s: f32, hue: f32) {
     let luma = |p: &Rgb<u8>| 0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32;
     let mean = img.pixels().map(luma).sum::<f32>() / (img.width() * img.height()).max(1) as f32;
     let (cos, sin) = (
@@ -109,7 +109,8 @@ fn jitter_colour(img: &mut RgbImage, b: f32, c: f32, s: f32, hue: f32) {
     }
 }
 
-fn recompress(img: &RgbImage, quality: u8) -> RgbImage {
+/// `img` re-compressed as a JPEG of `quality` and decoded again.
+pub(crate) fn recompress(img: &RgbImage, quality: u8) -> RgbImage {
     let mut bytes = Vec::new();
     let encoded = JpegEncoder::new_with_quality(&mut bytes, quality).encode_image(img);
     let decoded = encoded

@@ -8,6 +8,7 @@ pub mod augment;
 pub mod bench;
 pub mod checkpoint;
 pub mod classifier;
+pub mod copies;
 pub mod data;
 pub mod embedder;
 pub mod folded;
@@ -27,5 +28,5 @@ pub mod schedule;
 pub mod train;
 
 pub use classifier::Classifier;
-pub use embedder::{EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
+pub use embedder::{CopyViews, EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
 pub use googlenet::{GoogLeNet, HeadSpec, Output, EMBEDDING_DIM, LAYER_NAMES};

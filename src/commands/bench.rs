@@ -22,6 +22,8 @@ pub enum BenchTarget {
     Model(ModelBenchArgs),
     /// Recall, speed and retrieval quality of the catalogue.
     Index(super::bench_index::IndexBenchArgs),
+    /// Copy detection: edited copies of catalogued pictures against non-copies.
+    Copies(super::bench_copies::CopyBenchArgs),
 }
 
 /// Runs the chosen benchmark.
@@ -30,6 +32,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => run_model(args.model),
         Some(BenchTarget::Model(a)) => run_model(a),
         Some(BenchTarget::Index(a)) => super::bench_index::run(a),
+        Some(BenchTarget::Copies(a)) => super::bench_copies::run(a),
     }
 }
 

@@ -22,6 +22,9 @@ pub enum CatalogCommand {
     Add(super::ingest::AddArgs),
     /// Calibrate the open-set ("unknown") threshold of `identify` on validation data.
     Calibrate(super::characters::CalibrateArgs),
+    /// Calibrate the copy verdict's threshold (`audit`) for a precision, on edited copies of the
+    /// catalogue's own pictures.
+    CalibrateCopies(super::audit::CalibrateCopiesArgs),
     /// Print item counts, dimension, model fingerprint, size on disk and generation.
     Stats,
     /// Change an item's labels and/or tags (each flag given replaces that part of the record).
@@ -100,6 +103,7 @@ impl From<ImportLine> for NewItem {
             content_hash: l.content_hash,
             thumbnail: Vec::new(),
             vector: l.vector,
+            copies: Vec::new(),
         }
     }
 }
@@ -142,6 +146,7 @@ pub fn run(db: &Path, cmd: CatalogCommand) -> anyhow::Result<()> {
     match cmd {
         CatalogCommand::Add(args) => super::ingest::run_add(db, args)?,
         CatalogCommand::Calibrate(args) => super::characters::run_calibrate(db, args)?,
+        CatalogCommand::CalibrateCopies(args) => super::audit::run_calibrate_copies(db, args)?,
         CatalogCommand::Rebuild {
             model: Some(model),
             source_root,

@@ -10,7 +10,7 @@
 //! around the best cut).
 
 use super::catalog::DEFAULT_DB;
-use super::embedding::{embed, embed_files, progress_bar, read_files};
+use super::embedding::{embed_files, embed_for_catalogue, progress_bar, read_files};
 use super::model::DataArgs;
 use super::model_choice::{open_with_model, Missing};
 use animelens_models::data::Split;
@@ -48,7 +48,7 @@ pub fn run_enroll(args: EnrollArgs) -> Result<()> {
     let mut failed = 0usize;
     for (path, file) in args.images.iter().zip(files) {
         let item = file.and_then(|f| {
-            let v = embed(&model, &[&f.bytes]).remove(0)?;
+            let v = embed_for_catalogue(&model, &[&f.bytes]).remove(0)?;
             f.to_item(Default::default(), &args.tags, v)
         });
         match item {

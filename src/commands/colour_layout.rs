@@ -49,6 +49,7 @@ impl Embedder for ColourLayout {
                     ));
                 }
                 Ok(Prediction {
+                    copies: Vec::new(),
                     heads: Vec::new(),
                     embedding: v.iter().map(|x| x / norm).collect(),
                 })

@@ -2,9 +2,9 @@
 //! thumbnail) and embedding them in batches through the [`Embedder`] seam. Shared by `index add`,
 //! `enroll`, `identify`, `search --image`, re-embedding and the index benchmark.
 
-use animelens_index::{ModelTag, NewItem};
+use animelens_index::{ItemVectors, ModelTag, NewItem};
 use animelens_models::preprocess::{content_hash, decode, jpeg_thumbnail, DEFAULT_MAX_PIXELS};
-use animelens_models::{Classifier, Embedder};
+use animelens_models::{Classifier, CopyViews, Embedder};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -72,13 +72,13 @@ impl ImageFile {
     }
 
     /// A catalogue item for this file (decoding it for its size and thumbnail), with `labels`,
-    /// `tags` and its `embedding`. The source is the canonical path, so that the item can be
+    /// `tags` and its `vectors`. The source is the canonical path, so that the item can be
     /// re-embedded from any working directory.
     pub fn to_item(
         &self,
         labels: BTreeMap<String, String>,
         tags: &[String],
-        embedding: Vec<f32>,
+        vectors: ItemVectors,
     ) -> std::result::Result<NewItem, String> {
         let image = decode(&self.bytes, DEFAULT_MAX_PIXELS).map_err(|e| e.to_string())?;
         let jpeg = jpeg_thumbnail(&image, THUMBNAIL_SIZE, 80).map_err(|e| e.to_string())?;
@@ -91,7 +91,8 @@ impl ImageFile {
             height: image.height(),
             content_hash: self.content_hash.clone(),
             thumbnail: jpeg,
-            vector: embedding,
+            vector: vectors.vector,
+            copies: vectors.copies,
         })
     }
 }
@@ -113,6 +114,28 @@ pub fn embed(
         .predict_batch(images, 1)
         .into_iter()
         .map(|r| r.map(|p| p.embedding).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// Embeds images for the catalogue: each one's embedding and the copy descriptors of its
+/// catalogue views; one result per image, in order.
+pub fn embed_for_catalogue(
+    embedder: &dyn Embedder,
+    images: &[&[u8]],
+) -> Vec<std::result::Result<ItemVectors, String>> {
+    if images.is_empty() {
+        return Vec::new();
+    }
+    let copies = embedder.copy_descriptors(images, CopyViews::Catalogue);
+    embed(embedder, images)
+        .into_iter()
+        .zip(copies)
+        .map(|(vector, copies)| {
+            Ok(ItemVectors {
+                vector: vector?,
+                copies: copies.map_err(|e| e.to_string())?,
+            })
+        })
         .collect()
 }
 

@@ -10,7 +10,7 @@
 //! service's gallery ingest; without them the catalogue says loudly that it is uncalibrated.
 
 use super::characters::uncalibrated;
-use super::embedding::{embed, progress_bar, read_files, ImageFile, BATCH};
+use super::embedding::{embed_for_catalogue, progress_bar, read_files, ImageFile, BATCH};
 use super::model::DataArgs;
 use super::model_choice::{open_with_model, Missing};
 use animelens_index::{Catalog, NewItem};
@@ -90,7 +90,7 @@ impl Ingest<'_> {
             }
         }
         let bytes: Vec<&[u8]> = pending.iter().map(|(_, f)| f.bytes.as_slice()).collect();
-        let embeddings = embed(self.model, &bytes);
+        let embeddings = embed_for_catalogue(self.model, &bytes);
         let described: Vec<Result<NewItem, String>> = pending
             .par_iter()
             .zip(embeddings)

@@ -1,11 +1,14 @@
 //! One module per group of subcommands; each parses nothing itself and only wires the library
 //! crates together.
 
+pub mod audit;
 pub mod bench;
+pub mod bench_copies;
 pub mod bench_index;
 pub mod catalog;
 pub mod characters;
 pub mod colour_layout;
+pub mod copy_whitening;
 pub mod embedding;
 pub mod embedding_cache;
 pub mod generalisation;

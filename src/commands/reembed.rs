@@ -5,7 +5,7 @@
 //! to the new model tag) in one transaction, so an interrupted run leaves the catalogue usable with
 //! the old model.
 
-use super::embedding::{embed, load_model, model_tag, BATCH};
+use super::embedding::{embed_for_catalogue, load_model, model_tag, BATCH};
 use animelens_index::{Catalog, OpenOptions, ReembedItem};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -52,7 +52,7 @@ pub fn run_reembed(db: &Path, model_path: &Path, source_root: &Path) -> Result<(
             .iter()
             .filter_map(|f| f.as_ref().ok().map(Vec::as_slice))
             .collect();
-        let mut embedded = embed(&model, &bytes).into_iter();
+        let mut embedded = embed_for_catalogue(&model, &bytes).into_iter();
         bar.inc(items.len() as u64);
         files
             .into_iter()

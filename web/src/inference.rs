@@ -4,7 +4,7 @@
 //! batch. A full queue is answered at once with [`Busy`] (the API turns it into 503 + Retry-After).
 
 use actix_web::web::Bytes;
-use animelens_models::{EmbedError, Embedder, Prediction};
+use animelens_models::{CopyViews, EmbedError, Embedder, Prediction};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -23,6 +23,8 @@ pub struct Busy;
 struct Job {
     images: Vec<Bytes>,
     top_k: usize,
+    /// Also compute the copy descriptors of these views (into `Prediction::copies`).
+    copies: Option<CopyViews>,
     reply: oneshot::Sender<Vec<PredictResult>>,
 }
 
@@ -88,12 +90,14 @@ impl InferencePool {
         &self,
         images: Vec<Bytes>,
         top_k: usize,
+        copies: Option<CopyViews>,
     ) -> Result<Vec<PredictResult>, Busy> {
         let (reply, rx) = oneshot::channel();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(Job {
             images,
             top_k,
+            copies,
             reply,
         }) {
             Ok(()) => {}
@@ -108,13 +112,19 @@ impl InferencePool {
 
     /// Like [`InferencePool::predict`] but waits for room in the queue; for callers outside the
     /// async executor (the gallery ingestion at start-up).
-    pub fn predict_blocking(&self, images: Vec<Bytes>, top_k: usize) -> Vec<PredictResult> {
+    pub fn predict_blocking(
+        &self,
+        images: Vec<Bytes>,
+        top_k: usize,
+        copies: Option<CopyViews>,
+    ) -> Vec<PredictResult> {
         let count = images.len();
         let (reply, rx) = oneshot::channel();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
         let sent = self.tx.send(Job {
             images,
             top_k,
+            copies,
             reply,
         });
         let lost = || {
@@ -166,7 +176,7 @@ fn work(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, embedder: &dyn Embedder, m
             });
         let mut results = results.into_iter();
         for job in jobs {
-            let mine: Vec<PredictResult> = results
+            let mut mine: Vec<PredictResult> = results
                 .by_ref()
                 .take(job.images.len())
                 .map(|r| {
@@ -176,8 +186,39 @@ fn work(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, embedder: &dyn Embedder, m
                     })
                 })
                 .collect();
+            if let Some(views) = job.copies {
+                attach_copies(embedder, &job.images, views, &mut mine);
+            }
             // The requester may have gone away (client disconnected): nothing to do then.
             let _ = job.reply.send(mine);
+        }
+    }
+}
+
+/// Computes the copy descriptors of a job's images and puts them into their predictions; an image
+/// whose descriptors fail gets that error instead of its prediction.
+fn attach_copies(
+    embedder: &dyn Embedder,
+    images: &[Bytes],
+    views: CopyViews,
+    predictions: &mut [PredictResult],
+) {
+    let bytes: Vec<&[u8]> = images.iter().map(|b| b.as_ref()).collect();
+    let described = catch_unwind(AssertUnwindSafe(|| {
+        embedder.copy_descriptors(&bytes, views)
+    }))
+    .unwrap_or_else(|_| {
+        tracing::error!("the embedder panicked describing {} images", bytes.len());
+        bytes
+            .iter()
+            .map(|_| Err(EmbedError::Inference("the network panicked".into())))
+            .collect()
+    });
+    for (prediction, copies) in predictions.iter_mut().zip(described) {
+        match (prediction.as_mut(), copies) {
+            (Ok(p), Ok(c)) => p.copies = c,
+            (Ok(_), Err(e)) => *prediction = Err(e),
+            (Err(_), _) => {}
         }
     }
 }
@@ -212,6 +253,7 @@ mod tests {
                 .iter()
                 .map(|b| match b.first() {
                     Some(&x) => Ok(Prediction {
+                        copies: Vec::new(),
                         heads: Vec::new(),
                         embedding: vec![x as f32, 1.0],
                     }),
@@ -246,7 +288,7 @@ mod tests {
         };
         let job = |b: u8| {
             let pool = pool.clone();
-            async move { pool.predict(vec![Bytes::from(vec![b])], 1).await }
+            async move { pool.predict(vec![Bytes::from(vec![b])], 1, None).await }
         };
         // The worker takes the first job and blocks in the network.
         let first = actix_web::rt::spawn(job(1));

@@ -1,12 +1,17 @@
 //! Turning an image and its prediction into a catalogue item (thumbnail, content hash, size), and
 //! ingesting an image gallery folder (`<split>/<character>/*.jpg`) at first start, with progress
-//! in the log; the gallery's `val` images then calibrate the open-set threshold.
+//! in the log; the gallery's `val` images then calibrate the open-set threshold, and edited copies
+//! of a sample of its pictures the copy verdict's threshold.
 
 use crate::inference::InferencePool;
 use actix_web::web::Bytes;
+use animelens_index::copy_verdict::DEFAULT_PRECISION;
 use animelens_index::{Catalog, CatalogError, NewItem, PRIMARY_LEVEL};
+use animelens_models::copies::edits::calibration_uploads;
 use animelens_models::preprocess::{content_hash, decode, dimensions, jpeg_thumbnail};
-use animelens_models::Prediction;
+use animelens_models::{CopyViews, Prediction};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -15,6 +20,9 @@ pub const THUMBNAIL_SIZE: u32 = 192;
 
 /// Images embedded per network call while ingesting a gallery.
 const GALLERY_BATCH: usize = 16;
+
+/// Gallery pictures whose edited copies calibrate the copy threshold.
+const COPY_CALIBRATION_SAMPLE: usize = 48;
 
 /// Why a gallery could not be ingested.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +72,7 @@ pub fn new_item(
         content_hash: content_hash(bytes),
         thumbnail: jpeg,
         vector: prediction.embedding,
+        copies: prediction.copies,
     })
 }
 
@@ -132,7 +141,11 @@ fn embed_chunk(
             Err(e) => tracing::warn!(path = %path.display(), "skipped: {e}"),
         }
     }
-    let predictions = pool.predict_blocking(loaded.iter().map(|(b, _)| b.clone()).collect(), 1);
+    let predictions = pool.predict_blocking(
+        loaded.iter().map(|(b, _)| b.clone()).collect(),
+        1,
+        Some(CopyViews::Catalogue),
+    );
     let (mut items, mut validation) = (Vec::new(), Vec::new());
     for ((bytes, meta), prediction) in loaded.into_iter().zip(predictions) {
         let source = meta.source.clone();
@@ -213,5 +226,40 @@ pub fn ingest_gallery(
         .filter(|o| !o.duplicate)
         .count();
     tracing::info!("ingested {done}/{total} gallery images");
+    calibrate_copies(catalog, pool, root, max_pixels);
     Ok(added)
+}
+
+/// Calibrates the copy verdict on edited copies of an evenly spread sample of the gallery's
+/// pictures (`Catalog::calibrate_copies`); a failure leaves the uncalibrated threshold, logged.
+fn calibrate_copies(catalog: &Catalog, pool: &InferencePool, root: &Path, max_pixels: u64) {
+    let ids = catalog.live_ids();
+    let step = (ids.len() / COPY_CALIBRATION_SAMPLE).max(1);
+    let sample: Vec<_> = ids
+        .iter()
+        .step_by(step)
+        .filter_map(|id| catalog.get(*id).ok().flatten())
+        .collect();
+    let mut rng = StdRng::seed_from_u64(7);
+    let calibrated = catalog.calibrate_copies(&sample, DEFAULT_PRECISION, |item| {
+        let bytes = std::fs::read(root.join(&item.source)).ok()?;
+        let original = decode(&bytes, max_pixels).ok()?;
+        let uploads: Vec<Bytes> = calibration_uploads(&original, &mut rng)
+            .into_iter()
+            .map(Bytes::from)
+            .collect();
+        pool.predict_blocking(uploads, 1, Some(CopyViews::Query))
+            .into_iter()
+            .map(|p| p.map(|p| p.copies).ok())
+            .collect()
+    });
+    match calibrated {
+        Ok(v) => tracing::info!(
+            threshold = v.threshold,
+            recall = v.recall,
+            pictures = sample.len(),
+            "copy threshold calibrated on edited copies of gallery pictures"
+        ),
+        Err(e) => tracing::warn!("copy threshold left uncalibrated: {e}"),
+    }
 }

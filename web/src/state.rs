@@ -11,7 +11,7 @@ use actix_web::web::Bytes;
 use actix_web::HttpRequest;
 use animelens_index::Catalog;
 use animelens_models::generalisation::ScoreCalibration;
-use animelens_models::Prediction;
+use animelens_models::{CopyViews, Prediction};
 use std::sync::Arc;
 
 /// Header carrying the API key of write requests.
@@ -62,10 +62,21 @@ impl AppState {
         images: Vec<Bytes>,
         top_k: usize,
     ) -> Result<Vec<Prediction>, ApiError> {
+        self.predict_with_copies(images, top_k, None).await
+    }
+
+    /// Like [`AppState::predict_all`], with the copy descriptors of `copies` views in each
+    /// prediction.
+    pub async fn predict_with_copies(
+        &self,
+        images: Vec<Bytes>,
+        top_k: usize,
+        copies: Option<CopyViews>,
+    ) -> Result<Vec<Prediction>, ApiError> {
         let count = images.len();
         let results = self
             .pool
-            .predict(images, top_k)
+            .predict(images, top_k, copies)
             .await
             .map_err(|_| ApiError::Busy)?;
         results

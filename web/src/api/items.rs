@@ -10,6 +10,7 @@ use actix_web::http::header;
 use actix_web::web::Bytes;
 use actix_web::{delete, get, patch, post, web, HttpRequest, HttpResponse};
 use animelens_index::{AddOutcome, CatalogError, ItemUpdate, NewItem, PRIMARY_LEVEL};
+use animelens_models::CopyViews;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
@@ -59,7 +60,9 @@ pub async fn embed_items(
     images: Vec<Bytes>,
     metas: Vec<ItemMeta>,
 ) -> Result<Vec<NewItem>, ApiError> {
-    let predictions = state.predict_all(images.clone(), 1).await?;
+    let predictions = state
+        .predict_with_copies(images.clone(), 1, Some(CopyViews::Catalogue))
+        .await?;
     let max_pixels = state.settings.max_pixels;
     state
         .blocking(move || {

@@ -3,6 +3,7 @@
 //! wires the routes, the JSON error answers for bad paths and query strings, and the OpenAPI
 //! document served at `/api/v1/openapi.json`.
 
+pub mod audit;
 pub mod characters;
 pub mod classify;
 pub mod items;
@@ -27,6 +28,7 @@ use utoipa::{Modify, OpenApi};
         classify::classify,
         search::search_image,
         search::similar_items,
+        audit::audit,
         characters::list,
         characters::similar,
         characters::enrol,
@@ -93,6 +95,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(classify::classify)
                 .service(search::search_image)
                 .service(search::similar_items)
+                .service(audit::audit)
                 .service(characters::list)
                 .service(characters::similar)
                 .service(characters::enrol)

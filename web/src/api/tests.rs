@@ -38,6 +38,7 @@ impl Embedder for FakeEmbedder {
                     .map(|i| *b.get(i).unwrap_or(&0) as f32 + 1.0)
                     .collect();
                 Ok(Prediction {
+                    copies: Vec::new(),
                     heads: vec![HeadPrediction {
                         head: "character".into(),
                         top: vec![LabelScore {

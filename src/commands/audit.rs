@@ -1,0 +1,271 @@
+//! `animelens audit IMAGE|DIR...` (copyright review: is each upload an edited copy of a catalogued
+//! picture, and of which) and `animelens index calibrate-copies` (the verdict's threshold for a
+//! target precision, measured on edited copies of the catalogue's own pictures).
+
+use super::catalog::DEFAULT_DB;
+use super::embedding::{progress_bar, ImageFile, BATCH};
+use super::model_choice::{open_with_model, Missing};
+use animelens_index::copy_verdict::DEFAULT_PRECISION;
+use animelens_index::{Catalog, CopyFinding, Item};
+use animelens_models::copies::edits::calibration_uploads;
+use animelens_models::copies::hint::{edit_hint, UploadTraits};
+use animelens_models::data::unlabelled_images;
+use animelens_models::preprocess::{decode, DEFAULT_MAX_PIXELS};
+use animelens_models::{CopyViews, Embedder};
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use image::RgbImage;
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::SeedableRng;
+use std::path::{Path, PathBuf};
+
+/// How `audit` prints its findings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditFormat {
+    /// One line per upload.
+    Table,
+    /// One JSON object per upload.
+    Json,
+    /// CSV with a header row.
+    Csv,
+}
+
+/// `animelens audit` options.
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Images or folders of images (searched recursively) to review.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Catalogue folder.
+    #[arg(long, default_value = DEFAULT_DB)]
+    db: PathBuf,
+    /// Checkpoint (default: the catalogue's own model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Matches listed per upload.
+    #[arg(long, default_value_t = 3)]
+    show: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = AuditFormat::Table)]
+    format: AuditFormat,
+}
+
+/// Runs `animelens audit`.
+pub fn run_audit(args: AuditArgs) -> Result<()> {
+    let (catalog, model) = open_with_model(&args.db, args.model.as_deref(), Missing::Fail)?;
+    if catalog.copy_dim()?.is_none() {
+        bail!(
+            "the catalogue in {} has no copy descriptors (it was built before copy detection); \
+             run `animelens index rebuild --reembed` to add them",
+            args.db.display()
+        );
+    }
+    let paths = list_inputs(&args.inputs)?;
+    let bar = progress_bar(paths.len(), "reviewing");
+    let mut findings = Vec::with_capacity(paths.len());
+    for chunk in paths.chunks(BATCH) {
+        findings.extend(review_files(&catalog, &model, chunk, args.show)?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let copies = findings.iter().filter(|f| f.verdict == "copy").count();
+    print_findings(&findings, args.format)?;
+    eprintln!("{copies} of {} uploads look like copies", findings.len());
+    if findings.first().is_some_and(|f| !f.calibrated) {
+        eprintln!(
+            "warning: the copy threshold is not calibrated on this catalogue; run \
+             `animelens index calibrate-copies` for a verdict at a chosen precision"
+        );
+    }
+    Ok(())
+}
+
+/// The image files named by `inputs` (folders searched recursively), in order.
+fn list_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let listed = unlabelled_images(input)
+                .with_context(|| format!("no images to review in {}", input.display()))?;
+            let mut found: Vec<PathBuf> = listed.train.into_iter().chain(listed.held_out).collect();
+            found.sort();
+            paths.extend(found);
+        } else {
+            paths.push(input.clone());
+        }
+    }
+    Ok(paths)
+}
+
+/// Reviews one batch of files.
+fn review_files(
+    catalog: &Catalog,
+    model: &dyn Embedder,
+    paths: &[PathBuf],
+    show: usize,
+) -> Result<Vec<CopyFinding>> {
+    let files: Vec<std::result::Result<ImageFile, String>> =
+        paths.iter().map(|p| ImageFile::read(p)).collect();
+    let bytes: Vec<&[u8]> = files
+        .iter()
+        .filter_map(|f| f.as_ref().ok().map(|f| f.bytes.as_slice()))
+        .collect();
+    let mut described = model.copy_descriptors(&bytes, CopyViews::Query).into_iter();
+    let mut findings = Vec::with_capacity(paths.len());
+    for (path, file) in paths.iter().zip(files) {
+        let name = path.display().to_string();
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                findings.push(CopyFinding::failed(name, e));
+                continue;
+            }
+        };
+        let views = match described.next().expect("one result per readable file") {
+            Ok(v) => v,
+            Err(e) => {
+                findings.push(CopyFinding::failed(name, e.to_string()));
+                continue;
+            }
+        };
+        let traits = decode(&file.bytes, DEFAULT_MAX_PIXELS)
+            .map(|img| UploadTraits::of(&img))
+            .unwrap_or_default();
+        findings.push(
+            catalog.audit_upload(name, &file.content_hash, &views, show, |m| {
+                edit_hint(m.query_view, m.view, traits)
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
+            })?,
+        );
+    }
+    Ok(findings)
+}
+
+fn print_findings(findings: &[CopyFinding], format: AuditFormat) -> Result<()> {
+    match format {
+        AuditFormat::Json => {
+            for f in findings {
+                println!("{}", serde_json::to_string(f)?);
+            }
+        }
+        AuditFormat::Csv => {
+            println!("upload,verdict,score,threshold,edit,match_id,match_source,match_character,similarity,error");
+            for f in findings {
+                let best = f.matches.first();
+                let row = [
+                    f.upload.clone(),
+                    f.verdict.to_string(),
+                    format!("{:.4}", f.score),
+                    format!("{:.4}", f.threshold),
+                    f.edit.join(" "),
+                    best.map_or(String::new(), |m| m.id.to_string()),
+                    best.map_or(String::new(), |m| m.source.clone()),
+                    best.and_then(|m| m.character.clone()).unwrap_or_default(),
+                    best.map_or(String::new(), |m| format!("{:.4}", m.similarity)),
+                    f.error.clone().unwrap_or_default(),
+                ];
+                println!("{}", row.map(|c| csv_field(&c)).join(","));
+            }
+        }
+        AuditFormat::Table => {
+            for f in findings {
+                let best = f.matches.first();
+                match (&f.error, best) {
+                    (Some(e), _) => println!("{}\terror: {e}", f.upload),
+                    (None, Some(m)) if f.verdict == "copy" => println!(
+                        "{}\tcopy of item {} ({}){}\tscore {:.3}{}",
+                        f.upload,
+                        m.id,
+                        m.source,
+                        m.character
+                            .as_ref()
+                            .map_or(String::new(), |c| format!(", {c}")),
+                        f.score,
+                        if f.edit.is_empty() {
+                            String::new()
+                        } else {
+                            format!("\t{}", f.edit.join(", "))
+                        }
+                    ),
+                    _ => println!("{}\tnot a copy\tscore {:.3}", f.upload, f.score),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A CSV field, quoted when it needs to be.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// `animelens index calibrate-copies` options.
+#[derive(Args, Debug)]
+pub struct CalibrateCopiesArgs {
+    /// Checkpoint (default: the catalogue's own model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Precision the threshold is chosen for.
+    #[arg(long, default_value_t = DEFAULT_PRECISION)]
+    precision: f32,
+    /// Catalogued pictures edited for the calibration (each by every edit).
+    #[arg(long, default_value_t = 100)]
+    sample: usize,
+    /// Seed of the sample and the edits.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+/// Runs `animelens index calibrate-copies`: edits a seeded sample of catalogued pictures (their
+/// source files, else their thumbnails) with every targeted edit and stores the threshold that
+/// reaches the precision (see `Catalog::calibrate_copies`).
+pub fn run_calibrate_copies(db: &Path, args: CalibrateCopiesArgs) -> Result<()> {
+    let (catalog, model) = open_with_model(db, args.model.as_deref(), Missing::Fail)?;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let ids = catalog.live_ids();
+    let sample: Vec<Item> = ids
+        .choose_multiple(&mut rng, args.sample)
+        .filter_map(|id| catalog.get(*id).transpose())
+        .collect::<animelens_index::Result<_>>()?;
+    let bar = progress_bar(sample.len(), "calibrating the copy threshold");
+    let verdict = catalog.calibrate_copies(&sample, args.precision, |item| {
+        bar.inc(1);
+        let original = picture_of(&catalog, item).ok().flatten()?;
+        let uploads = calibration_uploads(&original, &mut rng);
+        let refs: Vec<&[u8]> = uploads.iter().map(Vec::as_slice).collect();
+        model
+            .copy_descriptors(&refs, CopyViews::Query)
+            .into_iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .ok()
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "copy threshold {:.4} for precision {} (recall {:.3} on edited copies of {} pictures)",
+        verdict.threshold,
+        verdict.precision,
+        verdict.recall,
+        sample.len()
+    );
+    Ok(())
+}
+
+/// A catalogued picture: its source file when it is still there, else its thumbnail.
+fn picture_of(catalog: &Catalog, item: &Item) -> Result<Option<RgbImage>> {
+    let bytes = match std::fs::read(&item.source) {
+        Ok(b) => b,
+        Err(_) => match catalog.thumbnail(item.id)? {
+            Some(t) => t,
+            None => return Ok(None),
+        },
+    };
+    Ok(decode(&bytes, DEFAULT_MAX_PIXELS).ok())
+}
