@@ -18,6 +18,7 @@ use image::RgbImage;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::SeedableRng;
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 /// How `audit` prints its findings.
@@ -106,42 +107,47 @@ fn review_files(
     show: usize,
 ) -> Result<Vec<CopyFinding>> {
     let files: Vec<std::result::Result<ImageFile, String>> =
-        paths.iter().map(|p| ImageFile::read(p)).collect();
+        paths.par_iter().map(|p| ImageFile::read(p)).collect();
     let bytes: Vec<&[u8]> = files
         .iter()
         .filter_map(|f| f.as_ref().ok().map(|f| f.bytes.as_slice()))
         .collect();
     let mut described = model.copy_descriptors(&bytes, CopyViews::Query).into_iter();
-    let mut findings = Vec::with_capacity(paths.len());
-    for (path, file) in paths.iter().zip(files) {
-        let name = path.display().to_string();
-        let file = match file {
-            Ok(f) => f,
-            Err(e) => {
-                findings.push(CopyFinding::failed(name, e));
-                continue;
-            }
-        };
-        let views = match described.next().expect("one result per readable file") {
-            Ok(v) => v,
-            Err(e) => {
-                findings.push(CopyFinding::failed(name, e.to_string()));
-                continue;
-            }
-        };
-        let traits = decode(&file.bytes, DEFAULT_MAX_PIXELS)
-            .map(|img| UploadTraits::of(&img))
-            .unwrap_or_default();
-        findings.push(
-            catalog.audit_upload(name, &file.content_hash, &views, show, |m| {
-                edit_hint(m.query_view, m.view, traits)
-                    .into_iter()
-                    .map(String::from)
-                    .collect()
-            })?,
-        );
-    }
-    Ok(findings)
+    let uploads: Vec<_> = paths
+        .iter()
+        .zip(files)
+        .map(|(path, file)| {
+            let views = file.as_ref().ok().map(|_| {
+                described
+                    .next()
+                    .expect("one result per readable file")
+                    .map_err(|e| e.to_string())
+            });
+            (path.display().to_string(), file, views)
+        })
+        .collect();
+    // Each review searches the copy graph: they run side by side.
+    uploads
+        .into_par_iter()
+        .map(|(name, file, views)| {
+            let (file, views) = match (file, views) {
+                (Ok(f), Some(Ok(v))) => (f, v),
+                (Err(e), _) | (Ok(_), Some(Err(e))) => return Ok(CopyFinding::failed(name, e)),
+                (Ok(_), None) => unreachable!("readable files have descriptors"),
+            };
+            let traits = decode(&file.bytes, DEFAULT_MAX_PIXELS)
+                .map(|img| UploadTraits::of(&img))
+                .unwrap_or_default();
+            Ok(
+                catalog.audit_upload(name, &file.content_hash, &views, show, |m| {
+                    edit_hint(m.query_view, m.view, traits)
+                        .into_iter()
+                        .map(String::from)
+                        .collect()
+                })?,
+            )
+        })
+        .collect()
 }
 
 fn print_findings(findings: &[CopyFinding], format: AuditFormat) -> Result<()> {
