@@ -129,6 +129,16 @@ impl Classifier {
     }
 }
 
+/// One inference error per image, for a batch the network failed on.
+fn inference_failed<T>(
+    count: usize,
+    error: &candle_core::Error,
+) -> Vec<std::result::Result<T, EmbedError>> {
+    (0..count)
+        .map(|_| Err(EmbedError::Inference(error.to_string())))
+        .collect()
+}
+
 impl Embedder for Classifier {
     fn dim(&self) -> usize {
         EMBEDDING_DIM
@@ -163,12 +173,7 @@ impl Embedder for Classifier {
         let all: Vec<RgbImage> = per_image.iter().flatten().cloned().collect();
         let mut described = match self.describe_copies(&self.copy, &all) {
             Ok(d) => d.into_iter(),
-            Err(e) => {
-                return images
-                    .iter()
-                    .map(|_| Err(EmbedError::Inference(e.to_string())))
-                    .collect()
-            }
+            Err(e) => return inference_failed(images.len(), &e),
         };
         decoded
             .into_iter()
@@ -189,12 +194,7 @@ impl Embedder for Classifier {
             .collect();
         let mut predictions = match self.predict_images(&ok, top_k) {
             Ok(p) => p.into_iter(),
-            Err(e) => {
-                return images
-                    .iter()
-                    .map(|_| Err(EmbedError::Inference(e.to_string())))
-                    .collect()
-            }
+            Err(e) => return inference_failed(images.len(), &e),
         };
         decoded
             .into_iter()

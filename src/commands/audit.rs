@@ -100,6 +100,9 @@ fn list_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Reviews one batch of files.
+/// A readable upload with its views' descriptors, or why it cannot be reviewed.
+type Described = std::result::Result<(ImageFile, Vec<Vec<f32>>), String>;
+
 fn review_files(
     catalog: &Catalog,
     model: &dyn Embedder,
@@ -113,27 +116,24 @@ fn review_files(
         .filter_map(|f| f.as_ref().ok().map(|f| f.bytes.as_slice()))
         .collect();
     let mut described = model.copy_descriptors(&bytes, CopyViews::Query).into_iter();
-    let uploads: Vec<_> = paths
+    let uploads: Vec<(String, Described)> = paths
         .iter()
         .zip(files)
         .map(|(path, file)| {
-            let views = file.as_ref().ok().map(|_| {
-                described
-                    .next()
-                    .expect("one result per readable file")
-                    .map_err(|e| e.to_string())
+            let described = file.and_then(|f| {
+                let views = described.next().expect("one result per readable file");
+                views.map(|v| (f, v)).map_err(|e| e.to_string())
             });
-            (path.display().to_string(), file, views)
+            (path.display().to_string(), described)
         })
         .collect();
     // Each review searches the copy graph: they run side by side.
     uploads
         .into_par_iter()
-        .map(|(name, file, views)| {
-            let (file, views) = match (file, views) {
-                (Ok(f), Some(Ok(v))) => (f, v),
-                (Err(e), _) | (Ok(_), Some(Err(e))) => return Ok(CopyFinding::failed(name, e)),
-                (Ok(_), None) => unreachable!("readable files have descriptors"),
+        .map(|(name, described)| {
+            let (file, views) = match described {
+                Ok(d) => d,
+                Err(e) => return Ok(CopyFinding::failed(name, e)),
             };
             let traits = decode(&file.bytes, DEFAULT_MAX_PIXELS)
                 .map(|img| UploadTraits::of(&img))
