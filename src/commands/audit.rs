@@ -99,10 +99,10 @@ fn list_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(paths)
 }
 
-/// Reviews one batch of files.
 /// A readable upload with its views' descriptors, or why it cannot be reviewed.
 type Described = std::result::Result<(ImageFile, Vec<Vec<f32>>), String>;
 
+/// Reviews one batch of files.
 fn review_files(
     catalog: &Catalog,
     model: &dyn Embedder,
