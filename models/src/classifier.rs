@@ -170,15 +170,16 @@ impl Embedder for Classifier {
                 (Err(_), _) => Vec::new(),
             })
             .collect();
-        let all: Vec<RgbImage> = per_image.iter().flatten().cloned().collect();
+        let counts: Vec<usize> = per_image.iter().map(Vec::len).collect();
+        let all: Vec<RgbImage> = per_image.into_iter().flatten().collect();
         let mut described = match self.describe_copies(&self.copy, &all) {
             Ok(d) => d.into_iter(),
             Err(e) => return inference_failed(images.len(), &e),
         };
         decoded
             .into_iter()
-            .zip(&per_image)
-            .map(|(d, v)| d.map(|_| described.by_ref().take(v.len()).collect()))
+            .zip(counts)
+            .map(|(d, n)| d.map(|_| described.by_ref().take(n).collect()))
             .collect()
     }
 

@@ -9,6 +9,7 @@ use super::model_choice::DEFAULT_MODEL;
 use animelens_index::copy_verdict::{
     micro_average_precision, normalised_score, threshold_for_precision, BACKGROUND_RANK,
 };
+use animelens_index::dot;
 use animelens_models::copies::edits::{standard_edits, Edit};
 use animelens_models::copies::views::{catalogue_views, query_views, CATALOGUE_VIEWS};
 use animelens_models::copies::{CopyDescriber, CopyDescriptorSpec};
@@ -442,10 +443,6 @@ fn perceptual_hash(catalogue: &[RgbImage], queries: &[Query]) -> MethodReport {
         .collect();
     let qps = queries.len() as f32 / started.elapsed().as_secs_f32();
     report("perceptual hash (pHash 64 bit)", queries, &answers, qps)
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// The figures of one method from its answers. The headline figures count the targeted edits'

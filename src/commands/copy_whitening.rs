@@ -5,6 +5,7 @@
 //! holoen).
 
 use super::embedding::{load_model, progress_bar};
+use animelens_index::dot;
 use animelens_models::copies::edits::{standard_edits, Edit};
 use animelens_models::copies::views::{catalogue_views, query_views, CATALOGUE_VIEWS};
 use animelens_models::copies::whitening::Whitening;
@@ -108,8 +109,4 @@ pub fn run(args: LearnWhiteningArgs) -> Result<()> {
         pictures.len()
     );
     Ok(())
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
