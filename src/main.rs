@@ -5,7 +5,7 @@ mod commands;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use commands::{audit, bench, catalog, characters, model, search, serve};
+use commands::{audit, bench, catalog, characters, model, search, serve, video};
 use std::path::PathBuf;
 
 /// Anime character recognition and lookalike search.
@@ -50,6 +50,9 @@ enum Command {
     Identify(characters::IdentifyArgs),
     /// Copyright review: is each image an edited copy of a catalogued picture, and of which?
     Audit(audit::AuditArgs),
+    /// Videos: add their scenes, find where a screenshot comes from, recognise characters.
+    #[command(subcommand)]
+    Video(video::VideoCommand),
     /// Run the web service: JSON API under /api/v1 and the web UI.
     Serve(serve::ServeArgs),
 }
@@ -128,6 +131,7 @@ fn main() -> Result<()> {
         Command::Enroll(a) => characters::run_enroll(a),
         Command::Identify(a) => characters::run_identify(a),
         Command::Audit(a) => audit::run_audit(a),
+        Command::Video(c) => video::run(c),
         Command::Serve(a) => serve::run(a),
     }
 }

@@ -396,6 +396,7 @@ impl Catalog {
                         height: n.height,
                         content_hash: n.content_hash,
                         added_at_ms,
+                        frame: n.frame,
                     },
                 })
             })

@@ -36,6 +36,7 @@ fn new_item(v: &[f32], character: &str, hash: &str) -> NewItem {
         thumbnail: vec![0xFF, 0xD8],
         vector: v.to_vec(),
         copies: vec![],
+        frame: None,
     }
 }
 
@@ -52,6 +53,7 @@ fn write_to_store_only(cat: &Catalog, v: &[f32], source: &str, hash: &str) -> Ve
             height: 1,
             content_hash: hash.into(),
             added_at_ms: 0,
+            frame: None,
         },
         vector: crate::vector::normalise(v).unwrap(),
         store_int8: false,

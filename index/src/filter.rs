@@ -154,6 +154,7 @@ mod tests {
             height: 1,
             content_hash: String::new(),
             added_at_ms: 0,
+            frame: None,
         }
     }
 

@@ -31,6 +31,7 @@ pub mod limits;
 mod recommend;
 mod record;
 mod reembed;
+mod scenes;
 mod store;
 mod vector;
 
@@ -50,7 +51,9 @@ pub use feed::mmr;
 pub use filter::Filter;
 pub use recommend::{best_score, RecommendQuery, RecommendStrategy};
 pub use record::{
-    AddOutcome, Event, EventKind, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, PRIMARY_LEVEL,
+    AddOutcome, Event, EventKind, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, VideoFrame,
+    PRIMARY_LEVEL,
 };
 pub use reembed::{ItemVectors, ReembedItem, ReembedReport};
+pub use scenes::{group_scenes, SceneHit, MERGE_MARGIN, MERGE_SECONDS};
 pub use vector::{dot, normalise, QuantizedVector};

@@ -41,11 +41,36 @@ pub struct NewItem {
     /// The copy descriptors of the picture's views, whole picture first (empty: none; see
     /// [`crate::Catalog::search_copies`]). All of one length, at most [`crate::VIEW_STRIDE`].
     pub copies: Vec<Vec<f32>>,
+    /// Where in a video the picture is, for a video frame.
+    pub frame: Option<VideoFrame>,
+}
+
+/// Where a video frame item sits in its video: the scene it stands for, from `from` to `to`
+/// seconds, and the time `at` of the stored frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoFrame {
+    /// Hex SHA-256 of the video file: the video's identity.
+    pub video: String,
+    /// The video's file name.
+    pub filename: String,
+    /// Title given when the video was added (the file name by default).
+    pub title: String,
+    /// Episode given when the video was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub episode: Option<String>,
+    /// Start of the scene, seconds.
+    pub from: f64,
+    /// Time of the stored frame, seconds.
+    pub at: f64,
+    /// End of the scene, seconds.
+    pub to: f64,
+    /// Length of the video, seconds.
+    pub duration: f64,
 }
 
 /// A stored item's metadata (the thumbnail and vectors live in their own trees; see
 /// [`crate::Catalog::thumbnail`] and [`crate::Catalog::vector`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Item {
     /// The item's id.
     pub id: ItemId,
@@ -63,6 +88,9 @@ pub struct Item {
     pub content_hash: String,
     /// Insertion time, milliseconds since the Unix epoch.
     pub added_at_ms: u64,
+    /// Where in a video the picture is, for a video frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame: Option<VideoFrame>,
 }
 
 impl Item {

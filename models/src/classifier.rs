@@ -2,7 +2,7 @@
 //! eval mode, softmax per head, top-k labels, L2-normalised embedding.
 
 use crate::checkpoint::{self, CheckpointError, ModelCard};
-use crate::copies::views::{catalogue_views, query_views};
+use crate::copies::views::{catalogue_views, frame_view, query_views};
 use crate::copies::whitening::Whitening;
 use crate::copies::{CopyDescriber, CopyDescriptorSpec};
 use crate::embedder::{CopyViews, EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
@@ -10,7 +10,7 @@ use crate::folded::FoldedGoogLeNet;
 use crate::generalisation::ScoreCalibration;
 use crate::googlenet::EMBEDDING_DIM;
 use crate::metrics::top_k;
-use crate::preprocess::{batch_tensor, decode, ImageError, DEFAULT_MAX_PIXELS};
+use crate::preprocess::{batch_tensor, decode, DEFAULT_MAX_PIXELS};
 use candle_core::{Device, Result, D};
 use image::RgbImage;
 use rayon::prelude::*;
@@ -68,8 +68,9 @@ impl Classifier {
         describer.describe(&self.net, views)
     }
 
-    /// Predicts decoded images (any size; resized to the model's input).
-    pub fn predict_images(&self, images: &[RgbImage], k: usize) -> Result<Vec<Prediction>> {
+    /// Runs decoded images (any size; resized to the model's input) through the network: top-k
+    /// labels per head and the embedding.
+    fn forward_images(&self, images: &[RgbImage], k: usize) -> Result<Vec<Prediction>> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
@@ -106,37 +107,29 @@ impl Classifier {
 }
 
 impl Classifier {
-    /// Decodes encoded images, mapping decoding failures to [`EmbedError`]s.
-    fn decode_all(&self, images: &[&[u8]]) -> Vec<std::result::Result<RgbImage, EmbedError>> {
-        images
-            .iter()
-            .map(|bytes| {
-                decode(bytes, self.max_pixels).map_err(|e| match e {
-                    ImageError::Decode(m) => EmbedError::Decode(m),
-                    ImageError::Unsupported(f) => EmbedError::Unsupported(f),
-                    ImageError::TooLarge {
-                        width,
-                        height,
-                        limit,
-                    } => EmbedError::TooLarge {
-                        width,
-                        height,
-                        limit,
-                    },
-                })
+    /// Copy descriptors of each image's `views`, one list per image, in order.
+    fn describe_views(&self, images: &[RgbImage], views: CopyViews) -> Result<Vec<Vec<Vec<f32>>>> {
+        let per_image: Vec<Vec<RgbImage>> = images
+            .par_iter()
+            .map(|img| match views {
+                CopyViews::Catalogue => catalogue_views(img),
+                CopyViews::Query => query_views(img).to_vec(),
+                CopyViews::Frame => vec![frame_view(img)],
             })
-            .collect()
+            .collect();
+        let counts: Vec<usize> = per_image.iter().map(Vec::len).collect();
+        let all: Vec<RgbImage> = per_image.into_iter().flatten().collect();
+        let mut described = self.describe_copies(&self.copy, &all)?.into_iter();
+        Ok(counts
+            .into_iter()
+            .map(|n| described.by_ref().take(n).collect())
+            .collect())
     }
 }
 
-/// One inference error per image, for a batch the network failed on.
-fn inference_failed<T>(
-    count: usize,
-    error: &candle_core::Error,
-) -> Vec<std::result::Result<T, EmbedError>> {
-    (0..count)
-        .map(|_| Err(EmbedError::Inference(error.to_string())))
-        .collect()
+/// An inference error for a batch the network failed on.
+fn inference_failed(error: candle_core::Error) -> EmbedError {
+    EmbedError::Inference(error.to_string())
 }
 
 impl Embedder for Classifier {
@@ -156,56 +149,27 @@ impl Embedder for Classifier {
         self.card.similarity
     }
 
-    fn copy_descriptors(
+    fn predict_images(
         &self,
-        images: &[&[u8]],
-        views: CopyViews,
-    ) -> Vec<std::result::Result<Vec<Vec<f32>>, EmbedError>> {
-        let decoded = self.decode_all(images);
-        let per_image: Vec<Vec<RgbImage>> = decoded
-            .par_iter()
-            .map(|d| match (d, views) {
-                (Ok(img), CopyViews::Catalogue) => catalogue_views(img),
-                (Ok(img), CopyViews::Query) => query_views(img).to_vec(),
-                (Err(_), _) => Vec::new(),
-            })
-            .collect();
-        let counts: Vec<usize> = per_image.iter().map(Vec::len).collect();
-        let all: Vec<RgbImage> = per_image.into_iter().flatten().collect();
-        let mut described = match self.describe_copies(&self.copy, &all) {
-            Ok(d) => d.into_iter(),
-            Err(e) => return inference_failed(images.len(), &e),
-        };
-        decoded
-            .into_iter()
-            .zip(counts)
-            .map(|(d, n)| d.map(|_| described.by_ref().take(n).collect()))
-            .collect()
+        images: &[RgbImage],
+        top_k: usize,
+        copies: Option<CopyViews>,
+    ) -> std::result::Result<Vec<Prediction>, EmbedError> {
+        let mut predictions = self
+            .forward_images(images, top_k)
+            .map_err(inference_failed)?;
+        if let Some(views) = copies {
+            let described = self
+                .describe_views(images, views)
+                .map_err(inference_failed)?;
+            for (p, d) in predictions.iter_mut().zip(described) {
+                p.copies = d;
+            }
+        }
+        Ok(predictions)
     }
 
-    fn predict_batch(
-        &self,
-        images: &[&[u8]],
-        top_k: usize,
-    ) -> Vec<std::result::Result<Prediction, EmbedError>> {
-        let decoded = self.decode_all(images);
-        let ok: Vec<RgbImage> = decoded
-            .iter()
-            .filter_map(|d| d.as_ref().ok().cloned())
-            .collect();
-        let mut predictions = match self.predict_images(&ok, top_k) {
-            Ok(p) => p.into_iter(),
-            Err(e) => return inference_failed(images.len(), &e),
-        };
-        decoded
-            .into_iter()
-            .map(|d| {
-                d.map(|_| {
-                    predictions
-                        .next()
-                        .expect("one prediction per decoded image")
-                })
-            })
-            .collect()
+    fn decode(&self, bytes: &[u8]) -> std::result::Result<RgbImage, EmbedError> {
+        decode(bytes, self.max_pixels).map_err(EmbedError::from)
     }
 }

@@ -6,18 +6,14 @@ use super::catalog::DEFAULT_DB;
 use super::embedding::{progress_bar, ImageFile, BATCH};
 use super::model_choice::{open_with_model, Missing};
 use animelens_index::copy_verdict::DEFAULT_PRECISION;
-use animelens_index::{Catalog, CopyFinding, Item};
-use animelens_models::copies::edits::calibration_uploads;
+use animelens_index::{Catalog, CopyFinding};
 use animelens_models::copies::hint::{edit_hint, UploadTraits};
 use animelens_models::data::unlabelled_images;
 use animelens_models::preprocess::{decode, DEFAULT_MAX_PIXELS};
 use animelens_models::{CopyViews, Embedder};
+use animelens_web::ingest::calibrate_copies;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use image::RgbImage;
-use rand::rngs::StdRng;
-use rand::seq::IndexedRandom;
-use rand::SeedableRng;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -115,7 +111,10 @@ fn review_files(
         .iter()
         .filter_map(|f| f.as_ref().ok().map(|f| f.bytes.as_slice()))
         .collect();
-    let mut described = model.copy_descriptors(&bytes, CopyViews::Query).into_iter();
+    let mut described = model
+        .predict_batch(&bytes, 1, Some(CopyViews::Query))
+        .into_iter()
+        .map(|p| p.map(|p| p.copies));
     let uploads: Vec<(String, Described)> = paths
         .iter()
         .zip(files)
@@ -235,43 +234,25 @@ pub struct CalibrateCopiesArgs {
 /// reaches the precision (see `Catalog::calibrate_copies`).
 pub fn run_calibrate_copies(db: &Path, args: CalibrateCopiesArgs) -> Result<()> {
     let (catalog, model) = open_with_model(db, args.model.as_deref(), Missing::Fail)?;
-    let mut rng = StdRng::seed_from_u64(args.seed);
-    let ids = catalog.live_ids();
-    let sample: Vec<Item> = ids
-        .choose_multiple(&mut rng, args.sample)
-        .filter_map(|id| catalog.get(*id).transpose())
-        .collect::<animelens_index::Result<_>>()?;
-    let bar = progress_bar(sample.len(), "calibrating the copy threshold");
-    let verdict = catalog.calibrate_copies(&sample, args.precision, |item| {
-        bar.inc(1);
-        let original = picture_of(&catalog, item).ok().flatten()?;
-        let uploads = calibration_uploads(&original, &mut rng);
-        let refs: Vec<&[u8]> = uploads.iter().map(Vec::as_slice).collect();
-        model
-            .copy_descriptors(&refs, CopyViews::Query)
-            .into_iter()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .ok()
-    })?;
+    let bar = progress_bar(
+        args.sample.min(catalog.live_ids().len()),
+        "calibrating the copy threshold",
+    );
+    let verdict = calibrate_copies(
+        &catalog,
+        &model,
+        args.precision,
+        args.sample,
+        args.seed,
+        &|| bar.inc(1),
+    )?;
     bar.finish_and_clear();
     println!(
         "copy threshold {:.4} for precision {} (recall {:.3} on edited copies of {} pictures)",
         verdict.threshold,
         verdict.precision,
         verdict.recall,
-        sample.len()
+        args.sample.min(catalog.live_ids().len())
     );
     Ok(())
-}
-
-/// A catalogued picture: its source file when it is still there, else its thumbnail.
-fn picture_of(catalog: &Catalog, item: &Item) -> Result<Option<RgbImage>> {
-    let bytes = match std::fs::read(&item.source) {
-        Ok(b) => b,
-        Err(_) => match catalog.thumbnail(item.id)? {
-            Some(t) => t,
-            None => return Ok(None),
-        },
-    };
-    Ok(decode(&bytes, DEFAULT_MAX_PIXELS).ok())
 }

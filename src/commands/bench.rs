@@ -24,6 +24,8 @@ pub enum BenchTarget {
     Index(super::bench_index::IndexBenchArgs),
     /// Copy detection: edited copies of catalogued pictures against non-copies.
     Copies(super::bench_copies::CopyBenchArgs),
+    /// Video: indexing and recognition rates, scene search on screenshots of one episode.
+    Scenes(super::bench_scenes::SceneBenchArgs),
 }
 
 /// Runs the chosen benchmark.
@@ -33,6 +35,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Some(BenchTarget::Model(a)) => run_model(a),
         Some(BenchTarget::Index(a)) => super::bench_index::run(a),
         Some(BenchTarget::Copies(a)) => super::bench_copies::run(a),
+        Some(BenchTarget::Scenes(a)) => super::bench_scenes::run(a),
     }
 }
 

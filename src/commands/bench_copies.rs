@@ -15,7 +15,7 @@ use animelens_models::copies::views::{catalogue_views, query_views, CATALOGUE_VI
 use animelens_models::copies::{CopyDescriber, CopyDescriptorSpec};
 use animelens_models::data::unlabelled_images;
 use animelens_models::preprocess::{decode, DEFAULT_MAX_PIXELS};
-use animelens_models::Classifier;
+use animelens_models::{Classifier, Embedder};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use image::RgbImage;
@@ -403,7 +403,7 @@ fn character_embedding(
         for chunk in images.chunks(32) {
             out.extend(
                 model
-                    .predict_images(chunk, 1)?
+                    .predict_images(chunk, 1, None)?
                     .into_iter()
                     .map(|p| p.embedding),
             );

@@ -104,6 +104,7 @@ impl From<ImportLine> for NewItem {
             thumbnail: Vec::new(),
             vector: l.vector,
             copies: Vec::new(),
+            frame: None,
         }
     }
 }

@@ -10,10 +10,12 @@
 //! around the best cut).
 
 use super::catalog::DEFAULT_DB;
-use super::embedding::{embed_files, embed_for_catalogue, progress_bar, read_files};
+use super::embedding::{embed_files, progress_bar, read_files};
 use super::model::DataArgs;
 use super::model_choice::{open_with_model, Missing};
 use animelens_models::data::Split;
+use animelens_models::CopyViews;
+use animelens_web::ingest::{embed_items, ItemMeta, Picture};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -43,14 +45,35 @@ pub struct EnrollArgs {
 pub fn run_enroll(args: EnrollArgs) -> Result<()> {
     let (cat, model) = open_with_model(&args.db, args.model.as_deref(), Missing::Create)?;
     let files = read_files(&args.images);
-    let mut items = Vec::new();
-    let mut sources = Vec::new();
+    let mut pictures = Vec::new();
+    let mut paths = Vec::new();
     let mut failed = 0usize;
     for (path, file) in args.images.iter().zip(files) {
-        let item = file.and_then(|f| {
-            let v = embed_for_catalogue(&model, &[&f.bytes]).remove(0)?;
-            f.to_item(Default::default(), &args.tags, v)
-        });
+        let picture =
+            file.and_then(|f| Picture::decode(&f.bytes, &model).map_err(|e| e.to_string()));
+        match picture {
+            Ok(picture) => {
+                let source = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                let meta = ItemMeta {
+                    source: source.display().to_string(),
+                    tags: args.tags.clone(),
+                    ..ItemMeta::default()
+                };
+                pictures.push((picture, meta));
+                paths.push(path);
+            }
+            Err(reason) => {
+                failed += 1;
+                eprintln!("unreadable: {}: {reason}", path.display());
+            }
+        }
+    }
+    let mut items = Vec::new();
+    let mut sources = Vec::new();
+    for (path, item) in paths
+        .into_iter()
+        .zip(embed_items(&model, pictures, CopyViews::Catalogue))
+    {
         match item {
             Ok(item) => {
                 items.push(item);

@@ -3,8 +3,9 @@
 //! L2-normalised vector. It implements [`Embedder`] so that it goes through exactly the same
 //! catalogue code path as the network's embeddings.
 
-use animelens_models::preprocess::{decode, resize_square, DEFAULT_MAX_PIXELS};
-use animelens_models::{EmbedError, Embedder, Prediction};
+use animelens_models::preprocess::resize_square;
+use animelens_models::{CopyViews, EmbedError, Embedder, Prediction};
+use image::RgbImage;
 
 /// Side of the colour layout grid.
 const GRID: usize = 8;
@@ -25,17 +26,16 @@ impl Embedder for ColourLayout {
         Vec::new()
     }
 
-    fn predict_batch(
+    fn predict_images(
         &self,
-        images: &[&[u8]],
+        images: &[RgbImage],
         _top_k: usize,
-    ) -> Vec<Result<Prediction, EmbedError>> {
+        _copies: Option<CopyViews>,
+    ) -> Result<Vec<Prediction>, EmbedError> {
         images
             .iter()
-            .map(|bytes| {
-                let image = decode(bytes, DEFAULT_MAX_PIXELS)
-                    .map_err(|e| EmbedError::Decode(e.to_string()))?;
-                let small = resize_square(&image, GRID);
+            .map(|image| {
+                let small = resize_square(image, GRID);
                 let v: Vec<f32> = small
                     .as_raw()
                     .iter()
@@ -44,8 +44,7 @@ impl Embedder for ColourLayout {
                 let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
                 if norm < 1e-6 {
                     return Err(EmbedError::Inference(
-                        "the image is uniformly mid-grey: its colour layout has no direction"
-                            .into(),
+                        "an image is uniformly mid-grey: its colour layout has no direction".into(),
                     ));
                 }
                 Ok(Prediction {

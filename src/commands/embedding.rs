@@ -1,21 +1,18 @@
-//! From image files to catalogue items: loading the model, reading files (content hash, size,
-//! thumbnail) and embedding them in batches through the [`Embedder`] seam. Shared by `index add`,
-//! `enroll`, `identify`, `search --image`, re-embedding and the index benchmark.
+//! The CLI's side of embedding: loading the model, reading files (bytes and content hash) and
+//! embedding encoded files in batches through the [`Embedder`] seam, for `identify`,
+//! `search --image`, `audit`, re-embedding, the embedding cache and the benchmarks. Turning
+//! pictures into catalogue items is the one ingest pipeline's job (`animelens_web::ingest`).
 
-use animelens_index::{ItemVectors, ModelTag, NewItem};
-use animelens_models::preprocess::{content_hash, decode, jpeg_thumbnail, DEFAULT_MAX_PIXELS};
+use animelens_index::{ItemVectors, ModelTag};
+use animelens_models::preprocess::content_hash;
 use animelens_models::{Classifier, CopyViews, Embedder};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Images per `predict_batch` call.
 pub const BATCH: usize = 32;
-
-/// Longest side of the stored thumbnails, in pixels.
-pub const THUMBNAIL_SIZE: u32 = 96;
 
 /// Loads a checkpoint (`NAME` or `NAME.safetensors`) as an embedder.
 pub fn load_model(path: &Path) -> Result<Classifier> {
@@ -51,8 +48,6 @@ pub fn progress_bar(len: usize, what: &str) -> ProgressBar {
 /// An image file read from disk and described for the catalogue.
 #[derive(Debug, Clone)]
 pub struct ImageFile {
-    /// The path as given.
-    pub path: PathBuf,
     /// The file's bytes.
     pub bytes: Vec<u8>,
     /// Hex SHA-256 of the bytes.
@@ -65,34 +60,8 @@ impl ImageFile {
         let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
         let content_hash = content_hash(&bytes);
         Ok(ImageFile {
-            path: path.to_path_buf(),
             bytes,
             content_hash,
-        })
-    }
-
-    /// A catalogue item for this file (decoding it for its size and thumbnail), with `labels`,
-    /// `tags` and its `vectors`. The source is the canonical path, so that the item can be
-    /// re-embedded from any working directory.
-    pub fn to_item(
-        &self,
-        labels: BTreeMap<String, String>,
-        tags: &[String],
-        vectors: ItemVectors,
-    ) -> std::result::Result<NewItem, String> {
-        let image = decode(&self.bytes, DEFAULT_MAX_PIXELS).map_err(|e| e.to_string())?;
-        let jpeg = jpeg_thumbnail(&image, THUMBNAIL_SIZE, 80).map_err(|e| e.to_string())?;
-        let source = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
-        Ok(NewItem {
-            source: source.display().to_string(),
-            labels,
-            tags: tags.to_vec(),
-            width: image.width(),
-            height: image.height(),
-            content_hash: self.content_hash.clone(),
-            thumbnail: jpeg,
-            vector: vectors.vector,
-            copies: vectors.copies,
         })
     }
 }
@@ -111,7 +80,7 @@ pub fn embed(
         return Vec::new();
     }
     embedder
-        .predict_batch(images, 1)
+        .predict_batch(images, 1, None)
         .into_iter()
         .map(|r| r.map(|p| p.embedding).map_err(|e| e.to_string()))
         .collect()
@@ -126,14 +95,14 @@ pub fn embed_for_catalogue(
     if images.is_empty() {
         return Vec::new();
     }
-    let copies = embedder.copy_descriptors(images, CopyViews::Catalogue);
-    embed(embedder, images)
+    embedder
+        .predict_batch(images, 1, Some(CopyViews::Catalogue))
         .into_iter()
-        .zip(copies)
-        .map(|(vector, copies)| {
+        .map(|p| {
+            let p = p.map_err(|e| e.to_string())?;
             Ok(ItemVectors {
-                vector: vector?,
-                copies: copies.map_err(|e| e.to_string())?,
+                vector: p.embedding,
+                copies: p.copies,
             })
         })
         .collect()

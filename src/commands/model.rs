@@ -618,7 +618,7 @@ pub fn run_classify(args: ClassifyArgs) -> Result<()> {
     for (path, result) in args
         .images
         .iter()
-        .zip(model.predict_batch(&refs, args.top_k))
+        .zip(model.predict_batch(&refs, args.top_k, None))
     {
         match result {
             Ok(p) if args.json => {
@@ -699,7 +699,7 @@ pub fn run_embed(args: EmbedArgs) -> Result<()> {
     let bytes = read_images(&args.images)?;
     let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
     let mut rows = Vec::new();
-    for (path, r) in args.images.iter().zip(model.predict_batch(&refs, 1)) {
+    for (path, r) in args.images.iter().zip(model.predict_batch(&refs, 1, None)) {
         let p = r.with_context(|| format!("cannot embed {}", path.display()))?;
         rows.push(p.embedding);
     }

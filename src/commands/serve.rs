@@ -14,7 +14,7 @@ pub const DEFAULT_GALLERY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/s
 /// Arguments of `animelens serve`; each flag overrides the config file and the environment.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// TOML settings file (keys: bind, data_dir, model, gallery, api_key, max_upload_bytes,
+    /// TOML settings file (keys: bind, data_dir, model, gallery, api_key, media_dir, max_upload_bytes, max_video_bytes,
     /// max_pixels, max_images_per_request, max_k, inference_workers, queue_capacity, max_batch,
     /// http_workers, feed_lambda, request_timeout_secs, max_connections, memory_budget_mib; each
     /// also as ANIMELENS_<KEY>); the file itself also from ANIMELENS_CONFIG.

@@ -25,8 +25,13 @@ pub struct Settings {
     /// Key required in the `X-Api-Key` header by write endpoints; absent: writes are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// Folder whose video files `POST /api/v1/videos?path=` may add; absent: only uploads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_dir: Option<PathBuf>,
     /// Largest accepted request body in bytes (larger: 413).
     pub max_upload_bytes: usize,
+    /// Largest accepted video upload in bytes, streamed to disk (larger: 413).
+    pub max_video_bytes: usize,
     /// Largest accepted image in pixels, checked from the header before decoding.
     pub max_pixels: u64,
     /// Most images accepted in one request.
@@ -69,7 +74,9 @@ impl Settings {
             model,
             gallery,
             api_key: None,
+            media_dir: None,
             max_upload_bytes: 10 * 1024 * 1024,
+            max_video_bytes: 2 * 1024 * 1024 * 1024,
             max_pixels: 40_000_000,
             max_images_per_request: 16,
             max_k: 200,
@@ -120,7 +127,7 @@ impl Settings {
             })?;
             table.insert(key.to_string(), value);
         }
-        for key in ["gallery", "api_key"] {
+        for key in ["gallery", "api_key", "media_dir"] {
             if table.get(key).and_then(toml::Value::as_str) == Some("") {
                 table.remove(key);
             }
@@ -185,7 +192,9 @@ pub const KEYS: &[&str] = &[
     "model",
     "gallery",
     "api_key",
+    "media_dir",
     "max_upload_bytes",
+    "max_video_bytes",
     "max_pixels",
     "max_images_per_request",
     "max_k",

@@ -24,6 +24,9 @@ pub enum ApiError {
     /// The item, character or route does not exist (404).
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with what is stored, e.g. a video added twice (409).
+    #[error("{0}")]
+    Conflict(String),
     /// The body is larger than the configured limit (413).
     #[error("request body is larger than the limit of {limit} bytes; send a smaller image (or resize it first)")]
     PayloadTooLarge {
@@ -79,6 +82,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -2,9 +2,13 @@
 //! (all images of one request form one job) on a bounded channel; worker threads take a job plus
 //! whatever else is waiting, up to `max_batch` images, and run them through the network as one
 //! batch. A full queue is answered at once with [`Busy`] (the API turns it into 503 + Retry-After).
+//! Jobs carry encoded uploads (decoded by the worker, off the executor) or images the caller has
+//! already decoded (video frames, pictures whose thumbnails the caller makes), never re-encoded.
 
 use actix_web::web::Bytes;
+use animelens_models::embedder::predict_decoded;
 use animelens_models::{CopyViews, EmbedError, Embedder, Prediction};
+use image::RgbImage;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -19,9 +23,29 @@ pub type PredictResult = Result<Prediction, EmbedError>;
 #[error("the inference queue is full")]
 pub struct Busy;
 
+/// One image of a job: as uploaded, or already decoded.
+pub enum PoolImage {
+    /// Encoded bytes, decoded by the worker with the embedder's limits.
+    Encoded(Bytes),
+    /// A decoded image.
+    Decoded(RgbImage),
+}
+
+impl From<Bytes> for PoolImage {
+    fn from(bytes: Bytes) -> Self {
+        PoolImage::Encoded(bytes)
+    }
+}
+
+impl From<RgbImage> for PoolImage {
+    fn from(image: RgbImage) -> Self {
+        PoolImage::Decoded(image)
+    }
+}
+
 /// Images waiting for the network, and where to send their predictions.
 struct Job {
-    images: Vec<Bytes>,
+    images: Vec<PoolImage>,
     top_k: usize,
     /// Also compute the copy descriptors of these views (into `Prediction::copies`).
     copies: Option<CopyViews>,
@@ -88,7 +112,7 @@ impl InferencePool {
     /// refuses at once when the queue is full.
     pub async fn predict(
         &self,
-        images: Vec<Bytes>,
+        images: Vec<PoolImage>,
         top_k: usize,
         copies: Option<CopyViews>,
     ) -> Result<Vec<PredictResult>, Busy> {
@@ -114,7 +138,7 @@ impl InferencePool {
     /// async executor (the gallery ingestion at start-up).
     pub fn predict_blocking(
         &self,
-        images: Vec<Bytes>,
+        images: Vec<PoolImage>,
         top_k: usize,
         copies: Option<CopyViews>,
     ) -> Vec<PredictResult> {
@@ -160,66 +184,66 @@ fn work(rx: &Mutex<Receiver<Job>>, stats: &PoolStats, embedder: &dyn Embedder, m
             jobs
         };
         stats.queued.fetch_sub(jobs.len(), Ordering::Relaxed);
-        let top_k = jobs.iter().map(|j| j.top_k).max().unwrap_or(1);
-        let all: Vec<&[u8]> = jobs
-            .iter()
-            .flat_map(|j| j.images.iter().map(|b| b.as_ref()))
-            .collect();
         stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.images.fetch_add(all.len() as u64, Ordering::Relaxed);
-        let results = catch_unwind(AssertUnwindSafe(|| embedder.predict_batch(&all, top_k)))
-            .unwrap_or_else(|_| {
-                tracing::error!("the embedder panicked on a batch of {} images", all.len());
-                all.iter()
-                    .map(|_| Err(EmbedError::Inference("the network panicked".into())))
-                    .collect()
-            });
-        let mut results = results.into_iter();
+        // Jobs asking for the same copy views run as one network call.
+        let mut groups: Vec<(Option<CopyViews>, Vec<Job>)> = Vec::new();
         for job in jobs {
-            let mut mine: Vec<PredictResult> = results
-                .by_ref()
-                .take(job.images.len())
-                .map(|r| {
-                    r.map(|mut p| {
-                        p.heads.iter_mut().for_each(|h| h.top.truncate(job.top_k));
-                        p
-                    })
-                })
-                .collect();
-            if let Some(views) = job.copies {
-                attach_copies(embedder, &job.images, views, &mut mine);
+            match groups.iter_mut().find(|(views, _)| *views == job.copies) {
+                Some((_, group)) => group.push(job),
+                None => groups.push((job.copies, vec![job])),
             }
-            // The requester may have gone away (client disconnected): nothing to do then.
-            let _ = job.reply.send(mine);
+        }
+        for (views, group) in groups {
+            run_group(embedder, stats, views, group);
         }
     }
 }
 
-/// Computes the copy descriptors of a job's images and puts them into their predictions; an image
-/// whose descriptors fail gets that error instead of its prediction.
-fn attach_copies(
-    embedder: &dyn Embedder,
-    images: &[Bytes],
-    views: CopyViews,
-    predictions: &mut [PredictResult],
-) {
-    let bytes: Vec<&[u8]> = images.iter().map(|b| b.as_ref()).collect();
-    let described = catch_unwind(AssertUnwindSafe(|| {
-        embedder.copy_descriptors(&bytes, views)
+/// Decodes and predicts the images of jobs that want the same copy views, then replies to each.
+fn run_group(embedder: &dyn Embedder, stats: &PoolStats, views: Option<CopyViews>, jobs: Vec<Job>) {
+    let top_k = jobs.iter().map(|j| j.top_k).max().unwrap_or(1);
+    let mut counts = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut images = Vec::new();
+    for job in jobs {
+        counts.push((job.images.len(), job.top_k));
+        replies.push(job.reply);
+        images.extend(job.images);
+    }
+    stats
+        .images
+        .fetch_add(images.len() as u64, Ordering::Relaxed);
+    let total = images.len();
+    let results = catch_unwind(AssertUnwindSafe(|| {
+        let decoded = images
+            .into_iter()
+            .map(|image| match image {
+                PoolImage::Encoded(bytes) => embedder.decode(&bytes),
+                PoolImage::Decoded(image) => Ok(image),
+            })
+            .collect();
+        predict_decoded(embedder, decoded, top_k, views)
     }))
     .unwrap_or_else(|_| {
-        tracing::error!("the embedder panicked describing {} images", bytes.len());
-        bytes
-            .iter()
+        tracing::error!("the embedder panicked on a batch of {total} images");
+        (0..total)
             .map(|_| Err(EmbedError::Inference("the network panicked".into())))
             .collect()
     });
-    for (prediction, copies) in predictions.iter_mut().zip(described) {
-        match (prediction.as_mut(), copies) {
-            (Ok(p), Ok(c)) => p.copies = c,
-            (Ok(_), Err(e)) => *prediction = Err(e),
-            (Err(_), _) => {}
-        }
+    let mut results = results.into_iter();
+    for ((count, job_top_k), reply) in counts.into_iter().zip(replies) {
+        let mine: Vec<PredictResult> = results
+            .by_ref()
+            .take(count)
+            .map(|r| {
+                r.map(|mut p| {
+                    p.heads.iter_mut().for_each(|h| h.top.truncate(job_top_k));
+                    p
+                })
+            })
+            .collect();
+        // The requester may have gone away (client disconnected): nothing to do then.
+        let _ = reply.send(mine);
     }
 }
 
@@ -246,20 +270,29 @@ mod tests {
         fn heads(&self) -> Vec<String> {
             vec!["character".into()]
         }
-        fn predict_batch(&self, images: &[&[u8]], _top_k: usize) -> Vec<PredictResult> {
+        /// The "image" is one pixel whose red value is the first byte.
+        fn decode(&self, bytes: &[u8]) -> Result<RgbImage, EmbedError> {
+            match bytes.first() {
+                Some(&x) => Ok(RgbImage::from_pixel(1, 1, image::Rgb([x, 0, 0]))),
+                None => Err(EmbedError::Decode("empty".into())),
+            }
+        }
+        fn predict_images(
+            &self,
+            images: &[RgbImage],
+            _top_k: usize,
+            _copies: Option<CopyViews>,
+        ) -> Result<Vec<Prediction>, EmbedError> {
             self.sizes.lock().unwrap().send(images.len()).unwrap();
             self.gate.lock().unwrap().recv().unwrap();
-            images
+            Ok(images
                 .iter()
-                .map(|b| match b.first() {
-                    Some(&x) => Ok(Prediction {
-                        copies: Vec::new(),
-                        heads: Vec::new(),
-                        embedding: vec![x as f32, 1.0],
-                    }),
-                    None => Err(EmbedError::Decode("empty".into())),
+                .map(|img| Prediction {
+                    copies: Vec::new(),
+                    heads: Vec::new(),
+                    embedding: vec![img.get_pixel(0, 0)[0] as f32, 1.0],
                 })
-                .collect()
+                .collect())
         }
     }
 
@@ -288,7 +321,10 @@ mod tests {
         };
         let job = |b: u8| {
             let pool = pool.clone();
-            async move { pool.predict(vec![Bytes::from(vec![b])], 1, None).await }
+            async move {
+                pool.predict(vec![Bytes::from(vec![b]).into()], 1, None)
+                    .await
+            }
         };
         // The worker takes the first job and blocks in the network.
         let first = actix_web::rt::spawn(job(1));

@@ -16,6 +16,7 @@ mod server;
 mod state;
 mod ui;
 mod upload;
+pub mod video;
 
 pub use api::ApiDoc;
 pub use config::{ConfigError, Settings};

@@ -6,7 +6,7 @@ use crate::api;
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::inference::InferencePool;
-use crate::ingest::{ingest_gallery, IngestError};
+use crate::ingest::{ingest_collection, Collection};
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::ui;
@@ -15,6 +15,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, DefaultHeaders, Next};
 use actix_web::{web, App, HttpServer};
 use animelens_index::{Catalog, CatalogError, ModelTag, OpenOptions};
+use animelens_models::data::{DataError, Dataset};
 use animelens_models::generalisation::ScoreCalibration;
 use animelens_models::Embedder;
 use std::sync::Arc;
@@ -29,9 +30,9 @@ pub enum ServeError {
     /// The catalogue could not be opened or written.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    /// The gallery could not be ingested.
-    #[error(transparent)]
-    Ingest(#[from] IngestError),
+    /// The gallery folder could not be read.
+    #[error("cannot read the gallery: {0}; check the `gallery` setting")]
+    Gallery(#[from] DataError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}; pick another address with --bind or ANIMELENS_BIND (port 0 picks a free port)")]
     Bind {
@@ -51,6 +52,53 @@ pub struct Service {
     catalog: Arc<Catalog>,
     pool: InferencePool,
     similarity: Option<ScoreCalibration>,
+}
+
+/// Ingests the gallery folder into the empty catalogue through the one ingest pipeline, with
+/// progress and both calibrations in the log.
+fn ingest_gallery(
+    catalog: &Catalog,
+    pool: &InferencePool,
+    gallery: &std::path::Path,
+) -> Result<(), ServeError> {
+    let dataset = Dataset::from_folders(gallery)?;
+    let total = dataset.samples.len();
+    tracing::info!(gallery = %gallery.display(), images = total, "ingesting the sample gallery into the empty catalogue");
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let progress = |n: usize| {
+        let done = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        tracing::info!("embedded {done}/{total} gallery images");
+    };
+    let summary = ingest_collection(
+        catalog,
+        pool,
+        &Collection::new(&dataset, gallery, false),
+        &progress,
+    )?;
+    for (path, reason) in &summary.unreadable {
+        tracing::warn!(path = %path.display(), "skipped: {reason}");
+    }
+    match &summary.open_set {
+        Ok(c) => tracing::info!(
+            threshold = c.threshold,
+            accuracy = c.accuracy,
+            "open-set threshold calibrated on the gallery's validation images"
+        ),
+        Err(e) => tracing::warn!("open-set threshold left at its default: {e}"),
+    }
+    match &summary.copies {
+        Ok(v) => tracing::info!(
+            threshold = v.threshold,
+            recall = v.recall,
+            "copy threshold calibrated on edited copies of gallery pictures"
+        ),
+        Err(e) => tracing::warn!("copy threshold left uncalibrated: {e}"),
+    }
+    tracing::info!(
+        added = summary.added,
+        "ingested {total}/{total} gallery images; sample gallery ingested"
+    );
+    Ok(())
 }
 
 impl Service {
@@ -77,8 +125,7 @@ impl Service {
         );
         match &settings.gallery {
             Some(gallery) if stats.items == 0 && gallery.is_dir() => {
-                let added = ingest_gallery(&catalog, &pool, gallery, settings.max_pixels)?;
-                tracing::info!(added, "sample gallery ingested");
+                ingest_gallery(&catalog, &pool, gallery)?;
             }
             Some(gallery) if stats.items == 0 => tracing::warn!(
                 gallery = %gallery.display(),

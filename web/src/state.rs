@@ -5,6 +5,8 @@
 use crate::config::Settings;
 use crate::error::ApiError;
 use crate::inference::InferencePool;
+use crate::inference::PoolImage;
+use crate::ingest::Picture;
 use crate::metrics::Metrics;
 use crate::upload::UploadLimits;
 use actix_web::web::Bytes;
@@ -12,6 +14,7 @@ use actix_web::HttpRequest;
 use animelens_index::Catalog;
 use animelens_models::generalisation::ScoreCalibration;
 use animelens_models::{CopyViews, Prediction};
+use image::RgbImage;
 use std::sync::Arc;
 
 /// Header carrying the API key of write requests.
@@ -70,6 +73,53 @@ impl AppState {
     pub async fn predict_with_copies(
         &self,
         images: Vec<Bytes>,
+        top_k: usize,
+        copies: Option<CopyViews>,
+    ) -> Result<Vec<Prediction>, ApiError> {
+        self.predict_pool(
+            images.into_iter().map(PoolImage::from).collect(),
+            top_k,
+            copies,
+        )
+        .await
+    }
+
+    /// Like [`AppState::predict_with_copies`] for images already decoded.
+    pub async fn predict_decoded(
+        &self,
+        images: Vec<RgbImage>,
+        top_k: usize,
+        copies: Option<CopyViews>,
+    ) -> Result<Vec<Prediction>, ApiError> {
+        self.predict_pool(
+            images.into_iter().map(PoolImage::from).collect(),
+            top_k,
+            copies,
+        )
+        .await
+    }
+
+    /// Decodes uploads once, off the executor, into pictures (size and content hash); fails with
+    /// the first undecodable image's error.
+    pub async fn decode_pictures(&self, images: Vec<Bytes>) -> Result<Vec<Picture>, ApiError> {
+        let pool = self.pool.clone();
+        self.blocking(move || {
+            let count = images.len();
+            images
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    Picture::decode(b, &pool).map_err(|e| ApiError::from_embed(e, i, count))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Runs a job through the inference pool, one error per failed image.
+    async fn predict_pool(
+        &self,
+        images: Vec<PoolImage>,
         top_k: usize,
         copies: Option<CopyViews>,
     ) -> Result<Vec<Prediction>, ApiError> {

@@ -148,10 +148,47 @@ async function searchFile(file) {
     ]);
     showVerdict(classified.results[0]);
     showResults("Lookalikes", "upload:" + file.name, found.hits);
+    await showScenes(file, headers);
   } catch (e) {
     $("verdict").textContent = "";
     showError(e);
   }
+}
+
+// Time as m:ss.s.
+function clock(t) {
+  const m = Math.floor(t / 60);
+  return `${m}:${(t - 60 * m).toFixed(1).padStart(4, "0")}`;
+}
+
+// "Where is this from?": the video scenes the picture matches, when the catalogue has videos.
+async function showScenes(file, headers) {
+  const panel = $("scenes-panel");
+  try {
+    const { scenes } = await call(`/search/scene?k=${k(5)}`, { method: "POST", headers, body: file });
+    const good = scenes.filter((s) => s.similarity >= 0.5);
+    panel.hidden = good.length === 0;
+    $("scenes").replaceChildren(...good.map((s) => {
+      const li = document.createElement("li");
+      const img = document.createElement("img");
+      img.src = s.image;
+      img.alt = `frame at ${clock(s.at)}`;
+      img.loading = "lazy";
+      const text = document.createElement("div");
+      const title = document.createElement("a");
+      title.href = s.clip;
+      title.target = "_blank";
+      title.className = "name";
+      title.textContent = s.title + (s.episode ? ` · episode ${s.episode}` : "");
+      const when = document.createElement("span");
+      when.className = "when";
+      when.textContent = `${clock(s.from)}–${clock(s.to)} · similarity ${s.similarity.toFixed(2)}` +
+        (s.mirrored ? " · mirrored" : "");
+      text.append(title, when);
+      li.append(img, text);
+      return li;
+    }));
+  } catch (e) { panel.hidden = true; }
 }
 
 async function openItem(item) {

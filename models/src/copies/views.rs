@@ -56,6 +56,12 @@ pub fn catalogue_views(img: &RgbImage) -> Vec<RgbImage> {
     views
 }
 
+/// The one view a video frame is described by: the whole frame, borders trimmed (screenshots are
+/// rarely crops of a frame; mirrored screenshots are matched by the query's mirrored view).
+pub fn frame_view(img: &RgbImage) -> RgbImage {
+    trim_borders(img)
+}
+
 /// The views an upload is described by: as it came (borders trimmed) and mirrored.
 pub fn query_views(img: &RgbImage) -> [RgbImage; 2] {
     let img = trim_borders(img);

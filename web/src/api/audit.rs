@@ -9,7 +9,6 @@ use crate::upload;
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use animelens_index::CopyFinding;
 use animelens_models::copies::hint::{edit_hint, UploadTraits};
-use animelens_models::preprocess::{content_hash, decode};
 use animelens_models::CopyViews;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -70,26 +69,23 @@ pub async fn audit(
                 .unwrap_or_else(|| format!("image {}", i + 1))
         })
         .collect();
-    let images = upload.all_images();
+    let pictures = state.decode_pictures(upload.all_images()).await?;
     let predictions = state
-        .predict_with_copies(images.clone(), 1, Some(CopyViews::Query))
+        .predict_decoded(
+            pictures.iter().map(|p| p.image.clone()).collect(),
+            1,
+            Some(CopyViews::Query),
+        )
         .await?;
-    let max_pixels = state.settings.max_pixels;
-    let uploads: Vec<(String, String, Vec<Vec<f32>>, UploadTraits)> = state
-        .blocking(move || {
-            Ok(images
-                .iter()
-                .zip(predictions)
-                .zip(names)
-                .map(|((bytes, p), name)| {
-                    let traits = decode(bytes, max_pixels)
-                        .map(|img| UploadTraits::of(&img))
-                        .unwrap_or_default();
-                    (name, content_hash(bytes), p.copies, traits)
-                })
-                .collect())
+    let uploads: Vec<(String, String, Vec<Vec<f32>>, UploadTraits)> = pictures
+        .into_iter()
+        .zip(predictions)
+        .zip(names)
+        .map(|((picture, p), name)| {
+            let traits = UploadTraits::of(&picture.image);
+            (name, picture.content_hash, p.copies, traits)
         })
-        .await?;
+        .collect();
     let findings = state
         .catalog(move |cat| {
             uploads

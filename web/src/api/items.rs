@@ -3,7 +3,7 @@
 
 use crate::api::types::{split_list, ErrorBody, ItemView};
 use crate::error::ApiError;
-use crate::ingest::{new_item, ItemMeta};
+use crate::ingest::ItemMeta;
 use crate::state::AppState;
 use crate::upload;
 use actix_web::http::header;
@@ -54,24 +54,31 @@ pub struct ItemParams {
     pub source: Option<String>,
 }
 
-/// Embeds `images` and builds their catalogue items (thumbnails made off the executor).
+/// Decodes `images` once (off the executor), embeds them with their catalogue copy views and
+/// builds their catalogue items.
 pub async fn embed_items(
     state: &AppState,
     images: Vec<Bytes>,
     metas: Vec<ItemMeta>,
 ) -> Result<Vec<NewItem>, ApiError> {
+    let pictures = state.decode_pictures(images).await?;
     let predictions = state
-        .predict_with_copies(images.clone(), 1, Some(CopyViews::Catalogue))
+        .predict_decoded(
+            pictures.iter().map(|p| p.image.clone()).collect(),
+            1,
+            Some(CopyViews::Catalogue),
+        )
         .await?;
-    let max_pixels = state.settings.max_pixels;
     state
         .blocking(move || {
-            images
-                .iter()
+            pictures
+                .into_iter()
                 .zip(predictions)
                 .zip(metas)
-                .map(|((bytes, p), meta)| {
-                    new_item(bytes, p, meta, max_pixels).map_err(ApiError::BadImage)
+                .map(|((picture, p), meta)| {
+                    picture
+                        .into_item(meta, p)
+                        .map_err(|e| ApiError::BadImage(e.to_string()))
                 })
                 .collect()
         })

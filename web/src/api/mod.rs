@@ -12,8 +12,10 @@ pub mod search;
 pub mod system;
 #[cfg(test)]
 mod tests;
+pub mod tracemoe;
 pub mod types;
 pub mod users;
+pub mod videos;
 
 use crate::error::ApiError;
 use actix_web::{web, HttpResponse};
@@ -40,6 +42,11 @@ use utoipa::{Modify, OpenApi};
         items::thumbnail,
         items::remove,
         items::update,
+        videos::add,
+        videos::recognise,
+        videos::search_scene,
+        videos::scene_image,
+        videos::scene_clip,
         system::healthz,
         system::metrics,
     ),
@@ -80,6 +87,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(system::healthz))
         .route("/healthz", web::head().to(system::healthz))
         .route("/metrics", web::get().to(system::metrics))
+        .route("/search", web::get().to(tracemoe::search))
+        .route("/search", web::post().to(tracemoe::search))
+        .route("/me", web::get().to(tracemoe::me))
         .service(
             web::scope("/api/v1")
                 .app_data(web::QueryConfig::default().error_handler(|e, _| {
@@ -107,6 +117,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(items::get_item)
                 .service(items::remove)
                 .service(items::update)
+                .service(videos::add)
+                .service(videos::recognise)
+                .service(videos::search_scene)
+                .service(videos::scene_image)
+                .service(videos::scene_clip)
                 .default_service(web::to(no_route)),
         );
 }

@@ -8,7 +8,8 @@ use crate::state::AppState;
 use actix_web::{test, web, App};
 use animelens_index::{Catalog, ModelTag, NewItem, OpenOptions};
 use animelens_models::generalisation::ScoreCalibration;
-use animelens_models::{EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
+use animelens_models::{CopyViews, EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
+use image::RgbImage;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,30 +27,34 @@ impl Embedder for FakeEmbedder {
     fn heads(&self) -> Vec<String> {
         vec!["character".into()]
     }
-    fn predict_batch(
+    /// The fake "format": a 4×1 image whose red values are the first four bytes.
+    fn decode(&self, bytes: &[u8]) -> Result<RgbImage, EmbedError> {
+        Ok(RgbImage::from_fn(4, 1, |x, _| {
+            image::Rgb([*bytes.get(x as usize).unwrap_or(&0), 0, 0])
+        }))
+    }
+    fn predict_images(
         &self,
-        images: &[&[u8]],
+        images: &[RgbImage],
         _top_k: usize,
-    ) -> Vec<Result<Prediction, EmbedError>> {
-        images
+        _copies: Option<CopyViews>,
+    ) -> Result<Vec<Prediction>, EmbedError> {
+        Ok(images
             .iter()
-            .map(|b| {
-                let embedding = (0..4)
-                    .map(|i| *b.get(i).unwrap_or(&0) as f32 + 1.0)
-                    .collect();
-                Ok(Prediction {
-                    copies: Vec::new(),
-                    heads: vec![HeadPrediction {
-                        head: "character".into(),
-                        top: vec![LabelScore {
-                            label: "a".into(),
-                            probability: 1.0,
-                        }],
+            .map(|img| Prediction {
+                copies: Vec::new(),
+                heads: vec![HeadPrediction {
+                    head: "character".into(),
+                    top: vec![LabelScore {
+                        label: "a".into(),
+                        probability: 1.0,
                     }],
-                    embedding,
-                })
+                }],
+                embedding: (0..4)
+                    .map(|x| img.get_pixel(x, 0)[0] as f32 + 1.0)
+                    .collect(),
             })
-            .collect()
+            .collect())
     }
 }
 
