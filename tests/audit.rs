@@ -10,27 +10,8 @@ mod web_support;
 use image::{imageops, Rgb, RgbImage};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
-use web_support::{multipart, sample_gallery, Server};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_animelens"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the animelens binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "animelens {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use web_support::{multipart, ok, sample_gallery, Server};
 
 /// The first training picture of sample character `name`.
 fn original(name: &str) -> PathBuf {

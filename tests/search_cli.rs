@@ -5,34 +5,17 @@
 //! invariants (an item finds itself first with cosine ≈ 1, removed items never return, filters
 //! hold, duplicates and unreadable files are reported), not recognition quality.
 
+mod web_support;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
+use web_support::{ok, run};
 
 fn sample(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models/sample")
         .join(rel)
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_animelens"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the animelens binary runs")
-}
-
-/// Runs the binary, asserting success; returns stdout.
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "animelens {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 fn json_lines(stdout: &str) -> Vec<Value> {

@@ -13,31 +13,13 @@ use image::{imageops, Rgb, RgbImage};
 use serde::Deserialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use web_support::{sample_gallery, small_gallery, Server, API_KEY};
+use std::process::Command;
+use web_support::{ok, run, sample_gallery, small_gallery, Server, API_KEY};
 
 /// Frame rate of the generated clips.
 const FPS: f64 = 15.0;
 /// Characters shown in the clip, in order, two seconds each.
 const CAST: [&str; 3] = ["gura", "ina", "kiara"];
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_animelens"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the animelens binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "animelens {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn fails(args: &[&str]) -> String {
     let out = run(args);
@@ -218,6 +200,28 @@ fn a_clip_is_indexed_by_scene_and_a_screenshot_finds_its_time() {
         "{vtt}"
     );
     assert!(vtt.contains("gura ("), "{vtt}");
+
+    // Switching models re-embeds the frames from the video at their times; none is lost.
+    let tiny = web_support::tiny_model(tmp.path());
+    let out = run(&[
+        "index",
+        "--db",
+        &db,
+        "rebuild",
+        "--reembed",
+        "--model",
+        tiny.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("removed item"), "{stderr}");
+    assert!(
+        stdout.contains("removed 0 items that could not be re-embedded"),
+        "{stdout}"
+    );
 }
 
 #[test]

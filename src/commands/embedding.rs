@@ -3,9 +3,9 @@
 //! `search --image`, `audit`, re-embedding, the embedding cache and the benchmarks. Turning
 //! pictures into catalogue items is the one ingest pipeline's job (`animelens_web::ingest`).
 
-use animelens_index::{ItemVectors, ModelTag};
+use animelens_index::ModelTag;
 use animelens_models::preprocess::content_hash;
-use animelens_models::{Classifier, CopyViews, Embedder};
+use animelens_models::{Classifier, Embedder};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
@@ -83,28 +83,6 @@ pub fn embed(
         .predict_batch(images, 1, None)
         .into_iter()
         .map(|r| r.map(|p| p.embedding).map_err(|e| e.to_string()))
-        .collect()
-}
-
-/// Embeds images for the catalogue: each one's embedding and the copy descriptors of its
-/// catalogue views; one result per image, in order.
-pub fn embed_for_catalogue(
-    embedder: &dyn Embedder,
-    images: &[&[u8]],
-) -> Vec<std::result::Result<ItemVectors, String>> {
-    if images.is_empty() {
-        return Vec::new();
-    }
-    embedder
-        .predict_batch(images, 1, Some(CopyViews::Catalogue))
-        .into_iter()
-        .map(|p| {
-            let p = p.map_err(|e| e.to_string())?;
-            Ok(ItemVectors {
-                vector: p.embedding,
-                copies: p.copies,
-            })
-        })
         .collect()
 }
 

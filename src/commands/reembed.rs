@@ -1,19 +1,25 @@
 //! `animelens index rebuild --reembed --model CKPT [--source-root DIR]`: switches a catalogue to a
 //! new model by re-embedding every live item from its stored source file (relative sources are
 //! resolved against `--source-root`), or from its stored thumbnail when the source is gone (e.g.
-//! uploads). The new vectors are written beside the old ones and the catalogue flips to them (and
-//! to the new model tag) in one transaction, so an interrupted run leaves the catalogue usable with
-//! the old model.
+//! uploads). A video frame is re-embedded from its video at its time (or its thumbnail), with the
+//! frame's copy view. The new vectors are written beside the old ones and the catalogue flips to
+//! them (and to the new model tag) in one transaction, so an interrupted run leaves the catalogue
+//! usable with the old model.
 
-use super::embedding::{embed_for_catalogue, load_model, model_tag, BATCH};
-use animelens_index::{Catalog, OpenOptions, ReembedItem};
+use super::embedding::{load_model, model_tag, BATCH};
+use animelens_index::{Catalog, ItemVectors, OpenOptions, ReembedItem};
+use animelens_models::embedder::predict_decoded;
+use animelens_models::{CopyViews, EmbedError, Embedder};
+use animelens_web::video::{ffmpeg::frame_at, FRAME_SIDE};
 use anyhow::Result;
+use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The bytes to embed for `item`: its source file, else its thumbnail (counted in `from_thumbnail`).
+/// The encoded picture to embed for `item`: its source file, else its thumbnail (counted in
+/// `from_thumbnail`).
 fn image_bytes(
     item: &ReembedItem,
     root: &Path,
@@ -33,6 +39,72 @@ fn image_bytes(
     }
 }
 
+/// The decoded picture to embed for `item` and the copy views it is described by: a video frame
+/// from its video at its time (its thumbnail when the video is gone), a picture as
+/// [`image_bytes`] finds it.
+fn picture(
+    model: &dyn Embedder,
+    item: &ReembedItem,
+    root: &Path,
+    from_thumbnail: &AtomicUsize,
+) -> Result<(RgbImage, CopyViews), String> {
+    let Some(frame) = &item.item.frame else {
+        let bytes = image_bytes(item, root, from_thumbnail)?;
+        let image = model.decode(&bytes).map_err(|e| e.to_string())?;
+        return Ok((image, CopyViews::Catalogue));
+    };
+    let video = root.join(&item.item.source);
+    if let Ok(image) = frame_at(&video, frame.at, FRAME_SIDE) {
+        return Ok((image, CopyViews::Frame));
+    }
+    let thumb = item.thumbnail.as_ref().ok_or_else(|| {
+        format!(
+            "cannot read the frame of {} and no thumbnail is stored",
+            frame.filename
+        )
+    })?;
+    from_thumbnail.fetch_add(1, Ordering::Relaxed);
+    let image = model.decode(thumb).map_err(|e| e.to_string())?;
+    Ok((image, CopyViews::Frame))
+}
+
+/// Embeds one batch of items: pictures and frames each with their copy views; one result per
+/// item, in order.
+fn embed_items(
+    model: &dyn Embedder,
+    pictures: Vec<Result<(RgbImage, CopyViews), String>>,
+) -> Vec<Result<ItemVectors, String>> {
+    let mut out: Vec<Option<Result<ItemVectors, String>>> = pictures
+        .iter()
+        .map(|p| p.as_ref().err().map(|e| Err(e.clone())))
+        .collect();
+    for views in [CopyViews::Catalogue, CopyViews::Frame] {
+        let (places, images): (Vec<usize>, Vec<Result<RgbImage, EmbedError>>) = pictures
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| match p {
+                Ok((image, v)) if *v == views => Some((i, Ok(image.clone()))),
+                _ => None,
+            })
+            .unzip();
+        for (i, p) in places
+            .into_iter()
+            .zip(predict_decoded(model, images, 1, Some(views)))
+        {
+            out[i] = Some(
+                p.map(|p| ItemVectors {
+                    vector: p.embedding,
+                    copies: p.copies,
+                })
+                .map_err(|e| e.to_string()),
+            );
+        }
+    }
+    out.into_iter()
+        .map(|r| r.expect("every item is embedded or has its error"))
+        .collect()
+}
+
 /// Re-embeds the catalogue in `db` with the checkpoint `model_path`, then rebuilds its index.
 pub fn run_reembed(db: &Path, model_path: &Path, source_root: &Path) -> Result<()> {
     let model = load_model(model_path)?;
@@ -44,20 +116,12 @@ pub fn run_reembed(db: &Path, model_path: &Path, source_root: &Path) -> Result<(
     );
     let from_thumbnail = AtomicUsize::new(0);
     let report = Catalog::reembed(db, &tag, BATCH, |items| {
-        let files: Vec<Result<Vec<u8>, String>> = items
+        let pictures: Vec<Result<(RgbImage, CopyViews), String>> = items
             .par_iter()
-            .map(|i| image_bytes(i, source_root, &from_thumbnail))
+            .map(|i| picture(&model, i, source_root, &from_thumbnail))
             .collect();
-        let bytes: Vec<&[u8]> = files
-            .iter()
-            .filter_map(|f| f.as_ref().ok().map(Vec::as_slice))
-            .collect();
-        let mut embedded = embed_for_catalogue(&model, &bytes).into_iter();
         bar.inc(items.len() as u64);
-        files
-            .into_iter()
-            .map(|f| f.and_then(|_| embedded.next().expect("one result per readable file")))
-            .collect()
+        embed_items(&model, pictures)
     })?;
     bar.finish_and_clear();
     for (item, reason) in &report.removed {

@@ -1,6 +1,7 @@
-//! Shared pieces of the web end-to-end tests: a tiny random-init model, a small gallery copied
-//! from the committed sample, the real `animelens serve` binary on a free loopback port, and a
-//! minimal HTTP/1.1 client over `TcpStream` (so the tests need no HTTP client crate).
+//! Shared pieces of the end-to-end tests: running the binary's subcommands, a tiny random-init
+//! model, a small gallery copied from the committed sample, the real `animelens serve` binary on a
+//! free loopback port, and a minimal HTTP/1.1 client over `TcpStream` (so the tests need no HTTP
+//! client crate).
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -10,12 +11,32 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The API key the test servers are started with.
 pub const API_KEY: &str = "test-key";
+
+/// Runs `animelens ARGS` (warnings only in the log).
+pub fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_animelens"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the animelens binary runs")
+}
+
+/// Runs `animelens ARGS`, asserting success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "animelens {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
 
 /// The committed sample gallery.
 pub fn sample_gallery() -> PathBuf {

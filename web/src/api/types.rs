@@ -1,6 +1,6 @@
 //! JSON shapes shared by several API groups: items, hits, filters, characters.
 
-use animelens_index::{CharacterScore, Filter, Hit, Item, PRIMARY_LEVEL};
+use animelens_index::{CharacterScore, Filter, Hit, Item, VideoFrame, PRIMARY_LEVEL};
 use animelens_models::generalisation::ScoreCalibration;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,6 +27,10 @@ pub struct ItemView {
     pub added_at_ms: u64,
     /// Where to fetch its thumbnail.
     pub thumbnail_url: String,
+    /// For a video frame: its video, episode and `from`/`at`/`to` seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub frame: Option<VideoFrame>,
 }
 
 impl From<Item> for ItemView {
@@ -41,6 +45,7 @@ impl From<Item> for ItemView {
             height: i.height,
             content_hash: i.content_hash,
             added_at_ms: i.added_at_ms,
+            frame: i.frame,
         }
     }
 }
