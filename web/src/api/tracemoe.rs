@@ -67,10 +67,13 @@ fn episode_value(episode: Option<&str>) -> Value {
 
 /// One result in trace.moe's shape; `base` is the server's address for the preview links.
 fn result_of(hit: SceneHit, base: &str, info: bool) -> Value {
-    let id: Option<u64> = hit
+    // trace.moe always has an AniList id and its clients require one: 0 for a video added
+    // without `anilistID`.
+    let id: u64 = hit
         .labels
         .get(crate::video::ANILIST_LEVEL)
-        .and_then(|a| a.parse().ok());
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
     let anilist = if info {
         json!({
             "id": id,

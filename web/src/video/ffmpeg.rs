@@ -164,6 +164,10 @@ pub fn frame_at(path: &Path, time: f64, max_side: u32) -> Result<RgbImage, Video
     let vf = scale((width, height));
     let after = format!("-map 0:v:0 -frames:v 1 -vf {vf} -pix_fmt rgb24 -f rawvideo -");
     let out = run("ffmpeg", &before, path, &after)?;
+    if out.is_empty() {
+        // After the last frame but before the container's end.
+        return Err(out_of_range(path, &info, time));
+    }
     RgbImage::from_raw(width, height, out)
         .ok_or_else(|| decode_error(path, format!("ffmpeg gave no whole frame at {time} s")))
 }
@@ -338,15 +342,19 @@ fn spawn_error(err: io::Error) -> VideoError {
 }
 
 fn check_time(path: &Path, info: &VideoInfo, time: f64) -> Result<(), VideoError> {
-    let (file, duration) = (file_name(path), info.duration);
-    if time >= 0.0 && (duration <= 0.0 || time < duration) {
+    if time >= 0.0 && (info.duration <= 0.0 || time < info.duration) {
         return Ok(());
     }
-    Err(VideoError::OutOfRange {
+    Err(out_of_range(path, info, time))
+}
+
+fn out_of_range(path: &Path, info: &VideoInfo, time: f64) -> VideoError {
+    let (file, duration) = (file_name(path), info.duration);
+    VideoError::OutOfRange {
         file,
         time,
         duration,
-    })
+    }
 }
 
 /// Fails with ffmpeg's first distinct error lines (prefixes dropped, the input named by its file
@@ -356,7 +364,10 @@ fn verdict<S: AsRef<str>>(path: &Path, status: ExitStatus, errors: &[S]) -> Resu
     let mut kept: Vec<String> = Vec::new();
     for line in errors {
         let text = strip_prefixes(line.as_ref()).replace(&format!("file:{full}"), &name);
-        let text = text.replace(full.as_ref(), &name);
+        let text = text
+            .replace(full.as_ref(), &name)
+            .trim_end_matches('.')
+            .to_owned();
         if !text.is_empty() && !kept.contains(&text) && kept.len() < MAX_ERROR_LINES {
             kept.push(text);
         }
