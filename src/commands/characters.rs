@@ -49,8 +49,9 @@ pub fn run_enroll(args: EnrollArgs) -> Result<()> {
     let mut paths = Vec::new();
     let mut failed = 0usize;
     for (path, file) in args.images.iter().zip(files) {
-        let picture =
-            file.and_then(|f| Picture::decode(&f.bytes, &model).map_err(|e| e.to_string()));
+        let picture = file.and_then(|f| {
+            Picture::decode(&f.bytes, f.content_hash, &model).map_err(|e| e.to_string())
+        });
         match picture {
             Ok(picture) => {
                 let source = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());

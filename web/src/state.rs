@@ -13,8 +13,8 @@ use actix_web::web::Bytes;
 use actix_web::HttpRequest;
 use animelens_index::Catalog;
 use animelens_models::generalisation::ScoreCalibration;
+use animelens_models::preprocess::content_hash;
 use animelens_models::{CopyViews, Prediction};
-use image::RgbImage;
 use std::sync::Arc;
 
 /// Header carrying the API key of write requests.
@@ -65,38 +65,7 @@ impl AppState {
         images: Vec<Bytes>,
         top_k: usize,
     ) -> Result<Vec<Prediction>, ApiError> {
-        self.predict_with_copies(images, top_k, None).await
-    }
-
-    /// Like [`AppState::predict_all`], with the copy descriptors of `copies` views in each
-    /// prediction.
-    pub async fn predict_with_copies(
-        &self,
-        images: Vec<Bytes>,
-        top_k: usize,
-        copies: Option<CopyViews>,
-    ) -> Result<Vec<Prediction>, ApiError> {
-        self.predict_pool(
-            images.into_iter().map(PoolImage::from).collect(),
-            top_k,
-            copies,
-        )
-        .await
-    }
-
-    /// Like [`AppState::predict_with_copies`] for images already decoded.
-    pub async fn predict_decoded(
-        &self,
-        images: Vec<RgbImage>,
-        top_k: usize,
-        copies: Option<CopyViews>,
-    ) -> Result<Vec<Prediction>, ApiError> {
-        self.predict_pool(
-            images.into_iter().map(PoolImage::from).collect(),
-            top_k,
-            copies,
-        )
-        .await
+        self.predict(images, top_k, None).await
     }
 
     /// Decodes uploads once, off the executor, into pictures (size and content hash); fails with
@@ -109,24 +78,26 @@ impl AppState {
                 .iter()
                 .enumerate()
                 .map(|(i, b)| {
-                    Picture::decode(b, &pool).map_err(|e| ApiError::from_embed(e, i, count))
+                    Picture::decode(b, content_hash(b), &pool)
+                        .map_err(|e| ApiError::from_embed(e, i, count))
                 })
                 .collect()
         })
         .await
     }
 
-    /// Runs a job through the inference pool, one error per failed image.
-    async fn predict_pool(
+    /// Predicts encoded uploads or decoded images through the inference pool, with the copy
+    /// descriptors of `copies` views in each prediction; fails with the first image's error.
+    pub async fn predict<I: Into<PoolImage>>(
         &self,
-        images: Vec<PoolImage>,
+        images: Vec<I>,
         top_k: usize,
         copies: Option<CopyViews>,
     ) -> Result<Vec<Prediction>, ApiError> {
         let count = images.len();
         let results = self
             .pool
-            .predict(images, top_k, copies)
+            .predict(images.into_iter().map(Into::into).collect(), top_k, copies)
             .await
             .map_err(|_| ApiError::Busy)?;
         results

@@ -71,7 +71,7 @@ pub async fn audit(
         .collect();
     let pictures = state.decode_pictures(upload.all_images()).await?;
     let predictions = state
-        .predict_decoded(
+        .predict(
             pictures.iter().map(|p| p.image.clone()).collect(),
             1,
             Some(CopyViews::Query),

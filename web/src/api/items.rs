@@ -63,7 +63,7 @@ pub async fn embed_items(
 ) -> Result<Vec<NewItem>, ApiError> {
     let pictures = state.decode_pictures(images).await?;
     let predictions = state
-        .predict_decoded(
+        .predict(
             pictures.iter().map(|p| p.image.clone()).collect(),
             1,
             Some(CopyViews::Catalogue),

@@ -151,16 +151,16 @@ impl Run<'_> {
                 Ok((_, hash)) if self.catalog.find_by_hash(&hash)?.is_some() => {
                     summary.duplicates += 1
                 }
-                Ok((bytes, _)) => pending.push((*sample, bytes)),
+                Ok((bytes, hash)) => pending.push((*sample, bytes, hash)),
             }
         }
         let decoded: Vec<_> = pending
             .par_iter()
-            .map(|(_, bytes)| Picture::decode(bytes, self.embedder))
+            .map(|(_, bytes, hash)| Picture::decode(bytes, hash.clone(), self.embedder))
             .collect();
         let mut pictures = Vec::new();
         let mut paths = Vec::new();
-        for ((sample, _), picture) in pending.iter().zip(decoded) {
+        for ((sample, _, _), picture) in pending.iter().zip(decoded) {
             match picture {
                 Ok(p) => {
                     pictures.push((p, self.meta_of(sample)));

@@ -4,7 +4,7 @@
 
 use super::embed::EmbedImages;
 use animelens_index::{NewItem, VideoFrame};
-use animelens_models::preprocess::{content_hash, dimensions, jpeg_thumbnail, ImageError};
+use animelens_models::preprocess::{dimensions, jpeg_thumbnail, ImageError};
 use animelens_models::{CopyViews, EmbedError, Prediction};
 use image::RgbImage;
 use rayon::prelude::*;
@@ -43,14 +43,19 @@ pub struct Picture {
 }
 
 impl Picture {
-    /// Decodes an encoded picture with the model's limits.
-    pub fn decode(bytes: &[u8], embedder: &dyn EmbedImages) -> Result<Picture, EmbedError> {
+    /// Decodes an encoded picture with the model's limits; `content_hash` is the caller's
+    /// `preprocess::content_hash` of `bytes` (callers that skip duplicates have it already).
+    pub fn decode(
+        bytes: &[u8],
+        content_hash: String,
+        embedder: &dyn EmbedImages,
+    ) -> Result<Picture, EmbedError> {
         let (width, height) = dimensions(bytes)?;
         Ok(Picture {
             image: embedder.decode(bytes)?,
             width,
             height,
-            content_hash: content_hash(bytes),
+            content_hash,
         })
     }
 

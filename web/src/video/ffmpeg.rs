@@ -143,6 +143,7 @@ pub fn decode(path: &Path, max_side: u32) -> Result<FrameReader, VideoError> {
     let frame_secs = if info.fps > 0.0 { 1.0 / info.fps } else { 0.0 };
     let (path, guess, done) = (path.to_path_buf(), 0.0, false);
     Ok(FrameReader {
+        info,
         child,
         stdout,
         times,
@@ -195,6 +196,7 @@ pub fn cut_clip(path: &Path, from: f64, to: f64, max_side: u32) -> Result<Vec<u8
 /// The frames of a running ffmpeg, in order; made by [`decode`]. An error is the last item.
 /// Dropping it stops ffmpeg.
 pub struct FrameReader {
+    info: VideoInfo,
     child: Child,
     stdout: ChildStdout,
     times: Receiver<Option<f64>>,
@@ -207,6 +209,11 @@ pub struct FrameReader {
 }
 
 impl FrameReader {
+    /// What ffprobe said about the video before decoding began.
+    pub fn info(&self) -> VideoInfo {
+        self.info
+    }
+
     fn read_frame(&mut self) -> Result<Option<Frame>, VideoError> {
         let (width, height) = self.size;
         let len = width as usize * height as usize * 3;

@@ -3,7 +3,7 @@
 //! while decoding goes on (ffmpeg would otherwise stall on a full pipe). Decoding and embedding
 //! are timed apart, so that their rates can be reported separately.
 
-use super::ffmpeg::{decode, probe, VideoError, VideoInfo};
+use super::ffmpeg::{decode, VideoError, VideoInfo};
 use super::scenes::{Scene, SceneSampler, SceneSettings};
 use crate::ingest::EmbedImages;
 use animelens_models::{CopyViews, Prediction};
@@ -55,8 +55,8 @@ pub fn embedded_scenes(
     progress: &dyn Fn(f64),
 ) -> Result<(Vec<EmbeddedScene>, SamplingReport), VideoError> {
     let started = Instant::now();
-    let info = probe(path)?;
     let frames = decode(path, FRAME_SIDE)?;
+    let info = frames.info();
     let (tx, rx) = sync_channel::<Scene>(SCENE_QUEUE);
     let mut embedded = Vec::new();
     let mut embed_time = Duration::ZERO;
