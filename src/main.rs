@@ -26,8 +26,10 @@ enum Command {
     Classify(model::ClassifyArgs),
     /// Write the embeddings of images to .npy or .jsonl.
     Embed(model::EmbedArgs),
-    /// Rewrite a checkpoint at another weight precision (f16 halves its size).
+    /// Rewrite a checkpoint at another weight precision (f16 halves its size), or as ONNX.
     Export(model::ExportArgs),
+    /// Magnitude pruning: zero a checkpoint's small weights (fine-tune with `train --init`).
+    Prune(model::PruneCommandArgs),
     /// Learn the copy descriptor's whitening for a checkpoint from background pictures.
     LearnCopyWhitening(commands::copy_whitening::LearnWhiteningArgs),
     /// Benchmark the network (default: training and inference speed) or the catalogue (`bench index`).
@@ -123,6 +125,7 @@ fn main() -> Result<()> {
         Command::Classify(a) => model::run_classify(a),
         Command::Embed(a) => model::run_embed(a),
         Command::Export(a) => model::run_export(a),
+        Command::Prune(a) => model::run_prune(a),
         Command::LearnCopyWhitening(a) => commands::copy_whitening::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Index { db, cmd } => catalog::run(&db, cmd),

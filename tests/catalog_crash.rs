@@ -89,8 +89,13 @@ fn reported_adds_survive_sigkill() {
                 .vector(id)
                 .unwrap()
                 .unwrap_or_else(|| panic!("reported item {id} lost"));
-            let hit = &cat.search(&v, 1, &Filter::any()).unwrap()[0];
-            assert_eq!(hit.id, id);
+            // The graph search is approximate: an item must be among its own ten nearest (at
+            // similarity 1), not necessarily first among random 64-d vectors this close.
+            let hits = cat.search(&v, 10, &Filter::any()).unwrap();
+            assert!(
+                hits.iter().any(|hit| hit.id == id),
+                "reported item {id} is stored but its own vector does not find it"
+            );
         }
         assert!(cat.stats().unwrap().live >= reported.len());
     }

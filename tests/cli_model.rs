@@ -200,3 +200,78 @@ fn bad_paths_and_manifests_give_clear_errors() {
     assert!(!o.status.success());
     assert!(text(&o).contains("no column 'species'"), "{}", text(&o));
 }
+
+/// Zero convolution and head weights of a checkpoint, and how many such weights it has.
+fn zeros(checkpoint: &Path) -> (usize, usize) {
+    let model = animelens_models::checkpoint::load(checkpoint).unwrap();
+    let stats = animelens_models::prune::zero_weights(&model.varmap).unwrap();
+    (stats.pruned, stats.prunable)
+}
+
+/// `prune` cuts the requested share of weights; fine-tuning with a prune rule keeps them at
+/// zero, while fine-tuning without one lets AdamW grow them back.
+#[test]
+fn pruned_weights_stay_zero_through_fine_tuning() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sample();
+    let run = dir.path().join("run");
+    let o = train_tiny(&data, &run, "1", &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let pruned = dir.path().join("pruned");
+    let o = animelens(&[
+        "prune",
+        "--model",
+        run.join("best").to_str().unwrap(),
+        "--out",
+        pruned.to_str().unwrap(),
+        "--prune-sparsity",
+        "0.3",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (cut, prunable) = zeros(&pruned);
+    let share = cut as f64 / prunable as f64;
+    assert!((0.299..0.301).contains(&share), "pruned share {share}");
+
+    let init = pruned.with_extension("safetensors");
+    let kept = dir.path().join("kept");
+    let o = train_tiny(
+        &data,
+        &kept,
+        "1",
+        &[
+            "--init",
+            init.to_str().unwrap(),
+            "--prune-threshold",
+            "1e-12",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        zeros(&kept.join("last")).0 >= cut,
+        "pruned weights grew back"
+    );
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(kept.join("last.json")).unwrap()).unwrap();
+    assert!(
+        card["metrics"]["sparsity"].as_f64().unwrap() > 0.25,
+        "{card}"
+    );
+
+    let free = dir.path().join("free");
+    let o = train_tiny(&data, &free, "1", &["--init", init.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        zeros(&free.join("last")).0 < cut / 10,
+        "without the mask training regrows them"
+    );
+
+    let o = animelens(&[
+        "prune",
+        "--model",
+        run.join("best").to_str().unwrap(),
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--prune-threshold 0.01"), "{}", text(&o));
+}

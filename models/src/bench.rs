@@ -1,9 +1,10 @@
 //! Speed of the network on this machine: training steps and inference, images per second.
 
-use crate::folded::FoldedGoogLeNet;
-use crate::googlenet::{GoogLeNet, HeadSpec};
+use crate::architecture::GOOGLENET;
+use crate::folded::FoldedNetwork;
 use crate::head::HeadKind;
 use crate::loss::{smoothed_targets, soft_cross_entropy};
+use crate::network::{HeadSpec, Network};
 use crate::ops::on_pool;
 use crate::optimiser::adamw;
 use candle_core::{DType, Device, Result, Tensor};
@@ -45,8 +46,8 @@ pub fn measure(size: usize, batch: usize, repeats: usize, training: bool) -> Res
         level: "character".into(),
         classes: 1000,
     }];
-    let net = GoogLeNet::new(&heads, HeadKind::Linear, 0.5, vb)?;
-    let mut opt = adamw(&varmap, 0, 1e-3, 1e-4)?;
+    let net = Network::new(&GOOGLENET, &heads, HeadKind::Linear, 0.5, vb)?;
+    let mut opt = adamw(&varmap, &[], 1e-3, 1e-4)?;
     let x = Tensor::randn(0f32, 1., (batch, 3, size, size), &dev)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i * 7 % 1000).collect();
     let targets = smoothed_targets(&labels, 1000, 0.1, &dev)?;
@@ -62,7 +63,7 @@ pub fn measure(size: usize, batch: usize, repeats: usize, training: bool) -> Res
         None
     };
     // Inference runs the way the product serves: BatchNorm folded, buffers reused.
-    let folded = FoldedGoogLeNet::new(&net)?;
+    let folded = FoldedNetwork::new(&net)?;
     let infer = timed(repeats, || folded.forward(&x).map(drop))?;
     let one = x.narrow(0, 0, 1)?;
     let latency = timed(repeats * 4, || folded.forward(&one).map(drop))?;

@@ -5,9 +5,10 @@
 //! catalogues remember. Files are written to a temporary name and renamed, so a killed process
 //! never leaves a half-written checkpoint behind.
 
+use crate::architecture::{self, UnknownArchitecture, GOOGLENET};
 use crate::generalisation::ScoreCalibration;
-use crate::googlenet::{GoogLeNet, HeadSpec};
 use crate::head::HeadKind;
+use crate::network::{HeadSpec, Network};
 use crate::preprocess::Preprocessing;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -16,8 +17,8 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-/// Architecture name written in model cards.
-pub const ARCHITECTURE: &str = "googlenet";
+/// The architecture `animelens train` builds, as model cards name it.
+pub const ARCHITECTURE: &str = GOOGLENET.name;
 
 /// One head of the model card: its label level and class names in index order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,7 +32,7 @@ pub struct HeadCard {
 /// Everything needed to use a checkpoint besides its weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelCard {
-    /// Always `googlenet` for now.
+    /// Name of the architecture table the weights belong to (`architecture::by_name`).
     pub architecture: String,
     /// How images become input tensors.
     pub preprocessing: Preprocessing,
@@ -112,6 +113,9 @@ pub enum CheckpointError {
         /// Details.
         message: String,
     },
+    /// The card names an architecture this build does not have.
+    #[error("{0}. Use a checkpoint written by this version of AnimeLens, or retrain")]
+    Architecture(#[from] UnknownArchitecture),
     /// candle failed.
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
@@ -211,7 +215,7 @@ pub struct LoadedModel {
     /// All variables (f32), named like torchvision.
     pub varmap: VarMap,
     /// The network reading those variables.
-    pub net: GoogLeNet,
+    pub net: Network,
     /// The model card.
     pub card: ModelCard,
 }
@@ -220,7 +224,14 @@ pub struct LoadedModel {
 pub fn build(card: &ModelCard) -> Result<LoadedModel, CheckpointError> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let net = GoogLeNet::new(&card.head_specs(), card.head, card.dropout, vb)?;
+    let architecture = architecture::by_name(&card.architecture)?;
+    let net = Network::new(
+        architecture,
+        &card.head_specs(),
+        card.head,
+        card.dropout,
+        vb,
+    )?;
     Ok(LoadedModel {
         varmap,
         net,
@@ -315,7 +326,7 @@ pub fn load_matching(varmap: &mut VarMap, file: &Path) -> Result<InitReport, Che
     if report.loaded == 0 {
         return Err(CheckpointError::Mismatch {
             path: file.into(),
-            message: "no tensor matches a GoogLeNet parameter name (expected torchvision names such as conv1.conv.weight)".into(),
+            message: "no tensor matches a parameter name of the network (expected torchvision names such as conv1.conv.weight)".into(),
         });
     }
     Ok(report)

@@ -1,14 +1,14 @@
 //! A trained checkpoint as an [`Embedder`]: decode, preprocess, batch through the network in
 //! eval mode, softmax per head, top-k labels, L2-normalised embedding.
 
+use crate::architecture::Architecture;
 use crate::checkpoint::{self, CheckpointError, ModelCard};
 use crate::copies::views::{catalogue_views, frame_view, query_views};
 use crate::copies::whitening::Whitening;
 use crate::copies::{CopyDescriber, CopyDescriptorSpec};
 use crate::embedder::{CopyViews, EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
-use crate::folded::FoldedGoogLeNet;
+use crate::folded::FoldedNetwork;
 use crate::generalisation::ScoreCalibration;
-use crate::googlenet::EMBEDDING_DIM;
 use crate::metrics::top_k;
 use crate::preprocess::{batch_tensor, decode, DEFAULT_MAX_PIXELS};
 use candle_core::{Device, Result, D};
@@ -16,10 +16,10 @@ use image::RgbImage;
 use rayon::prelude::*;
 use std::path::Path;
 
-/// A loaded model ready for inference (BatchNorm folded, see [`FoldedGoogLeNet`]). Cheap to
+/// A loaded model ready for inference (BatchNorm folded, see [`FoldedNetwork`]). Cheap to
 /// share behind an `Arc`.
 pub struct Classifier {
-    net: FoldedGoogLeNet,
+    net: FoldedNetwork,
     card: ModelCard,
     max_pixels: u64,
     copy: CopyDescriber,
@@ -29,14 +29,14 @@ impl Classifier {
     /// Loads a checkpoint (`NAME.safetensors` + `NAME.json`).
     pub fn load(path: &Path) -> std::result::Result<Self, CheckpointError> {
         let model = checkpoint::load(path)?;
-        let mut copy = CopyDescriber::new(CopyDescriptorSpec::default())
+        let mut copy = CopyDescriber::new(CopyDescriptorSpec::default(), model.net.architecture())
             .expect("the default copy descriptor pools an Inception block");
         let whitening = Whitening::path_for(path);
         if whitening.exists() {
             copy = copy.with_whitening(Whitening::load(&whitening)?);
         }
         Ok(Self {
-            net: FoldedGoogLeNet::new(&model.net)?,
+            net: FoldedNetwork::new(&model.net)?,
             card: model.card,
             max_pixels: DEFAULT_MAX_PIXELS,
             copy,
@@ -47,6 +47,11 @@ impl Classifier {
     pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
         self.max_pixels = max_pixels;
         self
+    }
+
+    /// The architecture the checkpoint's card names.
+    pub fn architecture(&self) -> &'static Architecture {
+        self.net.architecture()
     }
 
     /// The model card.
@@ -134,7 +139,7 @@ fn inference_failed(error: candle_core::Error) -> EmbedError {
 
 impl Embedder for Classifier {
     fn dim(&self) -> usize {
-        EMBEDDING_DIM
+        self.net.architecture().embedding_dim
     }
 
     fn fingerprint(&self) -> String {

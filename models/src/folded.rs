@@ -2,7 +2,8 @@
 //!
 //! In eval mode BatchNorm is a per-channel affine map, so conv → BN → ReLU equals one
 //! convolution with scaled weights and a bias, then ReLU: `BN(W·x) = (s·W)·x + (β − s·μ)` with
-//! `s = γ/√(σ²+ε)`. [`FoldedGoogLeNet`] computes those weights once, then runs each
+//! `s = γ/√(σ²+ε)`. [`FoldedNetwork`] computes those weights once for every convolution of the
+//! architecture table the trained [`Network`] was built from, then runs each
 //! convolution as one matrix multiply with a fused bias + ReLU pass, except the 3×3 "same"
 //! convolutions (two thirds of the network's multiply-adds), which run as Winograd F(m×m, 3×3)
 //! with weights transformed once per variant (`ops::winograd`). Activations are
@@ -10,11 +11,12 @@
 //! block's output: the branches write straight into it and no concatenation copy is made. The
 //! work buffers are kept between calls, so a warm forward pass allocates almost nothing.
 //!
-//! Results equal [`GoogLeNet::forward_t`] in eval mode up to float rounding (tested).
+//! Results equal [`Network::forward_t`] in eval mode up to float rounding (tested).
 
-use crate::googlenet::{pool_after, GoogLeNet, Output, EMBEDDING_DIM, STEM_POOL};
+use crate::architecture::Architecture;
 use crate::head::Head;
-use crate::layers::{l2_normalise, BasicConv2d, BRANCH_POOL};
+use crate::layers::{l2_normalise, BasicConv2d, InceptionBranch};
+use crate::network::{Layer, Network, Output};
 use crate::ops::{
     conv3x3_bias_relu, conv_bias_relu, max_pool_planes, on_pool, prefix, winograd_variant,
     Conv2dGeometry, PoolGeometry, WinogradWeights,
@@ -68,12 +70,12 @@ fn channel_major(x: &Tensor) -> Result<Vec<f32>> {
 
 /// One conv → BN → ReLU with the BatchNorm folded into the weights and a bias.
 #[derive(Debug, Clone)]
-struct FoldedConv {
+pub(crate) struct FoldedConv {
     /// `(O, C·k·k)`, row-major.
-    weight: Vec<f32>,
+    pub(crate) weight: Vec<f32>,
     /// `(O)`.
-    bias: Vec<f32>,
-    geometry: Conv2dGeometry,
+    pub(crate) bias: Vec<f32>,
+    pub(crate) geometry: Conv2dGeometry,
     /// The same weights in the Winograd domain, for a 3×3 stride-1 "same" convolution.
     winograd: Option<WinogradWeights>,
 }
@@ -100,7 +102,7 @@ impl FoldedConv {
         })
     }
 
-    fn out_channels(&self) -> usize {
+    pub(crate) fn out_channels(&self) -> usize {
         self.bias.len()
     }
 
@@ -147,55 +149,112 @@ fn max_pool(
     Ok(y)
 }
 
-/// An Inception block's six folded convolutions.
+/// One Inception branch with its convolutions folded.
 #[derive(Debug, Clone)]
-struct FoldedInception {
-    /// `branch1`, `branch2.0`, `branch2.1`, `branch3.0`, `branch3.1`, `branch4.1`.
-    convs: [FoldedConv; 6],
+pub(crate) struct FoldedBranch {
+    /// Max pool run on the block's input first, if any.
+    pub(crate) pool: Option<PoolGeometry>,
+    /// Convolutions in order.
+    pub(crate) convs: Vec<FoldedConv>,
 }
 
-/// Buffers an Inception block needs besides its input and output.
-#[derive(Debug, Default)]
-struct BlockScratch {
-    reduced: Vec<f32>,
-    pooled: Vec<f32>,
-}
-
-impl FoldedInception {
-    fn out_channels(&self) -> usize {
-        let [b1, _, b2, _, b3, b4] = &self.convs;
-        b1.out_channels() + b2.out_channels() + b3.out_channels() + b4.out_channels()
+impl FoldedBranch {
+    fn new(branch: &InceptionBranch) -> Result<Self> {
+        Ok(Self {
+            pool: branch.pool,
+            convs: branch
+                .convs
+                .iter()
+                .map(FoldedConv::new)
+                .collect::<Result<_>>()?,
+        })
     }
 
-    /// Runs the four branches, each writing its own block of rows of `out`.
+    fn out_channels(&self) -> usize {
+        self.convs.last().map_or(0, FoldedConv::out_channels)
+    }
+
+    /// Runs the branch on `input` (shape `x`), the last convolution writing into `out`; the
+    /// pool's and the inner convolutions' outputs go to `scratch`, one buffer each.
     fn run(
         &self,
         input: &[f32],
         x: Activation,
-        scratch: &mut BlockScratch,
+        scratch: &mut Vec<Vec<f32>>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let Some((last, inner)) = self.convs.split_last() else {
+            candle_core::bail!("an Inception branch without convolutions");
+        };
+        let steps = usize::from(self.pool.is_some()) + inner.len();
+        if scratch.len() < steps {
+            scratch.resize_with(steps, Vec::new);
+        }
+        let mut done = 0;
+        let mut a = x;
+        if let Some(pool) = self.pool {
+            a = max_pool(pool, input, x, &mut scratch[0])?;
+            done = 1;
+        }
+        for conv in inner {
+            let y = conv.output(a);
+            let (before, after) = scratch.split_at_mut(done);
+            let source = before.last().map_or(input, |b| &b[..]);
+            conv.run(source, a, prefix(&mut after[0], y.len()))?;
+            a = y;
+            done += 1;
+        }
+        let source = scratch[..done].last().map_or(input, |b| &b[..]);
+        last.run(source, a, out)
+    }
+}
+
+/// An Inception block's branches, folded.
+#[derive(Debug, Clone)]
+pub(crate) struct FoldedInception {
+    /// In concatenation order.
+    pub(crate) branches: Vec<FoldedBranch>,
+}
+
+impl FoldedInception {
+    fn out_channels(&self) -> usize {
+        self.branches.iter().map(FoldedBranch::out_channels).sum()
+    }
+
+    /// Runs the branches, each writing its own block of rows of `out`.
+    fn run(
+        &self,
+        input: &[f32],
+        x: Activation,
+        scratch: &mut Vec<Vec<f32>>,
         out: &mut Vec<f32>,
     ) -> Result<Activation> {
-        let [b1, b2red, b2, b3red, b3, b4] = &self.convs;
         let y = Activation {
             c: self.out_channels(),
             ..x
         };
         let plane = x.n * x.h * x.w;
-        let out = prefix(out, y.len());
-        let (o1, rest) = out.split_at_mut(b1.out_channels() * plane);
-        let (o2, rest) = rest.split_at_mut(b2.out_channels() * plane);
-        let (o3, o4) = rest.split_at_mut(b3.out_channels() * plane);
-        b1.run(input, x, o1)?;
-        for (reduce, conv, o) in [(b2red, b2, o2), (b3red, b3, o3)] {
-            let r = reduce.output(x);
-            let reduced = prefix(&mut scratch.reduced, r.len());
-            reduce.run(input, x, reduced)?;
-            conv.run(reduced, r, o)?;
+        let mut rest = prefix(out, y.len());
+        for branch in &self.branches {
+            let (rows, tail) = rest.split_at_mut(branch.out_channels() * plane);
+            branch.run(input, x, scratch, rows)?;
+            rest = tail;
         }
-        let p = max_pool(BRANCH_POOL, input, x, &mut scratch.pooled)?;
-        b4.run(&scratch.pooled, p, o4)?;
         Ok(y)
     }
+}
+
+/// One stage of the architecture table, ready to serve.
+#[derive(Debug, Clone)]
+pub(crate) enum FoldedStage {
+    /// Conv with BatchNorm folded in, then ReLU.
+    Conv(Box<FoldedConv>),
+    /// Max pool.
+    MaxPool(PoolGeometry),
+    /// Inception block.
+    Inception(FoldedInception),
+    /// Mean over the plane.
+    GlobalAveragePool,
 }
 
 /// All buffers of one forward pass; reused by later calls.
@@ -203,7 +262,8 @@ impl FoldedInception {
 struct Workspace {
     current: Vec<f32>,
     next: Vec<f32>,
-    block: BlockScratch,
+    /// Inside an Inception branch: the pool's and inner convolutions' outputs.
+    branch: Vec<Vec<f32>>,
 }
 
 impl Workspace {
@@ -213,56 +273,71 @@ impl Workspace {
     }
 }
 
-/// GoogLeNet for inference only, with folded BatchNorm and reused buffers.
+/// The network for inference only, with folded BatchNorm and reused buffers.
 ///
-/// Build it from a trained [`GoogLeNet`] (a snapshot: later changes to that network's weights
+/// Build it from a trained [`Network`] (a snapshot: later changes to that network's weights
 /// are not seen). Safe to share between threads; concurrent calls each take their own buffers.
 #[derive(Debug)]
-pub struct FoldedGoogLeNet {
-    stem: [FoldedConv; 3],
-    /// Blocks with a max pool after them where GoogLeNet has one.
-    blocks: Vec<(FoldedInception, Option<PoolGeometry>)>,
+pub struct FoldedNetwork {
+    architecture: &'static Architecture,
+    /// One per stage of the architecture table, in its order.
+    stages: Vec<FoldedStage>,
     heads: Vec<Head>,
     workspaces: Mutex<Vec<Workspace>>,
 }
 
-impl FoldedGoogLeNet {
+impl FoldedNetwork {
     /// Folds the eval-mode BatchNorm of `net` into its convolutions.
-    pub fn new(net: &GoogLeNet) -> Result<Self> {
-        let [c1, c2, c3] = net.stem();
-        let blocks = net
-            .blocks()
+    pub fn new(net: &Network) -> Result<Self> {
+        let stages = net
+            .layers()
             .iter()
-            .map(|(name, block)| {
-                let convs = block.convs().map(FoldedConv::new);
-                let [a, b, c, d, e, f] = convs;
-                Ok((
-                    FoldedInception {
-                        convs: [a?, b?, c?, d?, e?, f?],
-                    },
-                    pool_after(name),
-                ))
+            .map(|layer| {
+                Ok(match layer {
+                    Layer::Conv(conv) => FoldedStage::Conv(Box::new(FoldedConv::new(conv)?)),
+                    Layer::MaxPool(pool) => FoldedStage::MaxPool(*pool),
+                    Layer::Inception(block) => FoldedStage::Inception(FoldedInception {
+                        branches: block
+                            .branches()
+                            .iter()
+                            .map(FoldedBranch::new)
+                            .collect::<Result<_>>()?,
+                    }),
+                    Layer::GlobalAveragePool => FoldedStage::GlobalAveragePool,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            stem: [
-                FoldedConv::new(c1)?,
-                FoldedConv::new(c2)?,
-                FoldedConv::new(c3)?,
-            ],
-            blocks,
+            architecture: net.architecture(),
+            stages,
             heads: net.heads().to_vec(),
             workspaces: Mutex::new(Vec::new()),
         })
     }
 
-    /// Runs `(N, 3, S, S)` normalised images; same output as `GoogLeNet::forward_t(x, false)`.
+    /// The table this network was built from.
+    pub fn architecture(&self) -> &'static Architecture {
+        self.architecture
+    }
+
+    /// The stages, one per entry of the architecture table.
+    pub(crate) fn stages(&self) -> &[FoldedStage] {
+        &self.stages
+    }
+
+    /// The heads, in head order.
+    pub(crate) fn heads(&self) -> &[Head] {
+        &self.heads
+    }
+
+    /// Runs `(N, 3, S, S)` normalised images; same output as `Network::forward_t(x, false)`.
     pub fn forward(&self, x: &Tensor) -> Result<Output> {
         let (n, c, h, w) = x.dims4()?;
         let input = channel_major(x)?;
         let pooled =
             self.with_workspace(|ws| self.pooled_features(&input, Activation { c, n, h, w }, ws));
-        let pooled = Tensor::from_vec(pooled?, (n, EMBEDDING_DIM), &Device::Cpu)?;
+        let dim = self.architecture.embedding_dim;
+        let pooled = Tensor::from_vec(pooled?, (n, dim), &Device::Cpu)?;
         let logits = self
             .heads
             .iter()
@@ -274,37 +349,36 @@ impl FoldedGoogLeNet {
         })
     }
 
-    /// Runs the network on `input` up to and including Inception block `blocks - 1` (all blocks
-    /// when `blocks` is past the end), leaving the activation in `ws.current`; a block's max pool
-    /// runs only when a later block follows it.
-    fn run_blocks(
+    /// Runs the stages on `input` until the global average pool (not run) or until `blocks`
+    /// Inception blocks have run, whichever comes first, leaving the activation in
+    /// `ws.current`.
+    fn run_stages(
         &self,
         input: &[f32],
         x: Activation,
         blocks: usize,
         ws: &mut Workspace,
     ) -> Result<Activation> {
-        let [c1, c2, c3] = &self.stem;
-        let mut a = c1.output(x);
-        c1.run(input, x, prefix(&mut ws.next, a.len()))?;
-        ws.advance();
-        a = max_pool(STEM_POOL, &ws.current, a, &mut ws.next)?;
-        ws.advance();
-        for conv in [c2, c3] {
-            let y = conv.output(a);
-            conv.run(&ws.current, a, prefix(&mut ws.next, y.len()))?;
+        let mut a = x;
+        let mut blocks_run = 0;
+        for (i, stage) in self.stages.iter().enumerate() {
+            let source = if i == 0 { input } else { &ws.current[..] };
+            a = match stage {
+                FoldedStage::Conv(conv) => {
+                    let y = conv.output(a);
+                    conv.run(source, a, prefix(&mut ws.next, y.len()))?;
+                    y
+                }
+                FoldedStage::MaxPool(pool) => max_pool(*pool, source, a, &mut ws.next)?,
+                FoldedStage::Inception(block) => {
+                    blocks_run += 1;
+                    block.run(source, a, &mut ws.branch, &mut ws.next)?
+                }
+                FoldedStage::GlobalAveragePool => break,
+            };
             ws.advance();
-            a = y;
-        }
-        a = max_pool(STEM_POOL, &ws.current, a, &mut ws.next)?;
-        ws.advance();
-        let blocks = blocks.min(self.blocks.len());
-        for (i, (block, pool)) in self.blocks[..blocks].iter().enumerate() {
-            a = block.run(&ws.current, a, &mut ws.block, &mut ws.next)?;
-            ws.advance();
-            if let Some(pool) = pool.filter(|_| i + 1 < blocks || blocks == self.blocks.len()) {
-                a = max_pool(pool, &ws.current, a, &mut ws.next)?;
-                ws.advance();
+            if blocks_run == blocks {
+                break;
             }
         }
         Ok(a)
@@ -329,13 +403,14 @@ impl FoldedGoogLeNet {
         out
     }
 
-    /// The activation after the first `blocks` Inception blocks (`LAYER_NAMES[2 + blocks - 1]`)
-    /// for `(N, 3, S, S)` normalised images: what the copy descriptor pools (`copy_descriptor`).
+    /// The activation after the first `blocks` Inception blocks
+    /// ([`Architecture::inception_blocks`]`[blocks - 1]`) for `(N, 3, S, S)` normalised images:
+    /// what the copy descriptor pools (`copies::descriptor`).
     pub fn feature_map(&self, x: &Tensor, blocks: usize) -> Result<FeatureMap> {
         let (n, c, h, w) = x.dims4()?;
         let input = channel_major(x)?;
         self.with_workspace(|ws| {
-            let a = self.run_blocks(&input, Activation { c, n, h, w }, blocks.max(1), ws)?;
+            let a = self.run_stages(&input, Activation { c, n, h, w }, blocks.max(1), ws)?;
             Ok(FeatureMap {
                 values: ws.current[..a.len()].to_vec(),
                 channels: a.c,
@@ -346,19 +421,17 @@ impl FoldedGoogLeNet {
         })
     }
 
-    /// The pooled 1024-d features, `(N, 1024)` row-major.
+    /// The pooled features, `(N, embedding_dim)` row-major.
     fn pooled_features(
         &self,
         input: &[f32],
         x: Activation,
         ws: &mut Workspace,
     ) -> Result<Vec<f32>> {
-        let a = self.run_blocks(input, x, usize::MAX, ws)?;
-        if a.c != EMBEDDING_DIM {
-            candle_core::bail!(
-                "folded network ends with {} channels, expected {EMBEDDING_DIM}",
-                a.c
-            );
+        let a = self.run_stages(input, x, usize::MAX, ws)?;
+        let dim = self.architecture.embedding_dim;
+        if a.c != dim {
+            candle_core::bail!("folded network ends with {} channels, expected {dim}", a.c);
         }
         // Global average pool: channel-major (C, N, h·w) → (N, C).
         let area = a.h * a.w;
@@ -379,13 +452,14 @@ impl FoldedGoogLeNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::googlenet::HeadSpec;
+    use crate::architecture::GOOGLENET;
     use crate::head::HeadKind;
+    use crate::network::HeadSpec;
     use crate::ops::max_abs_diff;
     use candle_nn::{VarBuilder, VarMap};
 
     /// A random network whose BatchNorm running statistics are not the initial ones.
-    fn trained_looking_net(kind: HeadKind) -> Result<GoogLeNet> {
+    fn trained_looking_net(kind: HeadKind) -> Result<Network> {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
         let heads = [
@@ -398,7 +472,7 @@ mod tests {
                 classes: 3,
             },
         ];
-        let net = GoogLeNet::new(&heads, kind, 0.5, vb)?;
+        let net = Network::new(&GOOGLENET, &heads, kind, 0.5, vb)?;
         for _ in 0..3 {
             let x = (Tensor::randn(0f32, 1., (4, 3, 64, 64), &Device::Cpu)? + 0.3)?;
             net.forward_t(&x, true)?;
@@ -416,7 +490,7 @@ mod tests {
             .zip(kinds.iter().cycle())
         {
             let net = trained_looking_net(*kind)?;
-            let folded = FoldedGoogLeNet::new(&net)?;
+            let folded = FoldedNetwork::new(&net)?;
             let x = Tensor::randn(0f32, 1., (batch, 3, size, size), &Device::Cpu)?;
             let plain = net.forward_t(&x, false)?;
             // Twice: the second call reuses the first call's buffers.
@@ -439,7 +513,7 @@ mod tests {
     #[test]
     fn feature_maps_match_the_pooled_features() -> Result<()> {
         let net = trained_looking_net(HeadKind::Linear)?;
-        let folded = FoldedGoogLeNet::new(&net)?;
+        let folded = FoldedNetwork::new(&net)?;
         let x = Tensor::randn(0f32, 1., (2, 3, 64, 64), &Device::Cpu)?;
         let map = folded.feature_map(&x, usize::MAX)?;
         let area = (map.height * map.width) as f32;

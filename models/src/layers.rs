@@ -1,6 +1,8 @@
-//! The building blocks GoogLeNet is made of: BatchNorm that really trains, torchvision's
-//! `BasicConv2d` (conv without bias + BatchNorm(eps 1e-3) + ReLU), and the Inception block.
+//! The trainable building blocks the architecture tables are made of: BatchNorm that really
+//! trains, torchvision's `BasicConv2d` (conv without bias + BatchNorm(eps 1e-3) + ReLU), and the
+//! Inception block, built branch by branch from its [`InceptionSpec`].
 
+use crate::architecture::{ConvSpec, InceptionSpec};
 use crate::ops::{
     batch_norm_relu, channel_stats, conv2d, max_pool2d, Conv2dGeometry, PoolGeometry,
 };
@@ -91,31 +93,22 @@ pub struct BasicConv2d {
 }
 
 impl BasicConv2d {
-    /// A `kernel`×`kernel` convolution from `c_in` to `c_out` channels, named like torchvision.
-    pub fn new(
-        c_in: usize,
-        c_out: usize,
-        kernel: usize,
-        stride: usize,
-        pad: usize,
-        vb: VarBuilder,
-    ) -> Result<Self> {
-        let fan_in = (c_in * kernel * kernel) as f64;
+    /// The convolution `spec` describes, with parameters named like torchvision's.
+    pub fn new(spec: ConvSpec, vb: VarBuilder) -> Result<Self> {
+        let fan_in = (spec.c_in * spec.kernel * spec.kernel) as f64;
         let init = Init::Randn {
             mean: 0.,
             stdev: (2.0 / fan_in).sqrt(),
         };
-        let weight = vb
-            .pp("conv")
-            .get_with_hints((c_out, c_in, kernel, kernel), "weight", init)?;
+        let weight = vb.pp("conv").get_with_hints(
+            (spec.c_out, spec.c_in, spec.kernel, spec.kernel),
+            "weight",
+            init,
+        )?;
         Ok(Self {
             weight,
-            geometry: Conv2dGeometry {
-                kernel,
-                stride,
-                pad,
-            },
-            bn: BatchNormRelu::new(c_out, 1e-3, vb.pp("bn"))?,
+            geometry: spec.geometry(),
+            bn: BatchNormRelu::new(spec.c_out, 1e-3, vb.pp("bn"))?,
         })
     }
 
@@ -131,89 +124,67 @@ impl BasicConv2d {
     }
 }
 
-/// Channel numbers of one Inception block, in torchvision's argument order.
-#[derive(Debug, Clone, Copy)]
-pub struct InceptionSpec {
-    /// Input channels.
-    pub c_in: usize,
-    /// 1×1 branch.
-    pub ch1x1: usize,
-    /// 3×3 branch reduction.
-    pub ch3x3red: usize,
-    /// 3×3 branch output.
-    pub ch3x3: usize,
-    /// "5×5" branch reduction.
-    pub ch5x5red: usize,
-    /// "5×5" branch output (a 3×3 convolution in torchvision, kept for weight compatibility).
-    pub ch5x5: usize,
-    /// Pool branch projection.
-    pub pool_proj: usize,
+/// One Inception branch: an optional max pool, then its convolutions in sequence.
+#[derive(Debug, Clone)]
+pub struct InceptionBranch {
+    /// Max pool run on the block's input first, if any.
+    pub(crate) pool: Option<PoolGeometry>,
+    /// Convolutions in order.
+    pub(crate) convs: Vec<BasicConv2d>,
 }
 
-impl InceptionSpec {
-    /// Output channels: the four branches concatenated.
-    pub fn c_out(&self) -> usize {
-        self.ch1x1 + self.ch3x3 + self.ch5x5 + self.pool_proj
-    }
-}
-
-/// The 3×3 stride-1 "same" max pool in front of an Inception block's fourth branch.
-pub(crate) const BRANCH_POOL: PoolGeometry = PoolGeometry {
-    kernel: 3,
-    stride: 1,
-    pad: 1,
-    ceil: true,
-};
-
-/// The Inception block: four parallel branches concatenated along channels.
+/// The Inception block: parallel branches concatenated along channels.
 #[derive(Debug, Clone)]
 pub struct Inception {
-    branch1: BasicConv2d,
-    branch2: [BasicConv2d; 2],
-    branch3: [BasicConv2d; 2],
-    branch4: BasicConv2d,
+    branches: Vec<InceptionBranch>,
 }
 
 impl Inception {
-    /// Builds the block with torchvision's names (`branch2.0`, `branch2.1`, `branch4.1`, ...).
+    /// Builds the block's branches as its spec lists them, with torchvision's names
+    /// (`branch1`, `branch2.0`, `branch2.1`, ..., `branch4.1`).
     pub fn new(s: InceptionSpec, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            branch1: BasicConv2d::new(s.c_in, s.ch1x1, 1, 1, 0, vb.pp("branch1"))?,
-            branch2: [
-                BasicConv2d::new(s.c_in, s.ch3x3red, 1, 1, 0, vb.pp("branch2.0"))?,
-                BasicConv2d::new(s.ch3x3red, s.ch3x3, 3, 1, 1, vb.pp("branch2.1"))?,
-            ],
-            branch3: [
-                BasicConv2d::new(s.c_in, s.ch5x5red, 1, 1, 0, vb.pp("branch3.0"))?,
-                BasicConv2d::new(s.ch5x5red, s.ch5x5, 3, 1, 1, vb.pp("branch3.1"))?,
-            ],
-            branch4: BasicConv2d::new(s.c_in, s.pool_proj, 1, 1, 0, vb.pp("branch4.1"))?,
-        })
+        let branches = s
+            .branches()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let convs = b
+                    .convs
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| BasicConv2d::new(*c, vb.pp(b.conv_name(i + 1, j))))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(InceptionBranch {
+                    pool: b.pool,
+                    convs,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { branches })
     }
 
-    /// The six convolutions in torchvision order: `branch1`, `branch2.0`, `branch2.1`,
-    /// `branch3.0`, `branch3.1`, `branch4.1`.
-    pub(crate) fn convs(&self) -> [&BasicConv2d; 6] {
-        [
-            &self.branch1,
-            &self.branch2[0],
-            &self.branch2[1],
-            &self.branch3[0],
-            &self.branch3[1],
-            &self.branch4,
-        ]
+    /// The branches in concatenation order.
+    pub(crate) fn branches(&self) -> &[InceptionBranch] {
+        &self.branches
     }
 
-    /// Runs the four branches on `(C, N, H, W)` and concatenates them along channels.
+    /// Runs the branches on `(C, N, H, W)` and concatenates them along channels.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let b1 = self.branch1.forward_t(x, train)?;
-        let b2 = self.branch2[1].forward_t(&self.branch2[0].forward_t(x, train)?, train)?;
-        let b3 = self.branch3[1].forward_t(&self.branch3[0].forward_t(x, train)?, train)?;
-
-        let b4 = self
-            .branch4
-            .forward_t(&max_pool2d(x, BRANCH_POOL)?, train)?;
-        Tensor::cat(&[b1, b2, b3, b4], 0)
+        let outputs = self
+            .branches
+            .iter()
+            .map(|b| {
+                let mut y = match b.pool {
+                    Some(pool) => max_pool2d(x, pool)?,
+                    None => x.clone(),
+                };
+                for conv in &b.convs {
+                    y = conv.forward_t(&y, train)?;
+                }
+                Ok(y)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&outputs, 0)
     }
 }
 

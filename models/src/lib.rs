@@ -1,9 +1,11 @@
-//! AnimeLens models: the GoogLeNet network (classifier + embedder), its CPU kernels,
+//! AnimeLens models: the network (classifier + embedder) built from an architecture table
+//! (GoogLeNet today), its CPU kernels,
 //! checkpoints, preprocessing, data readers, augmentation, training and evaluation.
 //!
 //! This crate knows nothing of sled, HNSW or HTTP; the rest of AnimeLens sees it through
 //! [`Embedder`] and [`Prediction`].
 
+pub mod architecture;
 pub mod augment;
 pub mod bench;
 pub mod checkpoint;
@@ -13,20 +15,24 @@ pub mod data;
 pub mod embedder;
 pub mod folded;
 pub mod generalisation;
-pub mod googlenet;
 pub mod head;
 pub mod instance_views;
 pub mod layers;
 pub mod loss;
 pub mod metric_loss;
 pub mod metrics;
+pub mod network;
+pub mod npy;
+pub mod onnx;
 pub mod ops;
 pub mod optimiser;
 pub mod plots;
 pub mod preprocess;
+pub mod prune;
 pub mod schedule;
 pub mod train;
 
+pub use architecture::{Architecture, GOOGLENET};
 pub use classifier::Classifier;
 pub use embedder::{CopyViews, EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
-pub use googlenet::{GoogLeNet, HeadSpec, Output, EMBEDDING_DIM, LAYER_NAMES};
+pub use network::{HeadSpec, Network, Output};

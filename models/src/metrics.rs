@@ -2,8 +2,8 @@
 //! same-character retrieval on the embeddings (leave-one-out recall@1 and mAP@10).
 
 use crate::data::{BatchLoader, DecodedSet, LoaderConfig};
-use crate::folded::FoldedGoogLeNet;
-use crate::googlenet::GoogLeNet;
+use crate::folded::FoldedNetwork;
+use crate::network::Network;
 use crate::preprocess::Preprocessing;
 use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ pub struct SetOutputs {
 
 /// Runs the network in eval mode (BatchNorm folded) over `set` (no augmentation), `batch_size` images at a time.
 pub fn run_set(
-    net: &GoogLeNet,
+    net: &Network,
     set: &Arc<DecodedSet>,
     pre: &Preprocessing,
     batch_size: usize,
@@ -35,7 +35,7 @@ pub fn run_set(
         shuffle: false,
         instances: None,
     };
-    let net = FoldedGoogLeNet::new(net)?;
+    let net = FoldedNetwork::new(net)?;
     let mut out = SetOutputs::default();
     for batch in BatchLoader::start(set.clone(), cfg, 0) {
         let o = net.forward(&batch.images)?;

@@ -5,7 +5,6 @@
 //! candle-nn's runs about a dozen tensor operations per parameter, each reading and allocating
 //! a parameter-sized tensor.
 
-use crate::googlenet::LAYER_NAMES;
 use crate::layers::is_buffer;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, InplaceOp2, Layout, Result, Var};
@@ -14,12 +13,10 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
-/// The variables AdamW updates when the first `frozen` layers are frozen, sorted by name.
-pub fn trainable_vars(varmap: &VarMap, frozen: usize) -> Vec<(String, Var)> {
-    let frozen_prefixes: Vec<String> = LAYER_NAMES[..frozen]
-        .iter()
-        .map(|l| format!("{l}."))
-        .collect();
+/// The variables AdamW updates when the `frozen` layers (stage names of the architecture,
+/// `Network::frozen_layers`) are frozen, sorted by name.
+pub fn trainable_vars(varmap: &VarMap, frozen: &[&str]) -> Vec<(String, Var)> {
+    let frozen_prefixes: Vec<String> = frozen.iter().map(|l| format!("{l}.")).collect();
     let data = varmap.data().lock().expect("varmap lock poisoned");
     let mut vars: Vec<(String, Var)> = data
         .iter()
@@ -32,7 +29,7 @@ pub fn trainable_vars(varmap: &VarMap, frozen: usize) -> Vec<(String, Var)> {
 }
 
 /// AdamW with decoupled weight decay (the guide's optimiser, lr 1e-3).
-pub fn adamw(varmap: &VarMap, frozen: usize, lr: f64, weight_decay: f64) -> Result<FusedAdamW> {
+pub fn adamw(varmap: &VarMap, frozen: &[&str], lr: f64, weight_decay: f64) -> Result<FusedAdamW> {
     let vars = trainable_vars(varmap, frozen)
         .into_iter()
         .map(|(_, v)| v)

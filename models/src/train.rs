@@ -18,6 +18,7 @@ use crate::ops::on_pool;
 use crate::optimiser::adamw;
 use crate::plots::{line_chart, Series};
 use crate::preprocess::{ColorSpace, Preprocessing};
+use crate::prune::{PruneMask, PruneRule};
 use crate::schedule::CosineRestarts;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::Optimizer;
@@ -79,6 +80,9 @@ pub struct TrainConfig {
     /// Characters (primary labels) left out of training entirely, for the unseen-character protocol.
     #[serde(default)]
     pub held_out: Vec<String>,
+    /// Magnitude pruning of the starting weights, kept through training (`None`: off).
+    #[serde(default)]
+    pub prune: Option<PruneRule>,
 }
 
 fn default_scale() -> f64 {
@@ -144,6 +148,7 @@ impl Default for TrainConfig {
             scale: default_scale(),
             instance: None,
             held_out: Vec::new(),
+            prune: None,
         }
     }
 }
@@ -327,7 +332,7 @@ fn decode_instances(
 /// heads on the labelled rows, plus the weighted instance term on the view rows. Returns the
 /// total and the unweighted instance term.
 fn batch_loss(
-    out: &crate::googlenet::Output,
+    out: &crate::network::Output,
     batch: &crate::data::Batch,
     cfg: &TrainConfig,
 ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
@@ -503,8 +508,24 @@ pub fn train(
         }
     };
     let start_epoch = loaded_card.epochs_trained;
+    let prune = match cfg.prune {
+        Some(rule) => {
+            let mask = PruneMask::new(&varmap, rule)?;
+            mask.apply(&varmap)?;
+            let stats = mask.stats();
+            tracing::info!(
+                "pruning {rule:?}: {} of {} convolution and head weights zeroed ({:.1}% of all {} parameters), kept at zero through training",
+                stats.pruned,
+                stats.prunable,
+                100.0 * stats.sparsity(),
+                stats.parameters
+            );
+            Some(mask)
+        }
+        None => None,
+    };
     net.set_frozen(cfg.freeze);
-    let mut opt = adamw(&varmap, cfg.freeze, cfg.lr, cfg.weight_decay)?;
+    let mut opt = adamw(&varmap, &net.frozen_layers(), cfg.lr, cfg.weight_decay)?;
     let loader_cfg = LoaderConfig {
         batch_size: cfg.batch_size,
         pre: card.preprocessing.clone(),
@@ -559,6 +580,9 @@ pub fn train(
                 let out = net.forward_t(&batch.images, true)?;
                 let (loss, nce) = batch_loss(&out, &batch, cfg)?;
                 opt.backward_step(&loss)?;
+                if let Some(mask) = &prune {
+                    mask.apply(&varmap)?;
+                }
                 Ok::<_, candle_core::Error>((loss, nce))
             })?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
@@ -610,6 +634,11 @@ pub fn train(
             ("val_loss".to_string(), val_loss),
         ]
         .into_iter()
+        .chain(
+            prune
+                .as_ref()
+                .map(|m| ("sparsity".to_string(), m.stats().sparsity())),
+        )
         .collect();
         if val_top1[0] > best_top1 {
             best_top1 = val_top1[0];

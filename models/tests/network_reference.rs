@@ -6,8 +6,8 @@
 //! Max pooling uses the crate's own op in both (candle has no ceil-mode pool); it is tested
 //! against an independent reference in its module.
 
-use animelens_models::googlenet::{GoogLeNet, HeadSpec};
 use animelens_models::ops::{max_pool2d, PoolGeometry};
+use animelens_models::{HeadSpec, Network, GOOGLENET};
 use candle_core::{DType, Device, Result, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::HashMap;
@@ -118,7 +118,8 @@ fn network_matches_a_plain_candle_reference() -> Result<()> {
     let dev = Device::Cpu;
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-    let net = GoogLeNet::new(
+    let net = Network::new(
+        &GOOGLENET,
         &[HeadSpec {
             level: "character".into(),
             classes: 5,

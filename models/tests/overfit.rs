@@ -44,7 +44,7 @@ fn overfits_a_few_real_images() -> anyhow::Result<()> {
         similarity: None,
     };
     let model = build(&card)?;
-    let mut opt = adamw(&model.varmap, 0, 1e-3, 0.0)?;
+    let mut opt = adamw(&model.varmap, &[], 1e-3, 0.0)?;
     let targets = smoothed_targets(&labels, 4, 0.0, &Device::Cpu)?;
     let mut losses = Vec::new();
     for _ in 0..40 {

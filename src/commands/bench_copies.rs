@@ -155,7 +155,7 @@ pub fn run(args: CopyBenchArgs) -> Result<()> {
     let describer = if &spec == model.copy_describer().spec() && !args.no_whitening {
         model.copy_describer().clone()
     } else {
-        CopyDescriber::new(spec.clone()).map_err(anyhow::Error::msg)?
+        CopyDescriber::new(spec.clone(), model.architecture()).map_err(anyhow::Error::msg)?
     };
     let whitened = describer.is_whitened();
     let regions = if args.whole_only { 1 } else { CATALOGUE_VIEWS };

@@ -7,6 +7,7 @@ use animelens_models::metric_loss::Margin;
 use animelens_models::metrics::{head_report, retrieval, run_set, HeadReport, RetrievalReport};
 use animelens_models::plots::confusion_matrix;
 use animelens_models::preprocess::ColorSpace;
+use animelens_models::prune::{zero_weights, PruneMask, PruneRule};
 use animelens_models::train::{train, InstanceTerm, TrainConfig, TrainOptions};
 use animelens_models::{Classifier, Embedder};
 use anyhow::{bail, Context, Result};
@@ -167,6 +168,37 @@ pub struct TrainArgs {
     /// Characters to leave out of training entirely (the unseen-character protocol of `eval`).
     #[arg(long, value_delimiter = ',')]
     hold_out: Vec<String>,
+    #[command(flatten)]
+    prune: PruneArgs,
+}
+
+/// Magnitude pruning options (`train` keeps the pruned weights at zero; `prune` only cuts).
+#[derive(Args, Debug, Clone)]
+#[group(multiple = false)]
+pub struct PruneArgs {
+    /// Zero every convolution and head weight with |w| below this (the guide: 0.01), starting
+    /// weights included, and keep them at zero through training (fine-tuning with --init).
+    #[arg(long)]
+    prune_threshold: Option<f32>,
+    /// Zero this share (0..1) of the smallest-magnitude convolution and head weights instead.
+    #[arg(long)]
+    prune_sparsity: Option<f32>,
+}
+
+impl PruneArgs {
+    fn rule(&self) -> Result<Option<PruneRule>> {
+        Ok(match (self.prune_threshold, self.prune_sparsity) {
+            (Some(t), _) if !(t >= 0.0 && t.is_finite()) => {
+                bail!("--prune-threshold must be a non-negative number, got {t}")
+            }
+            (_, Some(s)) if !(0.0..1.0).contains(&s) => {
+                bail!("--prune-sparsity must be at least 0 and below 1, got {s}")
+            }
+            (Some(t), _) => Some(PruneRule::Threshold(t)),
+            (_, Some(s)) => Some(PruneRule::Sparsity(s)),
+            (None, None) => None,
+        })
+    }
 }
 
 /// Classification loss on the command line.
@@ -258,6 +290,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         scale: args.scale,
         instance,
         held_out: args.hold_out,
+        prune: args.prune.rule()?,
         ..TrainConfig::default()
     };
     let opts = TrainOptions {
@@ -539,16 +572,36 @@ pub struct ExportArgs {
     /// Checkpoint to convert (`NAME.safetensors` or `NAME`).
     #[arg(long)]
     model: PathBuf,
-    /// Output checkpoint name (`NAME` → `NAME.safetensors` + `NAME.json`).
+    /// Output: a checkpoint name (`NAME` → `NAME.safetensors` + `NAME.json`), or with
+    /// `--format onnx` the `.onnx` file.
     #[arg(long)]
     out: PathBuf,
-    /// Storage precision of the weights.
-    #[arg(long, value_enum, default_value = "f16")]
-    dtype: DtypeArg,
+    /// What to write: an AnimeLens checkpoint, or an ONNX graph (opset 17) for ONNX Runtime and
+    /// other runtimes.
+    #[arg(long, value_enum, default_value = "safetensors")]
+    format: ExportFormat,
+    /// Storage precision of the weights (default: f16 for a checkpoint; ONNX files are f32).
+    #[arg(long, value_enum)]
+    dtype: Option<DtypeArg>,
+    /// With `--format onnx`: also write a parity sample to this folder, seeded random images
+    /// at the model's input size and 1.5× that size, with this engine's outputs for them, as
+    /// `.npy` files named after the graph's inputs and outputs (`size-<S>/images.npy`, ...), for
+    /// checking a runtime against the file (`models/benches/reference/onnx_parity.py`).
+    #[arg(long)]
+    parity_sample: Option<PathBuf>,
+}
+
+/// File format for `export`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// `NAME.safetensors` + `NAME.json`, loadable by every AnimeLens command.
+    Safetensors,
+    /// One `.onnx` file: BatchNorm folded, dynamic batch and size, the card in its metadata.
+    Onnx,
 }
 
 /// Weight precision for `export`.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DtypeArg {
     /// 32-bit floats (as trained).
     F32,
@@ -559,11 +612,14 @@ pub enum DtypeArg {
 }
 
 /// Runs `animelens export`: rewrites a checkpoint's weights at another precision, with a new
-/// fingerprint.
+/// fingerprint, or writes it as an ONNX graph.
 pub fn run_export(args: ExportArgs) -> Result<()> {
     let model = animelens_models::checkpoint::load(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    let dtype = match args.dtype {
+    if args.format == ExportFormat::Onnx {
+        return export_onnx(&model, &args);
+    }
+    let dtype = match args.dtype.unwrap_or(DtypeArg::F16) {
         DtypeArg::F32 => candle_core::DType::F32,
         DtypeArg::F16 => candle_core::DType::F16,
         DtypeArg::Bf16 => candle_core::DType::BF16,
@@ -577,6 +633,114 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
         size as f64 / 1e6,
         dtype,
         card.fingerprint
+    );
+    Ok(())
+}
+
+/// `export --format onnx`: the folded network as one ONNX file, and the parity sample if asked.
+fn export_onnx(model: &animelens_models::checkpoint::LoadedModel, args: &ExportArgs) -> Result<()> {
+    use animelens_models::onnx;
+    if args.dtype.is_some_and(|d| d != DtypeArg::F32) {
+        bail!("ONNX files are written in f32: drop --dtype or pass --dtype f32");
+    }
+    let net = animelens_models::folded::FoldedNetwork::new(&model.net)?;
+    let bytes = onnx::export(&net, &model.card)?;
+    write_file(&args.out, &bytes)?;
+    println!(
+        "wrote {} ({:.1} MB, ONNX opset {}, {}), inputs `{}` (N, 3, H, W), outputs `{}`{}",
+        args.out.display(),
+        bytes.len() as f64 / 1e6,
+        onnx::OPSET,
+        model.card.architecture,
+        onnx::INPUT,
+        onnx::EMBEDDING,
+        model
+            .card
+            .heads
+            .iter()
+            .map(|h| format!(", `{}`", onnx::logits_output(&h.level)))
+            .collect::<String>()
+    );
+    if let Some(dir) = &args.parity_sample {
+        let size = model.card.preprocessing.input_size;
+        for (i, (batch, side)) in [(3, size), (1, size * 3 / 2)].into_iter().enumerate() {
+            let folder = dir.join(format!("size-{side}"));
+            std::fs::create_dir_all(&folder).with_context(|| {
+                format!(
+                    "cannot create {}: check the path and permissions",
+                    folder.display()
+                )
+            })?;
+            for array in onnx::parity_sample(&net, &model.card, batch, side, i as u64)? {
+                let path = folder.join(format!("{}.npy", array.name));
+                let bytes = animelens_models::npy::encode(&array.shape, &array.values);
+                write_file(&path, &bytes)?;
+            }
+        }
+        println!("wrote the parity sample to {}", dir.display());
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).with_context(|| {
+        format!(
+            "cannot write {}: check the folder exists and has free space",
+            path.display()
+        )
+    })
+}
+
+/// `animelens prune`.
+#[derive(Args, Debug)]
+pub struct PruneCommandArgs {
+    /// Checkpoint to prune (`NAME.safetensors` or `NAME`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Output checkpoint name (`NAME` → `NAME.safetensors` + `NAME.json`).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    prune: PruneArgs,
+}
+
+/// Runs `animelens prune`: zeroes the small weights of a checkpoint without fine-tuning (fine-tune
+/// with `train --init OUT --prune-threshold T`, which keeps them at zero).
+pub fn run_prune(args: PruneCommandArgs) -> Result<()> {
+    let Some(rule) = args.prune.rule()? else {
+        bail!(
+            "say what to prune: --prune-threshold 0.01 (the guide's rule) or --prune-sparsity 0.4"
+        );
+    };
+    let model = animelens_models::checkpoint::load(&args.model)
+        .with_context(|| format!("loading model {}", args.model.display()))?;
+    let before = zero_weights(&model.varmap)?;
+    let mask = PruneMask::new(&model.varmap, rule)?;
+    mask.apply(&model.varmap)?;
+    let after = zero_weights(&model.varmap)?;
+    let mut card = model.card.clone();
+    card.metrics.clear();
+    card.metrics.insert("sparsity".into(), after.sparsity());
+    card.similarity = None;
+    if let serde_json::Value::Object(training) = &mut card.training {
+        training.insert("pruned".into(), serde_json::to_value(rule)?);
+    }
+    let saved = animelens_models::checkpoint::save(
+        &model.varmap,
+        &args.out,
+        &card,
+        candle_core::DType::F32,
+    )?;
+    println!(
+        "pruned {} of {} convolution and head weights ({} were zero before): {} of {} parameters left non-zero ({:.1}% sparsity); wrote {} (fingerprint {})",
+        mask.stats().pruned,
+        after.prunable,
+        before.pruned,
+        after.parameters - after.pruned,
+        after.parameters,
+        100.0 * after.sparsity(),
+        animelens_models::checkpoint::checkpoint_paths(&args.out).0.display(),
+        saved.fingerprint
     );
     Ok(())
 }
@@ -669,28 +833,6 @@ pub struct EmbedArgs {
     images: Vec<PathBuf>,
 }
 
-/// Writes an `(rows, cols)` float32 matrix in NumPy's `.npy` format (version 1.0).
-fn write_npy(path: &Path, rows: &[Vec<f32>]) -> std::io::Result<()> {
-    let cols = rows.first().map_or(0, |r| r.len());
-    let mut header = format!(
-        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}",
-        rows.len(),
-        cols
-    );
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + rows.len() * cols * 4);
-    out.extend_from_slice(b"\x93NUMPY\x01\x00");
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    for v in rows.iter().flatten() {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    std::fs::write(path, out)
-}
-
 /// Runs `animelens embed`.
 pub fn run_embed(args: EmbedArgs) -> Result<()> {
     let model = Classifier::load(&args.model)
@@ -705,7 +847,7 @@ pub fn run_embed(args: EmbedArgs) -> Result<()> {
     }
     let is_npy = args.out.extension().is_some_and(|e| e == "npy");
     if is_npy {
-        write_npy(&args.out, &rows)
+        animelens_models::npy::write_matrix(&args.out, &rows)
     } else {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&args.out)?);
         for (path, v) in args.images.iter().zip(&rows) {

@@ -10,8 +10,8 @@
 //! apart and shortens the descriptor.
 
 use super::whitening::Whitening;
-use crate::folded::{FeatureMap, FoldedGoogLeNet};
-use crate::googlenet::LAYER_NAMES;
+use crate::architecture::Architecture;
+use crate::folded::{FeatureMap, FoldedNetwork};
 use crate::preprocess::{batch_tensor, Preprocessing};
 use candle_core::{Device, Result};
 use image::{buffer::ConvertBuffer, GrayImage, RgbImage};
@@ -25,7 +25,7 @@ const BATCH: usize = 32;
 pub struct CopyDescriptorSpec {
     /// Square input side the views are resized to.
     pub input_size: usize,
-    /// The Inception block whose output is pooled (one of `LAYER_NAMES`).
+    /// The Inception block whose output is pooled (one of `Architecture::inception_blocks`).
     pub layer: String,
     /// GeM exponent (1 = average pooling, large = max pooling).
     pub gem_p: f32,
@@ -55,14 +55,23 @@ pub struct CopyDescriber {
 }
 
 impl CopyDescriber {
-    /// A describer for `spec`; fails when the layer is not an Inception block's name.
-    pub fn new(spec: CopyDescriptorSpec) -> std::result::Result<Self, String> {
-        let blocks = LAYER_NAMES
+    /// A describer for `spec` on networks of `architecture`; fails when the layer is not one of
+    /// its Inception blocks.
+    pub fn new(
+        spec: CopyDescriptorSpec,
+        architecture: &Architecture,
+    ) -> std::result::Result<Self, String> {
+        let blocks = architecture
+            .inception_blocks()
             .iter()
-            .filter(|n| n.starts_with("inception"))
             .position(|n| *n == spec.layer)
             .map(|i| i + 1)
-            .ok_or_else(|| format!("{:?} is not an Inception block of GoogLeNet", spec.layer))?;
+            .ok_or_else(|| {
+                format!(
+                    "{:?} is not an Inception block of {}",
+                    spec.layer, architecture.name
+                )
+            })?;
         Ok(Self {
             spec,
             blocks,
@@ -98,7 +107,7 @@ impl CopyDescriber {
     }
 
     /// One L2-normalised descriptor per view, in order.
-    pub fn describe(&self, net: &FoldedGoogLeNet, views: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
+    pub fn describe(&self, net: &FoldedNetwork, views: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
         let pre = Preprocessing::new(self.spec.input_size);
         let mut out = Vec::with_capacity(views.len());
         for chunk in views.chunks(BATCH) {
@@ -164,6 +173,7 @@ pub fn gem(map: &FeatureMap, p: f32) -> Vec<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::architecture::GOOGLENET;
 
     #[test]
     fn gem_is_the_mean_at_p_one_and_approaches_the_max_for_large_p() {
@@ -191,8 +201,8 @@ mod tests {
             layer: "fc".into(),
             ..CopyDescriptorSpec::default()
         };
-        assert!(CopyDescriber::new(bad).is_err());
-        let describer = CopyDescriber::new(CopyDescriptorSpec::default()).unwrap();
+        assert!(CopyDescriber::new(bad, &GOOGLENET).is_err());
+        let describer = CopyDescriber::new(CopyDescriptorSpec::default(), &GOOGLENET).unwrap();
         let d = describer.finish(vec![3.0, 4.0]);
         assert!(
             (d[0] - 0.6).abs() < 1e-6 && (d[1] - 0.8).abs() < 1e-6,

@@ -12,16 +12,26 @@
 //! * [`batch_norm_relu`]: BatchNorm + ReLU fused into one pass forward and two backward.
 //! * [`conv2d`]: convolution as im2col + matrix multiply, so that both the forward and the
 //!   backward pass are matrix multiplies (candle's own conv backward runs a per-pixel loop).
+//!
+//! Convolution lives in four files, one job each: `im2col.rs` (geometry, unfolding),
+//! `gemm.rs` (the matrix products and scratch buffers both paths share), `conv_train.rs` (the
+//! differentiable op) and `conv_infer.rs` (the folded inference kernel), with `winograd.rs` for
+//! the 3×3 "same" convolutions at inference; int8 and depthwise kernels get files of their own
+//! beside `conv_infer.rs`.
 
 mod batchnorm;
-mod conv;
+mod conv_infer;
+mod conv_train;
+mod gemm;
+mod im2col;
 mod maxpool;
 mod transpose;
 mod winograd;
 
 pub use batchnorm::{batch_norm_relu, channel_stats};
-pub(crate) use conv::conv_bias_relu;
-pub use conv::{conv2d, Conv2dGeometry};
+pub(crate) use conv_infer::conv_bias_relu;
+pub use conv_train::conv2d;
+pub use im2col::Conv2dGeometry;
 pub use maxpool::max_pool_planes;
 pub use maxpool::{max_pool2d, PoolGeometry};
 pub(crate) use winograd::{conv3x3_bias_relu, winograd_variant, WinogradWeights};

@@ -24,7 +24,7 @@
 //! along the output channels; the output rows are transposed back into the channel-major
 //! activation. Tile-major transforms with per-tile gathers and scatters were 10% slower at 64 px.
 
-use super::conv::{gemm_into, with_scratch, Mat};
+use super::gemm::{gemm_into, with_scratch, Mat};
 use super::prefix;
 use super::transpose::transpose;
 use gemm::Parallelism;

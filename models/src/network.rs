@@ -1,39 +1,17 @@
-//! GoogLeNet (Inception v1), as torchvision defines it.
+//! The trainable network, built by walking an architecture table (`architecture`).
 //!
-//! Szegedy et al., "Going Deeper with Convolutions" (CVPR 2015). Layer names, channel numbers,
-//! ceil-mode pools and the 3×3 convolution in the "5×5" branch follow torchvision exactly, so a
-//! converted torchvision checkpoint loads by name. With one 1000-class head and no auxiliary
-//! classifiers the network has 6,624,904 parameters.
-//!
-//! AnimeLens adds one linear head per label level on the shared 1024-d pooled feature: the
-//! primary head is named `fc` (torchvision's name), further heads `fc_<level>`.
+//! Each stage of the table becomes a layer here (conv, max pool, Inception block, global average
+//! pool), with torchvision's parameter names, so a converted torchvision checkpoint loads by name.
+//! AnimeLens adds one head per label level on the shared pooled feature: the primary head is
+//! named `fc` (torchvision's name), further heads `fc_<level>`.
 
+use crate::architecture::{Architecture, Op, HEAD_PREFIX};
 use crate::head::{Head, HeadKind};
-use crate::layers::{l2_normalise, BasicConv2d, Inception, InceptionSpec};
+use crate::layers::{l2_normalise, BasicConv2d, Inception};
 use crate::ops::{max_pool2d, PoolGeometry};
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
-
-/// Width of the pooled feature, the embedding dimension.
-pub const EMBEDDING_DIM: usize = 1024;
-
-/// The freezable layers, in forward order (`--freeze N` freezes the first N).
-pub const LAYER_NAMES: [&str; 13] = [
-    "conv1",
-    "conv2",
-    "conv3",
-    "inception3a",
-    "inception3b",
-    "inception4a",
-    "inception4b",
-    "inception4c",
-    "inception4d",
-    "inception4e",
-    "inception5a",
-    "inception5b",
-    "fc",
-];
 
 /// One classification head: a label level and its number of classes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,9 +26,9 @@ impl HeadSpec {
     /// Parameter prefix of head `index`: `fc` for the primary head, `fc_<level>` for the others.
     pub fn param_prefix(&self, index: usize) -> String {
         if index == 0 {
-            "fc".to_string()
+            HEAD_PREFIX.to_string()
         } else {
-            format!("fc_{}", self.level)
+            format!("{HEAD_PREFIX}_{}", self.level)
         }
     }
 }
@@ -60,105 +38,81 @@ impl HeadSpec {
 pub struct Output {
     /// Logits per head, each `(N, classes)`, in head order.
     pub logits: Vec<Tensor>,
-    /// The 1024-d pooled features, L2-normalised, `(N, 1024)`.
+    /// The pooled features, L2-normalised, `(N, embedding_dim)`.
     pub embedding: Tensor,
 }
 
-const fn ceil_pool(kernel: usize) -> PoolGeometry {
-    PoolGeometry {
-        kernel,
-        stride: 2,
-        pad: 0,
-        ceil: true,
-    }
-}
-
-/// The 3×3 stride-2 ceil-mode pool after `conv1` and after `conv3`.
-pub(crate) const STEM_POOL: PoolGeometry = ceil_pool(3);
-
-/// The max pool GoogLeNet runs after the Inception block `name`, if any.
-pub(crate) fn pool_after(name: &str) -> Option<PoolGeometry> {
-    match name {
-        "inception3b" => Some(ceil_pool(3)),
-        "inception4e" => Some(ceil_pool(2)),
-        _ => None,
-    }
-}
-
-fn spec(
-    c_in: usize,
-    ch1x1: usize,
-    ch3x3red: usize,
-    ch3x3: usize,
-    ch5x5red: usize,
-    ch5x5: usize,
-    pool_proj: usize,
-) -> InceptionSpec {
-    InceptionSpec {
-        c_in,
-        ch1x1,
-        ch3x3red,
-        ch3x3,
-        ch5x5red,
-        ch5x5,
-        pool_proj,
-    }
-}
-
-/// The network. `frozen` leading layers run in eval mode and pass no gradient back.
+/// One stage of the table with its parameters.
 #[derive(Debug, Clone)]
-pub struct GoogLeNet {
-    stem: [BasicConv2d; 3],
-    blocks: Vec<(String, Inception)>,
+pub(crate) enum Layer {
+    /// Conv → BN → ReLU.
+    Conv(BasicConv2d),
+    /// Max pool.
+    MaxPool(PoolGeometry),
+    /// Inception block.
+    Inception(Inception),
+    /// Mean over the plane.
+    GlobalAveragePool,
+}
+
+/// The network. `frozen` leading layers (stages with parameters) run in eval mode and pass no
+/// gradient back.
+#[derive(Debug, Clone)]
+pub struct Network {
+    architecture: &'static Architecture,
+    layers: Vec<Layer>,
     heads: Vec<Head>,
     dropout: f32,
     frozen: usize,
 }
 
-impl GoogLeNet {
-    /// Builds (or loads, depending on `vb`) the network with the given heads, all of `kind`.
-    pub fn new(heads: &[HeadSpec], kind: HeadKind, dropout: f32, vb: VarBuilder) -> Result<Self> {
-        let table = [
-            ("inception3a", spec(192, 64, 96, 128, 16, 32, 32)),
-            ("inception3b", spec(256, 128, 128, 192, 32, 96, 64)),
-            ("inception4a", spec(480, 192, 96, 208, 16, 48, 64)),
-            ("inception4b", spec(512, 160, 112, 224, 24, 64, 64)),
-            ("inception4c", spec(512, 128, 128, 256, 24, 64, 64)),
-            ("inception4d", spec(512, 112, 144, 288, 32, 64, 64)),
-            ("inception4e", spec(528, 256, 160, 320, 32, 128, 128)),
-            ("inception5a", spec(832, 256, 160, 320, 32, 128, 128)),
-            ("inception5b", spec(832, 384, 192, 384, 48, 128, 128)),
-        ];
-        let blocks = table
+impl Network {
+    /// Builds (or loads, depending on `vb`) `architecture` with the given heads, all of `kind`.
+    pub fn new(
+        architecture: &'static Architecture,
+        heads: &[HeadSpec],
+        kind: HeadKind,
+        dropout: f32,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let layers = architecture
+            .stages
             .iter()
-            .map(|(name, s)| Ok((name.to_string(), Inception::new(*s, vb.pp(*name))?)))
+            .map(|stage| {
+                let vb = vb.pp(stage.name);
+                Ok(match stage.op {
+                    Op::Conv(spec) => Layer::Conv(BasicConv2d::new(spec, vb)?),
+                    Op::MaxPool(pool) => Layer::MaxPool(pool),
+                    Op::Inception(spec) => Layer::Inception(Inception::new(spec, vb)?),
+                    Op::GlobalAveragePool => Layer::GlobalAveragePool,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         let heads = heads
             .iter()
             .enumerate()
-            .map(|(i, h)| Head::new(kind, EMBEDDING_DIM, h.classes, vb.pp(h.param_prefix(i))))
+            .map(|(i, h)| {
+                let dim = architecture.embedding_dim;
+                Head::new(kind, dim, h.classes, vb.pp(h.param_prefix(i)))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            stem: [
-                BasicConv2d::new(3, 64, 7, 2, 3, vb.pp("conv1"))?,
-                BasicConv2d::new(64, 64, 1, 1, 0, vb.pp("conv2"))?,
-                BasicConv2d::new(64, 192, 3, 1, 1, vb.pp("conv3"))?,
-            ],
-            blocks,
+            architecture,
+            layers,
             heads,
             dropout,
             frozen: 0,
         })
     }
 
-    /// The stem convolutions (`conv1`, `conv2`, `conv3`).
-    pub(crate) fn stem(&self) -> &[BasicConv2d; 3] {
-        &self.stem
+    /// The table this network was built from.
+    pub fn architecture(&self) -> &'static Architecture {
+        self.architecture
     }
 
-    /// The Inception blocks with their names, in forward order.
-    pub(crate) fn blocks(&self) -> &[(String, Inception)] {
-        &self.blocks
+    /// The layers, one per stage of the table.
+    pub(crate) fn layers(&self) -> &[Layer] {
+        &self.layers
     }
 
     /// The heads, in head order.
@@ -166,9 +120,10 @@ impl GoogLeNet {
         &self.heads
     }
 
-    /// Freezes the first `n` layers of [`LAYER_NAMES`] (eval-mode BatchNorm, no gradient).
+    /// Freezes the first `n` layers of [`Architecture::layer_names`] (eval-mode BatchNorm, no
+    /// gradient); the heads are never frozen.
     pub fn set_frozen(&mut self, n: usize) {
-        self.frozen = n.min(LAYER_NAMES.len() - 1);
+        self.frozen = n.min(self.architecture.layer_names().len() - 1);
     }
 
     /// Number of frozen leading layers.
@@ -176,31 +131,38 @@ impl GoogLeNet {
         self.frozen
     }
 
-    /// Pooled 1024-d features before normalisation, `(N, 1024)`.
+    /// The names of the frozen layers, whose parameters the optimiser leaves alone.
+    pub fn frozen_layers(&self) -> Vec<&'static str> {
+        let mut names = self.architecture.layer_names();
+        names.truncate(self.frozen);
+        names
+    }
+
+    /// Pooled features before normalisation, `(N, embedding_dim)`.
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut layer = 0;
-        // Runs one layer in train mode unless frozen, and cuts the graph after the last frozen one.
-        let mut step = |f: &dyn Fn(bool) -> Result<Tensor>| -> Result<Tensor> {
-            let frozen = layer < self.frozen;
-            layer += 1;
-            let y = f(train && !frozen)?;
-            Ok(if frozen { y.detach() } else { y })
-        };
         // Channel-major inside: every convolution is then one matrix product over the batch.
-        let x = x.permute((1, 0, 2, 3))?.contiguous()?;
-        let x = step(&|t| self.stem[0].forward_t(&x, t))?;
-        let x = max_pool2d(&x, STEM_POOL)?;
-        let x = step(&|t| self.stem[1].forward_t(&x, t))?;
-        let x = step(&|t| self.stem[2].forward_t(&x, t))?;
-        let mut x = max_pool2d(&x, STEM_POOL)?;
-        for (name, block) in &self.blocks {
-            let input = x.clone();
-            x = step(&|t| block.forward_t(&input, t))?;
-            if let Some(pool) = pool_after(name) {
-                x = max_pool2d(&x, pool)?;
-            }
+        let mut x = x.permute((1, 0, 2, 3))?.contiguous()?;
+        let mut trained = 0;
+        for layer in &self.layers {
+            // Runs a layer in train mode unless frozen, and cuts the graph after a frozen one.
+            let frozen = trained < self.frozen;
+            let t = train && !frozen;
+            let y = match layer {
+                Layer::Conv(conv) => conv.forward_t(&x, t)?,
+                Layer::Inception(block) => block.forward_t(&x, t)?,
+                Layer::MaxPool(pool) => {
+                    x = max_pool2d(&x, *pool)?;
+                    continue;
+                }
+                Layer::GlobalAveragePool => return x.mean((2, 3))?.t()?.contiguous(),
+            };
+            trained += 1;
+            x = if frozen { y.detach() } else { y };
         }
-        x.mean((2, 3))?.t()?.contiguous()
+        candle_core::bail!(
+            "architecture {} has no global average pool at its end",
+            self.architecture.name
+        )
     }
 
     /// Runs the network on `(N, 3, S, S)` normalised images.
@@ -224,14 +186,15 @@ impl GoogLeNet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::architecture::GOOGLENET;
     use crate::layers::is_buffer;
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
 
-    fn build(heads: &[HeadSpec]) -> (VarMap, GoogLeNet) {
+    fn build(heads: &[HeadSpec]) -> (VarMap, Network) {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-        let net = GoogLeNet::new(heads, HeadKind::Linear, 0.5, vb).unwrap();
+        let net = Network::new(&GOOGLENET, heads, HeadKind::Linear, 0.5, vb).unwrap();
         (vm, net)
     }
 
@@ -273,7 +236,7 @@ mod tests {
             let out = net.forward_t(&x, false)?;
             assert_eq!(out.logits[0].dims(), &[2, 7]);
             assert_eq!(out.logits[1].dims(), &[2, 3]);
-            assert_eq!(out.embedding.dims(), &[2, EMBEDDING_DIM]);
+            assert_eq!(out.embedding.dims(), &[2, GOOGLENET.embedding_dim]);
             let norms = out.embedding.sqr()?.sum(1)?.to_vec1::<f32>()?;
             assert!(norms.iter().all(|n| (n - 1.).abs() < 1e-4));
         }
