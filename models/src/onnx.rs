@@ -114,14 +114,20 @@ fn float_value(name: &str, dims: &[Result<i64, &str>]) -> ValueInfoProto {
     }
 }
 
-fn pool_attributes(pool: PoolGeometry) -> Vec<AttributeProto> {
-    let (k, s, p) = (pool.kernel as i64, pool.stride as i64, pool.pad as i64);
+/// `kernel_shape`, `strides` and `pads` of a square window (Conv and MaxPool share them).
+fn window_attributes(kernel: usize, stride: usize, pad: usize) -> Vec<AttributeProto> {
+    let (k, s, p) = (kernel as i64, stride as i64, pad as i64);
     vec![
         ints_attribute("kernel_shape", &[k, k]),
         ints_attribute("strides", &[s, s]),
         ints_attribute("pads", &[p, p, p, p]),
-        int_attribute("ceil_mode", i64::from(pool.ceil)),
     ]
+}
+
+fn pool_attributes(pool: PoolGeometry) -> Vec<AttributeProto> {
+    let mut attributes = window_attributes(pool.kernel, pool.stride, pool.pad);
+    attributes.push(int_attribute("ceil_mode", i64::from(pool.ceil)));
+    attributes
 }
 
 impl GraphWriter {
@@ -162,12 +168,7 @@ impl GraphWriter {
         let o = conv.out_channels();
         self.initializer(&weight, &[o, c_in, g.kernel, g.kernel], &conv.weight);
         self.initializer(&bias, &[o], &conv.bias);
-        let (k, s, p) = (g.kernel as i64, g.stride as i64, g.pad as i64);
-        let attributes = vec![
-            ints_attribute("kernel_shape", &[k, k]),
-            ints_attribute("strides", &[s, s]),
-            ints_attribute("pads", &[p, p, p, p]),
-        ];
+        let attributes = window_attributes(g.kernel, g.stride, g.pad);
         let y = self.node(
             "Conv",
             &format!("{name}.conv"),
