@@ -1,10 +1,17 @@
-//! The derived approximate-nearest-neighbour graph: an hnsw_rs `Hnsw<f32, DistDot>` over the
-//! catalogue's normalised vectors (dot distance = 1 − cosine; `simdeez_f` makes it SIMD). The graph
-//! is never the source of truth: it is built from sled, or reloaded from a dump (see [`crate::dump`]).
+//! The derived approximate-nearest-neighbour graph over the catalogue's normalised vectors: an
+//! hnsw_rs `Hnsw<f32, DistDot>` (dot distance = 1 − cosine; `simdeez_f` makes it SIMD), or, with
+//! [`GraphPrecision::Int8`], an `Hnsw<i8, ScaledInt8Dot>` over int8 copies of them (a quarter of the
+//! vector bytes; see [`crate::int8_points`]) whose candidates the catalogue rescores exactly. The
+//! graph is never the source of truth: it is built from sled, or reloaded from a dump (see
+//! [`crate::dump`]).
 
+use crate::int8_points::{self, ScaledInt8Dot};
 use crate::record::ItemId;
-use hnsw_rs::prelude::{DistDot, FilterT, Hnsw};
+use hnsw_rs::prelude::{DistDot, FilterT, Hnsw, Neighbour};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
 
 /// Number of layers hnsw_rs may use (its own maximum).
 const MAX_LAYER: usize = 16;
@@ -20,6 +27,53 @@ pub struct HnswParams {
     pub ef_construction: usize,
     /// Candidate list size while searching (raised to k when k is larger).
     pub ef_search: usize,
+    /// What the graph stores of each vector.
+    pub precision: GraphPrecision,
+}
+
+/// What the search graph stores of each vector. The store always keeps the exact f32 vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphPrecision {
+    /// The f32 vector: the graph's scores are the answer.
+    #[default]
+    F32,
+    /// An int8 copy (per-vector scale): the graph proposes candidates, the store's f32 vectors
+    /// score them.
+    Int8,
+}
+
+impl GraphPrecision {
+    /// How many graph candidates a top-`k` search rescores: twice `k`, at least `k + 10`.
+    pub(crate) fn candidates(self, k: usize) -> usize {
+        match self {
+            GraphPrecision::F32 => k,
+            GraphPrecision::Int8 => (2 * k).max(k + 10),
+        }
+    }
+}
+
+impl fmt::Display for GraphPrecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GraphPrecision::F32 => "f32",
+            GraphPrecision::Int8 => "int8",
+        })
+    }
+}
+
+impl FromStr for GraphPrecision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(GraphPrecision::F32),
+            "int8" => Ok(GraphPrecision::Int8),
+            other => Err(format!(
+                "unknown graph precision {other:?}: use f32 or int8"
+            )),
+        }
+    }
 }
 
 impl Default for HnswParams {
@@ -32,36 +86,43 @@ impl Default for HnswParams {
             max_nb_connection: 16,
             ef_construction: 200,
             ef_search: 64,
+            precision: GraphPrecision::F32,
         }
     }
 }
 
 /// The HNSW graph. `'static` because a graph reloaded from a dump borrows its loader, which
 /// [`crate::dump`] leaks on purpose (see there).
-pub(crate) struct Ann {
-    hnsw: Hnsw<'static, f32, DistDot>,
+pub(crate) enum Ann {
+    /// Points are the f32 vectors.
+    F32(Hnsw<'static, f32, DistDot>),
+    /// Points are [`int8_points::encode`]d copies.
+    Int8(Hnsw<'static, i8, ScaledInt8Dot>),
 }
 
 impl Ann {
-    /// Wraps a graph reloaded from a dump.
-    pub(crate) fn from_hnsw(hnsw: Hnsw<'static, f32, DistDot>) -> Ann {
-        Ann { hnsw }
-    }
-
     /// An empty graph sized for about `capacity` points.
     pub(crate) fn new(params: &HnswParams, capacity: usize) -> Ann {
         assert!(
             params.max_nb_connection <= MAX_CONNECTIONS,
             "validated by OpenOptions"
         );
-        Ann {
-            hnsw: Hnsw::new(
-                params.max_nb_connection,
-                capacity.max(1024),
-                MAX_LAYER,
-                params.ef_construction,
-                DistDot,
-            ),
+        let (m, capacity, ef) = (
+            params.max_nb_connection,
+            capacity.max(1024),
+            params.ef_construction,
+        );
+        match params.precision {
+            GraphPrecision::F32 => Ann::F32(Hnsw::new(m, capacity, MAX_LAYER, ef, DistDot)),
+            GraphPrecision::Int8 => Ann::Int8(Hnsw::new(m, capacity, MAX_LAYER, ef, ScaledInt8Dot)),
+        }
+    }
+
+    /// What the graph stores of each vector.
+    pub(crate) fn precision(&self) -> GraphPrecision {
+        match self {
+            Ann::F32(_) => GraphPrecision::F32,
+            Ann::Int8(_) => GraphPrecision::Int8,
         }
     }
 
@@ -88,18 +149,33 @@ impl Ann {
 
     /// Inserts one point (safe while other threads search).
     pub(crate) fn insert(&self, v: &[f32], id: ItemId) {
-        self.hnsw.insert_slice((v, id as usize));
+        match self {
+            Ann::F32(h) => h.insert_slice((v, id as usize)),
+            Ann::Int8(h) => h.insert_slice((&int8_points::encode(v), id as usize)),
+        }
     }
 
     /// Inserts many points in parallel (rayon).
     pub(crate) fn insert_many(&self, points: &[(Vec<f32>, ItemId)]) {
-        let refs: Vec<(&Vec<f32>, usize)> =
-            points.iter().map(|(v, id)| (v, *id as usize)).collect();
-        self.hnsw.parallel_insert(&refs);
+        match self {
+            Ann::F32(h) => {
+                let refs: Vec<(&Vec<f32>, usize)> =
+                    points.iter().map(|(v, id)| (v, *id as usize)).collect();
+                h.parallel_insert(&refs);
+            }
+            Ann::Int8(h) => {
+                let encoded: Vec<(Vec<i8>, usize)> = points
+                    .iter()
+                    .map(|(v, id)| (int8_points::encode(v), *id as usize))
+                    .collect();
+                let refs: Vec<(&Vec<i8>, usize)> = encoded.iter().map(|(v, id)| (v, *id)).collect();
+                h.parallel_insert(&refs);
+            }
+        }
     }
 
-    /// The `k` nearest points accepted by `filter`, as `(id, cosine)` in decreasing cosine order.
-    /// May return fewer than `k` under a selective filter.
+    /// The `k` nearest points accepted by `filter`, as `(id, cosine)` in decreasing cosine order
+    /// (approximate cosines for an int8 graph). May return fewer than `k` under a selective filter.
     ///
     /// hnsw_rs checks the filter during the graph walk but then gives up its early stop, so a
     /// filtered walk visits many more nodes (measured ~10× slower). When few rejected points
@@ -114,7 +190,7 @@ impl Ann {
         rejected_hint: Option<usize>,
     ) -> Vec<(ItemId, f32)> {
         let ef = ef.max(k);
-        let to_hits = |found: Vec<hnsw_rs::prelude::Neighbour>| -> Vec<(ItemId, f32)> {
+        let to_hits = |found: Vec<Neighbour>| -> Vec<(ItemId, f32)> {
             found
                 .into_iter()
                 .filter(|n| filter.hnsw_filter(&n.d_id))
@@ -122,19 +198,32 @@ impl Ann {
                 .take(k)
                 .collect()
         };
+        let encoded = match self {
+            Ann::F32(_) => Vec::new(),
+            Ann::Int8(_) => int8_points::encode(query),
+        };
+        let walk = |k: usize, ef: usize, filter: Option<&dyn FilterT>| match (self, filter) {
+            (Ann::F32(h), None) => h.search(query, k, ef),
+            (Ann::F32(h), Some(_)) => h.search_filter(query, k, ef, filter),
+            (Ann::Int8(h), None) => h.search(&encoded, k, ef),
+            (Ann::Int8(h), Some(_)) => h.search_filter(&encoded, k, ef, filter),
+        };
         if let Some(rejected) = rejected_hint.filter(|r| k + r <= 4 * ef) {
             let wide = k + rejected;
-            let hits = to_hits(self.hnsw.search(query, wide, ef.max(wide)));
+            let hits = to_hits(walk(wide, ef.max(wide), None));
             if hits.len() == k || rejected == 0 {
                 return hits;
             }
         }
-        to_hits(self.hnsw.search_filter(query, k, ef, Some(filter)))
+        to_hits(walk(k, ef, Some(filter)))
     }
 
     /// Number of points in the graph (live and tombstoned).
     pub(crate) fn len(&self) -> usize {
-        self.hnsw.get_nb_point()
+        match self {
+            Ann::F32(h) => h.get_nb_point(),
+            Ann::Int8(h) => h.get_nb_point(),
+        }
     }
 
     /// Ids of every point in the graph.
@@ -142,16 +231,18 @@ impl Ann {
         if self.len() == 0 {
             return Vec::new(); // hnsw_rs's point iterator panics on an empty graph
         }
-        self.hnsw
-            .get_point_indexation()
-            .into_iter()
-            .map(|p| p.get_origin_id() as ItemId)
-            .collect()
-    }
-
-    /// The hnsw_rs graph, for dumping.
-    pub(crate) fn hnsw(&self) -> &Hnsw<'static, f32, DistDot> {
-        &self.hnsw
+        match self {
+            Ann::F32(h) => h
+                .get_point_indexation()
+                .into_iter()
+                .map(|p| p.get_origin_id() as ItemId)
+                .collect(),
+            Ann::Int8(h) => h
+                .get_point_indexation()
+                .into_iter()
+                .map(|p| p.get_origin_id() as ItemId)
+                .collect(),
+        }
     }
 }
 
@@ -170,18 +261,25 @@ mod tests {
                 (normalise(&v).unwrap(), i + 1)
             })
             .collect();
-        let ann = Ann::build(&HnswParams::default(), &points, false);
-        assert_eq!(ann.len(), 200);
-        let all = |_: &usize| true;
-        let hits = ann.search(&points[5].0, 3, 64, &all, Some(0));
-        assert!((hits[0].1 - 1.0).abs() < 1e-5);
-        let even = |id: &usize| id.is_multiple_of(2);
-        assert!(ann
-            .search(&points[5].0, 10, 64, &even, None)
-            .iter()
-            .all(|(id, _)| id.is_multiple_of(2)));
-        let mut ids = ann.ids();
-        ids.sort();
-        assert_eq!(ids, (1..=200).collect::<Vec<_>>());
+        for precision in [GraphPrecision::F32, GraphPrecision::Int8] {
+            let params = HnswParams {
+                precision,
+                ..HnswParams::default()
+            };
+            let ann = Ann::build(&params, &points, false);
+            assert_eq!(ann.precision(), precision);
+            assert_eq!(ann.len(), 200);
+            let all = |_: &usize| true;
+            let hits = ann.search(&points[5].0, 3, 64, &all, Some(0));
+            assert!((hits[0].1 - 1.0).abs() < 1e-2, "{precision}");
+            let even = |id: &usize| id.is_multiple_of(2);
+            assert!(ann
+                .search(&points[5].0, 10, 64, &even, None)
+                .iter()
+                .all(|(id, _)| id.is_multiple_of(2)));
+            let mut ids = ann.ids();
+            ids.sort();
+            assert_eq!(ids, (1..=200).collect::<Vec<_>>());
+        }
     }
 }

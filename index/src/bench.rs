@@ -38,6 +38,8 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Search `ef` values to measure.
     pub efs: Vec<usize>,
+    /// Query thread counts to measure QPS with.
+    pub query_threads: Vec<usize>,
     /// Graph parameters.
     pub hnsw: HnswParams,
 }
@@ -52,6 +54,7 @@ impl Default for BenchConfig {
             queries: 200,
             seed: 42,
             efs: vec![16, 32, 64, 128],
+            query_threads: vec![1],
             hnsw: HnswParams::default(),
         }
     }
@@ -68,8 +71,11 @@ pub struct EfRow {
     /// 1e-5): unlike `recall_at_10`, not penalised for returning one of several equally near
     /// neighbours instead of another.
     pub recall_at_10_by_distance: f32,
-    /// Queries per second, one thread.
+    /// Queries per second with one query thread.
     pub qps: f32,
+    /// Queries per second with each further thread count asked for: `(threads, QPS)`, the
+    /// queries shared out among that many threads searching at once.
+    pub qps_threaded: Vec<(usize, f32)>,
 }
 
 /// Benchmark results.
@@ -93,6 +99,9 @@ pub struct BenchReport {
     pub reload_secs: f32,
     /// Bytes on disk per item (store and dump).
     pub bytes_per_item: f32,
+    /// Heap bytes per item the reopened catalogue holds (graph, postings, live set), from glibc's
+    /// allocator statistics before and after the open; `None` where they are not available.
+    pub heap_bytes_per_item: Option<f32>,
     /// Exact brute-force queries per second over in-memory vectors, one thread.
     pub exact_qps: f32,
     /// One row per `ef`.
@@ -102,22 +111,101 @@ pub struct BenchReport {
 impl BenchReport {
     /// The report as a markdown table plus a summary line.
     pub fn to_markdown(&self) -> String {
+        let heap = self
+            .heap_bytes_per_item
+            .map_or_else(|| "n/a".to_string(), |b| format!("{b:.0}"));
+        let threads: Vec<usize> = self
+            .rows
+            .first()
+            .map(|r| r.qps_threaded.iter().map(|&(t, _)| t).collect())
+            .unwrap_or_default();
         let mut out = format!(
-            "{}: n = {} × {}-d, M = {}, ef_construction = {}, {} queries\n\n\
+            "{}: n = {} × {}-d, M = {}, ef_construction = {}, graph vectors {}, {} queries\n\n\
              ingest {:.1} s · build (open without dump) {:.1} s · reload (open with dump) {:.2} s · \
-             {:.0} bytes/item · exact brute force {:.0} QPS\n\n\
-             | ef | recall@10 | recall@10 by distance | QPS (1 thread) |\n|---:|---:|---:|---:|\n",
-            self.data, self.n, self.dim, self.hnsw.max_nb_connection, self.hnsw.ef_construction, self.queries,
-            self.ingest_secs, self.build_secs, self.reload_secs, self.bytes_per_item, self.exact_qps,
+             {:.0} bytes/item on disk · {heap} heap bytes/item after reload · exact brute force {:.0} QPS\n\n\
+             | ef | recall@10 | recall@10 by distance | QPS (1 thread) |",
+            self.data, self.n, self.dim, self.hnsw.max_nb_connection, self.hnsw.ef_construction,
+            self.hnsw.precision, self.queries, self.ingest_secs, self.build_secs, self.reload_secs,
+            self.bytes_per_item, self.exact_qps,
         );
+        threads
+            .iter()
+            .for_each(|t| out.push_str(&format!(" QPS ({t} threads) |")));
+        out.push_str("\n|---:|---:|---:|---:|");
+        threads.iter().for_each(|_| out.push_str("---:|"));
+        out.push('\n');
         for r in &self.rows {
             out.push_str(&format!(
-                "| {} | {:.4} | {:.4} | {:.0} |\n",
+                "| {} | {:.4} | {:.4} | {:.0} |",
                 r.ef, r.recall_at_10, r.recall_at_10_by_distance, r.qps
             ));
+            r.qps_threaded
+                .iter()
+                .for_each(|(_, q)| out.push_str(&format!(" {q:.0} |")));
+            out.push('\n');
         }
         out
     }
+
+    /// One CSV line per (`ef`, query threads): `engine,precision,m,ef_construction,ef,threads,recall_at_10,qps`
+    /// (no header), the format `index/benches/reference/ann_peers.py` writes for hnswlib and faiss.
+    pub fn to_csv(&self, engine: &str) -> String {
+        let mut out = String::new();
+        for r in &self.rows {
+            for (threads, qps) in std::iter::once((1, r.qps)).chain(r.qps_threaded.iter().copied())
+            {
+                out.push_str(&format!(
+                    "{engine},{},{},{},{},{threads},{:.4},{qps:.1}\n",
+                    self.hnsw.precision,
+                    self.hnsw.max_nb_connection,
+                    self.hnsw.ef_construction,
+                    r.ef,
+                    r.recall_at_10
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Bytes the allocator has handed out and not taken back (glibc's `mallinfo2`, every arena).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap_in_use() -> Option<u64> {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let info = unsafe { libc::mallinfo2() };
+    Some(info.uordblks as u64 + info.hblkhd as u64)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap_in_use() -> Option<u64> {
+    None
+}
+
+/// QPS of `search` over `queries` shared out among `threads` threads searching at once.
+fn threaded_qps(
+    queries: &[Vec<f32>],
+    threads: usize,
+    search: impl Fn(&[f32]) -> Result<()> + Sync,
+) -> Result<f32> {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|t| {
+                let search = &search;
+                scope.spawn(move || {
+                    queries
+                        .iter()
+                        .skip(t)
+                        .step_by(threads.max(1))
+                        .try_for_each(|q| search(q))
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("search thread panicked"))
+    })?;
+    Ok(queries.len() as f32 / started.elapsed().as_secs_f32())
 }
 
 /// Standard normal sample (Box–Muller).
@@ -195,11 +283,20 @@ pub fn run(dir: &Path, config: &BenchConfig) -> Result<BenchReport> {
         "synthetic ({} clusters, spread {}, seed {})",
         config.clusters, config.spread, config.seed
     );
-    run_on(dir, &data, items, queries, config.hnsw, &config.efs)
+    run_on(
+        dir,
+        &data,
+        items,
+        queries,
+        config.hnsw,
+        &config.efs,
+        &config.query_threads,
+    )
 }
 
 /// Runs the benchmark on `items` (added to a fresh catalogue in `dir`, which must not exist yet
-/// or be empty; it is left behind) with `queries` (not added), all of one dimension.
+/// or be empty; it is left behind) with `queries` (not added), all of one dimension. QPS is
+/// measured with one query thread, and with each other count in `query_threads`.
 pub fn run_on(
     dir: &Path,
     data: &str,
@@ -207,6 +304,7 @@ pub fn run_on(
     queries: &[Vec<f32>],
     hnsw: HnswParams,
     efs: &[usize],
+    query_threads: &[usize],
 ) -> Result<BenchReport> {
     if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
         return Err(CatalogError::invalid(
@@ -242,9 +340,13 @@ pub fn run_on(
     let bytes_per_item = cat.stats()?.bytes_on_disk as f32 / items.len().max(1) as f32;
     drop(cat);
 
+    let heap_before = heap_in_use();
     let started = Instant::now();
     let cat = Catalog::open(dir, options.clone())?;
     let reload_secs = started.elapsed().as_secs_f32();
+    let heap_bytes_per_item = heap_before
+        .zip(heap_in_use())
+        .map(|(before, after)| after.saturating_sub(before) as f32 / items.len().max(1) as f32);
 
     let started = Instant::now();
     let truth: Vec<Vec<(usize, f32)>> = queries.iter().map(|q| exact_top(q, items, 10)).collect();
@@ -271,11 +373,20 @@ pub fn run_on(
             wanted += want.len();
         }
         let secs = started.elapsed().as_secs_f32();
+        let qps_threaded = query_threads
+            .iter()
+            .filter(|&&t| t > 1)
+            .map(|&t| {
+                let search = |q: &[f32]| cat.search_with_ef(q, 10, &Filter::any(), ef).map(drop);
+                Ok((t, threaded_qps(queries, t, search)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
         rows.push(EfRow {
             ef,
             recall_at_10: found as f32 / wanted.max(1) as f32,
             recall_at_10_by_distance: near_enough as f32 / wanted.max(1) as f32,
             qps: queries.len() as f32 / secs,
+            qps_threaded,
         });
     }
     drop(cat);
@@ -295,6 +406,7 @@ pub fn run_on(
         build_secs,
         reload_secs,
         bytes_per_item,
+        heap_bytes_per_item,
         exact_qps,
         rows,
     })
@@ -470,10 +582,23 @@ mod tests {
             clusters: 30,
             queries: 50,
             efs: vec![16, 128],
+            query_threads: vec![1, 2],
             ..BenchConfig::default()
         };
         let report = run(&dir.path().join("bench"), &config).unwrap();
         assert_eq!(report.rows.len(), 2);
+        assert!(report
+            .rows
+            .iter()
+            .all(|r| r.qps_threaded.len() == 1 && r.qps_threaded[0].1 > 0.0));
+        let csv = report.to_csv("animelens");
+        assert_eq!(csv.lines().count(), 4, "{csv}");
+        assert!(csv.starts_with("animelens,f32,16,200,16,1,"), "{csv}");
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        assert!(
+            report.heap_bytes_per_item.is_some_and(|b| b > 64.0),
+            "{report:?}"
+        );
         assert!(
             report.rows[1].recall_at_10 >= 0.95,
             "{}",
@@ -501,6 +626,7 @@ mod tests {
             queries,
             HnswParams::default(),
             &[64],
+            &[1],
         )
         .unwrap();
         let row = &report.rows[0];

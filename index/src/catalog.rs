@@ -4,7 +4,7 @@
 //! insertion is thread-safe; the new id is not yet visible because searches filter on the live set),
 //! then publishes under a short write lock. Searches therefore see each write entirely or not at all.
 
-use crate::ann::{Ann, HnswParams, MAX_CONNECTIONS};
+use crate::ann::{Ann, GraphPrecision, HnswParams, MAX_CONNECTIONS};
 use crate::characters::CentroidTable;
 use crate::copy_index::{CopyIndex, CopyMatch, VIEW_STRIDE};
 use crate::copy_verdict::CopyVerdict;
@@ -94,6 +94,8 @@ pub struct CatalogStats {
     pub generation: u64,
     /// Points in the HNSW graph (live and tombstoned until compaction).
     pub indexed_points: usize,
+    /// What the graph stores of each vector.
+    pub graph_precision: GraphPrecision,
 }
 
 impl std::fmt::Display for CatalogStats {
@@ -102,6 +104,7 @@ impl std::fmt::Display for CatalogStats {
         writeln!(f, "live:           {}", self.live)?;
         writeln!(f, "tombstoned:     {}", self.tombstoned)?;
         writeln!(f, "indexed points: {}", self.indexed_points)?;
+        writeln!(f, "graph vectors:  {}", self.graph_precision)?;
         writeln!(f, "dimension:      {}", self.dim)?;
         writeln!(f, "fingerprint:    {}", self.fingerprint)?;
         writeln!(f, "bytes on disk:  {}", self.bytes_on_disk)?;
@@ -240,6 +243,7 @@ impl Catalog {
             generation,
             fingerprint: model.fingerprint.clone(),
             dim: model.dim,
+            precision: options.hnsw.precision,
         };
         let loaded = dump::load(&dir, &tag).filter(|ann| {
             let ids: HashSet<ItemId> = ann.ids().into_iter().collect();
@@ -612,7 +616,8 @@ impl Catalog {
     }
 
     /// `(id, cosine)` of the best `k` matches of normalised `q`; exact when the filter is small or
-    /// the graph walk finds fewer than `k` of the matching items.
+    /// the graph walk finds fewer than `k` of the matching items. An int8 graph proposes
+    /// [`GraphPrecision::candidates`] items, rescored with the stored f32 vectors.
     pub(crate) fn scored(
         &self,
         q: &[f32],
@@ -625,6 +630,8 @@ impl Catalog {
             return Ok(Vec::new());
         }
         let st = self.read_state();
+        let precision = st.ann.precision();
+        let wanted = precision.candidates(k);
         let (hits, available) = match st.postings.matching(filter) {
             Some(mut ids) => {
                 ids.retain(|id| !exclude.contains(id));
@@ -634,7 +641,7 @@ impl Catalog {
                 }
                 let allowed: HashSet<usize> = ids.iter().map(|&id| id as usize).collect();
                 let accept = |id: &usize| allowed.contains(id);
-                (st.ann.search(q, k, ef, &accept, None), ids.len())
+                (st.ann.search(q, wanted, ef, &accept, None), ids.len())
             }
             None => {
                 let accept = |id: &usize| {
@@ -644,15 +651,21 @@ impl Catalog {
                 let tombstoned = st.ann.len().saturating_sub(st.live.len());
                 (
                     st.ann
-                        .search(q, k, ef, &accept, Some(tombstoned + excluded_live)),
+                        .search(q, wanted, ef, &accept, Some(tombstoned + excluded_live)),
                     st.live.len() - excluded_live,
                 )
             }
         };
-        if hits.len() >= k.min(available) {
-            return Ok(hits);
-        }
         drop(st);
+        if hits.len() >= k.min(available) {
+            return match precision {
+                GraphPrecision::F32 => Ok(hits),
+                GraphPrecision::Int8 => {
+                    let ids: Vec<ItemId> = hits.iter().map(|&(id, _)| id).collect();
+                    self.exact(q, &ids, k)
+                }
+            };
+        }
         tracing::debug!(
             found = hits.len(),
             k,
@@ -878,6 +891,7 @@ impl Catalog {
             bytes_on_disk: self.store()?.size_on_disk()? + dump_bytes,
             generation: st.generation,
             indexed_points: st.ann.len(),
+            graph_precision: st.ann.precision(),
         })
     }
 
@@ -920,6 +934,7 @@ impl Catalog {
             generation: st.generation,
             fingerprint: self.model.fingerprint.clone(),
             dim: self.model.dim,
+            precision: st.ann.precision(),
         };
         dump::save(&st.ann, &self.dir, &tag)?;
         *saved = Some(st.generation);

@@ -851,3 +851,53 @@ fn copy_descriptors_of_another_length_are_refused_and_the_verdict_is_stored() {
     let review = cat.review_copy(&copy_views(1)[..1], 1).unwrap();
     assert!(review.calibrated && review.threshold == 0.2);
 }
+
+#[test]
+fn int8_graph_rescores_exactly_and_switching_precision_rebuilds_the_saved_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut int8 = OpenOptions::new(model());
+    int8.hnsw.precision = GraphPrecision::Int8;
+    let (queries, _) = clustered_vectors(40, DIM, 20, 0.6, 77);
+    let (vectors, found) = {
+        let cat = Catalog::open(dir.path(), int8.clone()).unwrap();
+        let (_, vectors, _) = fill(&cat, 3000, 20, 8);
+        assert_eq!(cat.stats().unwrap().graph_precision, GraphPrecision::Int8);
+        let (mut found, mut wanted) = (0, 0);
+        for q in &queries {
+            let hits = cat.search(q, 10, &Filter::any()).unwrap();
+            let exact = cat.exact_search(q, 10, &Filter::any()).unwrap();
+            let truth: HashSet<ItemId> = hit_ids(&exact).into_iter().collect();
+            found += hits.iter().filter(|h| truth.contains(&h.id)).count();
+            wanted += truth.len();
+            // Scores are the stored f32 cosines, in decreasing order, not the int8 estimates.
+            let stored = |id: ItemId| cat.vector(id).unwrap().unwrap();
+            for h in &hits {
+                assert!((h.score - crate::vector::dot(q, &stored(h.id))).abs() < 1e-6);
+            }
+            assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
+        }
+        (vectors, found as f32 / wanted as f32)
+    };
+    assert!(found >= 0.95, "int8 graph recall@10 {found}");
+    // The saved int8 graph reloads; asking for f32 rebuilds it, and back again.
+    for (options, origin, precision) in [
+        (int8.clone(), IndexOrigin::Reloaded, GraphPrecision::Int8),
+        (
+            OpenOptions::new(model()),
+            IndexOrigin::Built,
+            GraphPrecision::F32,
+        ),
+        (
+            OpenOptions::new(model()),
+            IndexOrigin::Reloaded,
+            GraphPrecision::F32,
+        ),
+        (int8.clone(), IndexOrigin::Built, GraphPrecision::Int8),
+    ] {
+        let cat = Catalog::open(dir.path(), options).unwrap();
+        assert_eq!(cat.index_origin(), origin);
+        assert_eq!(cat.stats().unwrap().graph_precision, precision);
+        let hits = cat.search(&vectors[5], 1, &Filter::any()).unwrap();
+        assert!((hits[0].score - 1.0).abs() < 1e-5);
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! Layout inside the catalogue folder: `hnsw/g<generation>.hnsw.{graph,data}` (hnsw_rs `file_dump`)
 //! and `hnsw/manifest.json`, written last and atomically (temp file + rename), naming the sled
-//! generation, model fingerprint, dimension, point count and CRC-32 of both files. A dump is used
+//! generation, model fingerprint, dimension, graph precision, point count and CRC-32 of both files. A dump is used
 //! only when all of these match the store; otherwise it is ignored (with a log line) and the graph
 //! is rebuilt. The CRC check runs before hnsw_rs reads the files because hnsw_rs asserts (panics) on
 //! malformed input; the load also runs under `catch_unwind` as a second line of defence.
@@ -12,8 +12,9 @@
 //! (`Box::leak`, a few hundred bytes per reload, one reload per open) to obtain an `Hnsw<'static>`
 //! that can live in the catalogue's `RwLock` without a self-referential struct.
 
-use crate::ann::Ann;
+use crate::ann::{Ann, GraphPrecision};
 use crate::error::{CatalogError, Result};
+use crate::int8_points::ScaledInt8Dot;
 use hnsw_rs::api::AnnT;
 use hnsw_rs::prelude::{DistDot, HnswIo};
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,9 @@ pub(crate) struct DumpTag {
     pub(crate) fingerprint: String,
     /// Embedding dimension.
     pub(crate) dim: usize,
+    /// What the graph stores of each vector (manifests written before int8 graphs lack it: f32).
+    #[serde(default)]
+    pub(crate) precision: GraphPrecision,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -83,9 +87,12 @@ pub(crate) fn save(ann: &Ann, dir: &Path, tag: &DumpTag) -> Result<()> {
     for stale in [&g, &d] {
         let _ = fs::remove_file(stale);
     }
-    let dumped = catch_unwind(AssertUnwindSafe(|| ann.hnsw().file_dump(&out, &wanted)))
-        .map_err(|_| fail("hnsw_rs panicked while writing the dump".into()))?
-        .map_err(|e| fail(e.to_string()))?;
+    let dumped = catch_unwind(AssertUnwindSafe(|| match ann {
+        Ann::F32(h) => h.file_dump(&out, &wanted),
+        Ann::Int8(h) => h.file_dump(&out, &wanted),
+    }))
+    .map_err(|_| fail("hnsw_rs panicked while writing the dump".into()))?
+    .map_err(|e| fail(e.to_string()))?;
     let (g, d) = files(&out, &dumped);
     let sync = |p: &Path| fs::File::open(p).and_then(|f| f.sync_all());
     sync(&g).and(sync(&d)).map_err(|e| fail(e.to_string()))?;
@@ -153,11 +160,12 @@ pub(crate) fn load(dir: &Path, tag: &DumpTag) -> Option<Ann> {
         return None;
     }
     let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(&out, &manifest.basename)));
-    let loaded = catch_unwind(AssertUnwindSafe(move || {
-        { loader }.load_hnsw::<f32, DistDot>()
+    let loaded = catch_unwind(AssertUnwindSafe(move || match tag.precision {
+        GraphPrecision::F32 => { loader }.load_hnsw::<f32, DistDot>().map(Ann::F32),
+        GraphPrecision::Int8 => { loader }.load_hnsw::<i8, ScaledInt8Dot>().map(Ann::Int8),
     }));
     match loaded {
-        Ok(Ok(hnsw)) if hnsw.get_nb_point() == manifest.points => Some(Ann::from_hnsw(hnsw)),
+        Ok(Ok(ann)) if ann.len() == manifest.points => Some(ann),
         Ok(Ok(_)) => {
             tracing::warn!(dir = %out.display(), "saved HNSW index has the wrong point count; rebuilding it");
             None

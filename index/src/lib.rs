@@ -27,6 +27,7 @@ mod dump;
 mod error;
 mod feed;
 mod filter;
+mod int8_points;
 pub mod limits;
 mod recommend;
 mod record;
@@ -35,7 +36,7 @@ mod scenes;
 mod store;
 mod vector;
 
-pub use ann::{HnswParams, MAX_CONNECTIONS};
+pub use ann::{GraphPrecision, HnswParams, MAX_CONNECTIONS};
 pub use backend::CatalogBackend;
 pub use catalog::{
     Catalog, CatalogCounts, CatalogStats, CompactReport, Consistency, IndexOrigin, OpenOptions,

@@ -202,6 +202,7 @@ fn real_part(args: &IndexBenchArgs, model_path: &Path, scratch: &Path) -> Result
         &queries,
         HnswParams::default(),
         &args.efs,
+        &[1],
     )?;
     let mut quality = String::from(
         "| descriptor | data | queries | recall@1 | mAP@10 |\n|---|---|---:|---:|---:|\n",

@@ -2,6 +2,7 @@
 //! environment variables (one per key, e.g. `ANIMELENS_BIND`, `ANIMELENS_MAX_UPLOAD_BYTES`).
 //! Every key is flat so that the file, the environment and the docs use the same names.
 
+use animelens_index::GraphPrecision;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -56,6 +57,11 @@ pub struct Settings {
     /// checked against it: every inference worker may hold one decoded image at the pixel limit
     /// (4 bytes a pixel) besides [`BASE_MEMORY_MIB`] for the model, buffers and the runtime.
     pub memory_budget_mib: u64,
+    /// What the catalogue's search graph stores of each vector: `f32`, or `int8` (a quarter of the
+    /// vector memory; candidates rescored with the stored f32 vectors). Changing it rebuilds the
+    /// graph once at the next start.
+    #[serde(default)]
+    pub graph_precision: GraphPrecision,
 }
 
 /// Memory the service needs besides decoding: the model, the network's buffers, the catalogue's
@@ -88,6 +94,7 @@ impl Settings {
             request_timeout_secs: 30,
             max_connections: 256,
             memory_budget_mib: 1024,
+            graph_precision: GraphPrecision::F32,
         }
     }
 
@@ -206,6 +213,7 @@ pub const KEYS: &[&str] = &[
     "request_timeout_secs",
     "max_connections",
     "memory_budget_mib",
+    "graph_precision",
 ];
 
 /// Why the settings could not be assembled.

@@ -116,7 +116,9 @@ impl Service {
             settings.queue_capacity,
             settings.max_batch,
         );
-        let catalog = Catalog::open(settings.catalog_dir(), OpenOptions::new(tag))?;
+        let mut options = OpenOptions::new(tag);
+        options.hnsw.precision = settings.graph_precision;
+        let catalog = Catalog::open(settings.catalog_dir(), options)?;
         let stats = catalog.stats()?;
         tracing::info!(
             catalog = %settings.catalog_dir().display(),
