@@ -1,7 +1,8 @@
 //! End-to-end test of the web UI in Debian's headless Chromium, driven over the DevTools
 //! protocol on a pipe (`--remote-debugging-pipe`: NUL-separated JSON on fds 3 and 4, so no
 //! WebSocket client is needed): pick an image, see the verdict and lookalikes, click a result to
-//! search from it, like an item and see the "for you" feed change. Saves a screenshot to
+//! search from it, like an item and see the "for you" feed change, then upload a catalogued
+//! picture and see the "possible copy of …" panel show its original. Saves a screenshot to
 //! `$ANIMELENS_UI_SCREENSHOT` when set (that is how `docs/screenshots/ui.png` is made). Skips (and passes) when no Chromium binary is installed.
 
 mod web_support;
@@ -292,4 +293,53 @@ fn ui_upload_click_like_and_feed() {
         std::fs::create_dir_all(dir).unwrap();
     }
     std::fs::write(&out, png).unwrap();
+
+    // Upload a picture of the gallery itself: the copyright review finds it, and the panel shows
+    // the catalogued original beside the upload.
+    let mut catalogued: Vec<PathBuf> = std::fs::read_dir(gallery.join("train"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .collect();
+    catalogued.sort();
+    let copy = &catalogued[0];
+    let input = browser.call(
+        "Runtime.evaluate",
+        json!({"expression": "document.getElementById('file-input')"}),
+    );
+    browser.call(
+        "DOM.setFileInputFiles",
+        json!({"files": [copy.to_str().unwrap()], "objectId": input["result"]["objectId"]}),
+    );
+    browser.wait_for(
+        "the possible-copy panel",
+        "!document.getElementById('copy-panel').hidden",
+    );
+    let shown = browser.eval(
+        "({item: Number(document.getElementById('copy-panel').dataset.item), \
+          source: document.getElementById('copy-source').textContent, \
+          original: document.getElementById('copy-original').src, \
+          detail: document.getElementById('copy-detail').textContent, \
+          loaded: document.getElementById('copy-original').complete && document.getElementById('copy-original').naturalWidth > 0})",
+    );
+    let file_name = copy.file_name().unwrap().to_str().unwrap();
+    assert!(
+        shown["source"].as_str().unwrap().ends_with(file_name),
+        "{shown}"
+    );
+    assert!(
+        shown["original"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/api/v1/items/{}/thumbnail", shown["item"])),
+        "{shown}"
+    );
+    assert!(
+        shown["detail"].as_str().unwrap().contains("exact"),
+        "{shown}"
+    );
+    browser.wait_for(
+        "the original's thumbnail",
+        "document.getElementById('copy-original').naturalWidth > 0",
+    );
 }

@@ -27,8 +27,10 @@ pub struct HnswParams {
     pub ef_construction: usize,
     /// Candidate list size while searching (raised to k when k is larger).
     pub ef_search: usize,
-    /// What the graph stores of each vector.
-    pub precision: GraphPrecision,
+    /// What the graph stores of each vector; `None` (the default): what the catalogue's saved
+    /// graph stores, f32 when it has none — so that a command opening a catalogue a service
+    /// runs with int8 vectors keeps them instead of rebuilding.
+    pub precision: Option<GraphPrecision>,
 }
 
 /// What the search graph stores of each vector. The store always keeps the exact f32 vector.
@@ -86,7 +88,7 @@ impl Default for HnswParams {
             max_nb_connection: 16,
             ef_construction: 200,
             ef_search: 64,
-            precision: GraphPrecision::F32,
+            precision: None,
         }
     }
 }
@@ -112,7 +114,7 @@ impl Ann {
             capacity.max(1024),
             params.ef_construction,
         );
-        match params.precision {
+        match params.precision.unwrap_or_default() {
             GraphPrecision::F32 => Ann::F32(Hnsw::new(m, capacity, MAX_LAYER, ef, DistDot)),
             GraphPrecision::Int8 => Ann::Int8(Hnsw::new(m, capacity, MAX_LAYER, ef, ScaledInt8Dot)),
         }
@@ -263,7 +265,7 @@ mod tests {
             .collect();
         for precision in [GraphPrecision::F32, GraphPrecision::Int8] {
             let params = HnswParams {
-                precision,
+                precision: Some(precision),
                 ..HnswParams::default()
             };
             let ann = Ann::build(&params, &points, false);

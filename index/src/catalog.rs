@@ -20,6 +20,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+/// Exact scoring of at least this many items is shared out among rayon's threads.
+const PARALLEL_EXACT_MIN: usize = 256;
+
 /// Filtered searches over at most this many items are exact by default.
 pub const DEFAULT_EXACT_THRESHOLD: usize = 2000;
 
@@ -198,7 +201,7 @@ pub struct Catalog {
 impl Catalog {
     /// Opens the catalogue in folder `dir` (creating it when `options.model` is set), reloading the
     /// saved graph when it matches the store and rebuilding it otherwise.
-    pub fn open(dir: impl AsRef<Path>, options: OpenOptions) -> Result<Catalog> {
+    pub fn open(dir: impl AsRef<Path>, mut options: OpenOptions) -> Result<Catalog> {
         let dir = dir.as_ref().to_path_buf();
         let p = options.hnsw;
         if !(2..=MAX_CONNECTIONS).contains(&p.max_nb_connection)
@@ -237,13 +240,19 @@ impl Catalog {
             }
             (None, None) => return Err(CatalogError::NotInitialised { dir }),
         };
+        let precision = options
+            .hnsw
+            .precision
+            .or_else(|| dump::saved_precision(&dir))
+            .unwrap_or_default();
+        options.hnsw.precision = Some(precision);
         let generation = store.generation()?;
         let items = store.live_items()?;
         let tag = DumpTag {
             generation,
             fingerprint: model.fingerprint.clone(),
             dim: model.dim,
-            precision: options.hnsw.precision,
+            precision,
         };
         let loaded = dump::load(&dir, &tag).filter(|ann| {
             let ids: HashSet<ItemId> = ann.ids().into_iter().collect();
@@ -678,16 +687,17 @@ impl Catalog {
 
     /// Exact top-`k` of normalised `q` over `ids` (vectors read from the store).
     pub(crate) fn exact(&self, q: &[f32], ids: &[ItemId], k: usize) -> Result<Vec<(ItemId, f32)>> {
-        let mut scored = ids
-            .par_iter()
-            .map(|&id| match self.store()?.vector(id)? {
-                Some(v) => Ok(Some((id, vector::dot(q, &v)))),
-                None => Ok(None),
-            })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>();
+        let score = |&id: &ItemId| match self.store()?.vector(id)? {
+            Some(v) => Ok(Some((id, vector::dot(q, &v)))),
+            None => Ok(None),
+        };
+        // Waking rayon's workers costs more than scoring a graph's few dozen candidates.
+        let scored = if ids.len() >= PARALLEL_EXACT_MIN {
+            ids.par_iter().map(score).collect::<Result<Vec<_>>>()?
+        } else {
+            ids.iter().map(score).collect::<Result<Vec<_>>>()?
+        };
+        let mut scored = scored.into_iter().flatten().collect::<Vec<_>>();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         scored.truncate(k);
         Ok(scored)

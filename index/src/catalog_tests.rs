@@ -856,7 +856,7 @@ fn copy_descriptors_of_another_length_are_refused_and_the_verdict_is_stored() {
 fn int8_graph_rescores_exactly_and_switching_precision_rebuilds_the_saved_graph() {
     let dir = tempfile::tempdir().unwrap();
     let mut int8 = OpenOptions::new(model());
-    int8.hnsw.precision = GraphPrecision::Int8;
+    int8.hnsw.precision = Some(GraphPrecision::Int8);
     let (queries, _) = clustered_vectors(40, DIM, 20, 0.6, 77);
     let (vectors, found) = {
         let cat = Catalog::open(dir.path(), int8.clone()).unwrap();
@@ -879,14 +879,18 @@ fn int8_graph_rescores_exactly_and_switching_precision_rebuilds_the_saved_graph(
         (vectors, found as f32 / wanted as f32)
     };
     assert!(found >= 0.95, "int8 graph recall@10 {found}");
-    // The saved int8 graph reloads; asking for f32 rebuilds it, and back again.
+    // The saved int8 graph reloads, also for a caller that does not say (it keeps what is saved);
+    // asking for f32 rebuilds it, and back again.
+    let mut f32 = OpenOptions::new(model());
+    f32.hnsw.precision = Some(GraphPrecision::F32);
     for (options, origin, precision) in [
         (int8.clone(), IndexOrigin::Reloaded, GraphPrecision::Int8),
         (
             OpenOptions::new(model()),
-            IndexOrigin::Built,
-            GraphPrecision::F32,
+            IndexOrigin::Reloaded,
+            GraphPrecision::Int8,
         ),
+        (f32.clone(), IndexOrigin::Built, GraphPrecision::F32),
         (
             OpenOptions::new(model()),
             IndexOrigin::Reloaded,

@@ -125,6 +125,15 @@ pub(crate) fn save(ann: &Ann, dir: &Path, tag: &DumpTag) -> Result<()> {
     Ok(())
 }
 
+/// What the saved graph of catalogue folder `dir` stores of each vector, current or not; `None`
+/// when there is no readable manifest.
+pub(crate) fn saved_precision(dir: &Path) -> Option<GraphPrecision> {
+    let bytes = fs::read(dump_dir(dir).join(MANIFEST)).ok()?;
+    serde_json::from_slice::<Manifest>(&bytes)
+        .ok()
+        .map(|m| m.tag.precision)
+}
+
 /// Reloads the dump of catalogue folder `dir` if it reflects exactly `tag`; otherwise logs why it
 /// is not usable and returns `None` (the caller rebuilds).
 pub(crate) fn load(dir: &Path, tag: &DumpTag) -> Option<Ann> {

@@ -4,15 +4,24 @@
 //! (leave-one-out recall@1, mAP@10 through its own search) with the network's embeddings next to
 //! the 8×8 colour-layout baseline, over all splits and over the validation split alone (queries
 //! and candidates both from it). Embeddings are cached on disk per model fingerprint.
+//!
+//! For side-by-side runs against other ANN libraries the vectors can come from `.npy` files
+//! (`--vectors`, `--query-vectors`), and `--real-like N` writes such files: the network's
+//! embeddings of all three datasets grown to N items with jittered copies. `--csv` appends one row
+//! per (graph precision, ef, query threads) in the format `index/benches/reference/ann_peers.py`
+//! writes for hnswlib and faiss.
 
 use super::colour_layout::ColourLayout;
 use super::embedding::{load_model, progress_bar};
 use super::embedding_cache::EmbeddingCache;
 use super::model::DataArgs;
 use animelens_index::bench::{self, catalog_retrieval_quality, BenchConfig};
-use animelens_index::{Catalog, Filter, HnswParams, ModelTag, NewItem, OpenOptions};
+use animelens_index::{
+    Catalog, Filter, GraphPrecision, HnswParams, ModelTag, NewItem, OpenOptions, MAX_CONNECTIONS,
+};
 use animelens_models::data::Dataset;
-use animelens_models::Embedder;
+use animelens_models::plots::{line_chart, Series};
+use animelens_models::{npy, Embedder};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
@@ -48,6 +57,105 @@ pub struct IndexBenchArgs {
     /// Scratch folder for the benchmark catalogues (default: a temporary folder, deleted after).
     #[arg(long)]
     scratch: Option<PathBuf>,
+    /// Index these vectors instead of the real and synthetic sets: an (n, d) float32 `.npy`
+    /// (rows normalised on load).
+    #[arg(long)]
+    vectors: Option<PathBuf>,
+    /// Queries for --vectors, an (m, d) float32 `.npy` (default: every n/--queries-th row of
+    /// --vectors is held out as a query).
+    #[arg(long, requires = "vectors")]
+    query_vectors: Option<PathBuf>,
+    /// Write a real-like set to --vectors-out and stop: N items (the --model's embeddings of
+    /// pokemon, holoen and malportraits, then jittered copies of them) and --queries queries
+    /// (further jittered copies), as `items.npy` and `queries.npy`.
+    #[arg(long, requires = "model")]
+    real_like: Option<usize>,
+    /// Noise norm of the jittered copies (cosine ≈ 1/√(1 + s²) to the embedding they copy).
+    #[arg(long, default_value_t = 0.35)]
+    jitter: f32,
+    /// Folder --real-like writes to.
+    #[arg(long, default_value = "runs/ann-vectors")]
+    vectors_out: PathBuf,
+    /// malportraits images folder (used by --real-like).
+    #[arg(long, default_value = "../shared/data/malportraits/images")]
+    malportraits: PathBuf,
+    /// Graph precisions to measure (f32, int8), each in its own catalogue.
+    #[arg(long, value_delimiter = ',', default_value = "f32")]
+    graph_precision: Vec<GraphPrecision>,
+    /// Query thread counts to measure QPS with.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    query_threads: Vec<usize>,
+    /// HNSW links per node and layer (M).
+    #[arg(long, default_value_t = HnswParams::default().max_nb_connection)]
+    m: usize,
+    /// HNSW candidate list size while building.
+    #[arg(long, default_value_t = HnswParams::default().ef_construction)]
+    ef_construction: usize,
+    /// Append the recall/QPS rows of every measured graph to this CSV file.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// After the runs, plot QPS against recall@10 for every series in the --csv file (this run's
+    /// and any peers' rows written there before) to this PNG.
+    #[arg(long, requires = "csv")]
+    plot: Option<PathBuf>,
+}
+
+impl IndexBenchArgs {
+    /// The graph parameters asked for, at `precision`.
+    fn hnsw(&self, precision: GraphPrecision) -> Result<HnswParams> {
+        if self.m == 0 || self.m > MAX_CONNECTIONS {
+            bail!("--m must be between 1 and {MAX_CONNECTIONS}");
+        }
+        Ok(HnswParams {
+            max_nb_connection: self.m,
+            ef_construction: self.ef_construction,
+            precision: Some(precision),
+            ..HnswParams::default()
+        })
+    }
+
+    /// Appends `report`'s rows to the --csv file, if asked.
+    fn record(&self, report: &bench::BenchReport) -> Result<()> {
+        let Some(path) = &self.csv else {
+            return Ok(());
+        };
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open {} for appending", path.display()))?;
+        file.write_all(report.to_csv("animelens").as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Runs the recall/QPS benchmark on `items` and `queries` once per graph precision, in
+    /// `scratch/<name>-<precision>`, recording each report; returns their markdown.
+    fn speed_tables(
+        &self,
+        scratch: &Path,
+        name: &str,
+        data: &str,
+        items: &[Vec<f32>],
+        queries: &[Vec<f32>],
+    ) -> Result<String> {
+        let mut out = String::new();
+        for &precision in &self.graph_precision {
+            let report = bench::run_on(
+                &scratch.join(format!("{name}-{precision}")),
+                data,
+                items,
+                queries,
+                self.hnsw(precision)?,
+                &self.efs,
+                &self.query_threads,
+            )?;
+            self.record(&report)?;
+            out.push_str(&report.to_markdown());
+            out.push('\n');
+        }
+        Ok(out)
+    }
 }
 
 /// One real image with its labels, the dataset it comes from and its split.
@@ -195,15 +303,7 @@ fn real_part(args: &IndexBenchArgs, model_path: &Path, scratch: &Path) -> Result
         "real embeddings of pokemon + holoen (all splits) by {} ({fingerprint}); every {every}th image held out as a query",
         model_path.display()
     );
-    let speed = bench::run_on(
-        &scratch.join("real"),
-        &data,
-        &items,
-        &queries,
-        HnswParams::default(),
-        &args.efs,
-        &[1],
-    )?;
+    let speed = args.speed_tables(scratch, "real", &data, &items, &queries)?;
     let mut quality = String::from(
         "| descriptor | data | queries | recall@1 | mAP@10 |\n|---|---|---:|---:|---:|\n",
     );
@@ -218,13 +318,15 @@ fn real_part(args: &IndexBenchArgs, model_path: &Path, scratch: &Path) -> Result
         &baseline,
     )?);
     Ok(format!(
-        "### Real embeddings\n\n{}\n### Same-character retrieval through the catalogue (leave-one-out, k = 10)\n\n{quality}",
-        speed.to_markdown()
+        "### Real embeddings\n\n{speed}\n### Same-character retrieval through the catalogue (leave-one-out, k = 10)\n\n{quality}"
     ))
 }
 
 /// Runs `animelens bench index` and prints markdown.
 pub fn run(args: IndexBenchArgs) -> Result<()> {
+    if let Some(n) = args.real_like {
+        return write_real_like(&args, n);
+    }
     let scratch = args.scratch.clone().map_or_else(tempfile_dir, Ok)?;
     let mut out = format!(
         "machine: {} cores, load average at start {}\n\n",
@@ -236,7 +338,10 @@ pub fn run(args: IndexBenchArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    if !args.skip_real {
+    if let Some(path) = &args.vectors {
+        out.push_str(&vectors_part(&args, path, &scratch)?);
+        println!("{out}");
+    } else if !args.skip_real {
         let Some(model) = &args.model else {
             bail!("the real-data part needs --model CKPT (or pass --skip-real)");
         };
@@ -244,23 +349,168 @@ pub fn run(args: IndexBenchArgs) -> Result<()> {
         println!("{out}");
         out.clear();
     }
-    if args.synthetic > 0 {
+    if args.synthetic > 0 && args.vectors.is_none() {
         let config = BenchConfig {
             n: args.synthetic,
-            efs: args.efs.clone(),
             ..BenchConfig::default()
         };
-        let report = bench::run(&scratch.join("synthetic"), &config)?;
-        out.push_str(&format!(
-            "### Synthetic vectors\n\n{}",
-            report.to_markdown()
-        ));
+        let (items, queries, data) = bench::synthetic_set(&config);
+        let tables = args.speed_tables(&scratch, "synthetic", &data, &items, &queries)?;
+        out.push_str(&format!("### Synthetic vectors\n\n{tables}"));
         println!("{out}");
+    }
+    if let (Some(csv), Some(png)) = (&args.csv, &args.plot) {
+        plot_csv(csv, png)?;
     }
     if args.scratch.is_none() {
         std::fs::remove_dir_all(&scratch)
             .with_context(|| format!("cannot delete the scratch folder {}", scratch.display()))?;
     }
+    Ok(())
+}
+
+/// Reads an `.npy` matrix of vectors, normalising every row.
+fn read_vectors(path: &Path) -> Result<Vec<Vec<f32>>> {
+    let rows = npy::read_matrix(path).with_context(|| format!("cannot read {}", path.display()))?;
+    rows.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            animelens_index::normalise(v)
+                .with_context(|| format!("row {i} of {} is zero or not finite", path.display()))
+        })
+        .collect()
+}
+
+/// The `--vectors` part: the recall/QPS tables on vectors from files.
+fn vectors_part(args: &IndexBenchArgs, path: &Path, scratch: &Path) -> Result<String> {
+    let mut items = read_vectors(path)?;
+    let queries = match &args.query_vectors {
+        Some(q) => read_vectors(q)?,
+        None => {
+            let every = (items.len() / args.queries.max(1)).max(2);
+            let mut queries = Vec::new();
+            let mut kept = Vec::with_capacity(items.len());
+            for (i, v) in items.into_iter().enumerate() {
+                if i % every == every / 2 && queries.len() < args.queries {
+                    queries.push(v);
+                } else {
+                    kept.push(v);
+                }
+            }
+            items = kept;
+            queries
+        }
+    };
+    let dim = items.first().map_or(0, Vec::len);
+    if items.is_empty() || queries.iter().any(|q| q.len() != dim) {
+        bail!("--vectors must hold at least one row, and every query must have its {dim} columns");
+    }
+    let data = format!("vectors of {}", path.display());
+    Ok(format!(
+        "### Vectors from a file\n\n{}",
+        args.speed_tables(scratch, "vectors", &data, &items, &queries)?
+    ))
+}
+
+/// `--real-like N`: writes `items.npy` and `queries.npy` to `--vectors-out`.
+fn write_real_like(args: &IndexBenchArgs, n: usize) -> Result<()> {
+    let model_path = args.model.as_deref().expect("clap requires --model");
+    let mut paths: Vec<PathBuf> = load_real(args)?.into_iter().map(|e| e.path).collect();
+    let mut portraits: Vec<PathBuf> = std::fs::read_dir(&args.malportraits)
+        .with_context(|| format!("cannot list {}", args.malportraits.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    portraits.sort();
+    paths.extend(portraits);
+    let model = load_model(model_path)?;
+    let fingerprint = model.fingerprint();
+    let mut cache = EmbeddingCache::open(&args.cache, &fingerprint)?;
+    let bar = progress_bar(paths.len(), &format!("embedding ({fingerprint})"));
+    let reals: Vec<Vec<f32>> = cache
+        .embed_all(&model, &paths, &bar)?
+        .into_iter()
+        .flatten()
+        .collect();
+    bar.finish_and_clear();
+    if reals.is_empty() {
+        bail!("no image of the datasets could be embedded");
+    }
+    let mut items: Vec<Vec<f32>> = reals.iter().take(n).cloned().collect();
+    items.extend(bench::jittered_copies(
+        &reals,
+        n.saturating_sub(items.len()),
+        args.jitter,
+        1,
+    ));
+    let queries = bench::jittered_copies(&reals, args.queries, args.jitter, 2);
+    std::fs::create_dir_all(&args.vectors_out)
+        .with_context(|| format!("cannot create {}", args.vectors_out.display()))?;
+    for (name, rows) in [("items.npy", &items), ("queries.npy", &queries)] {
+        let path = args.vectors_out.join(name);
+        npy::write_matrix(&path, rows)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "wrote {} items ({} embeddings of {} images by {fingerprint}, the rest jittered copies, noise {}) and {} queries to {}",
+        items.len(),
+        reals.len().min(n),
+        paths.len(),
+        args.jitter,
+        queries.len(),
+        args.vectors_out.display()
+    );
+    Ok(())
+}
+
+/// Plots QPS against recall@10, one line per (engine, graph precision, query threads) of the
+/// `engine,precision,m,ef_construction,ef,threads,recall_at_10,qps` rows in `csv`.
+fn plot_csv(csv: &Path, png: &Path) -> Result<()> {
+    let text =
+        std::fs::read_to_string(csv).with_context(|| format!("cannot read {}", csv.display()))?;
+    let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut graphs = std::collections::BTreeSet::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let fields: Vec<&str> = line.split(',').collect();
+        let [engine, precision, m, efc, _ef, threads, recall, qps] = fields[..] else {
+            bail!("line {} of {} does not have 8 fields", n + 1, csv.display());
+        };
+        let number = |v: &str| -> Result<f64> {
+            v.trim().parse().with_context(|| {
+                format!("line {} of {}: {v:?} is not a number", n + 1, csv.display())
+            })
+        };
+        graphs.insert(format!("M {m}, ef_construction {efc}"));
+        let threads = if threads == "1" {
+            "1 thread".into()
+        } else {
+            format!("{threads} threads")
+        };
+        series
+            .entry(format!("{engine} {precision}, {threads}"))
+            .or_default()
+            .push((number(recall)?, number(qps)?));
+    }
+    // Points stay in file order (increasing ef), so that each line runs from the fastest search
+    // to the most thorough even where recall does not rise with ef.
+    let lines: Vec<Series> = series
+        .iter()
+        .map(|(name, points)| Series {
+            name,
+            points: points.clone(),
+        })
+        .collect();
+    let title = format!(
+        "QPS (y) against recall@10 (x), {}",
+        graphs.into_iter().collect::<Vec<_>>().join("; ")
+    );
+    line_chart(png, &title, "recall@10", &lines)?;
+    println!("plotted {} series to {}", lines.len(), png.display());
     Ok(())
 }
 

@@ -117,7 +117,7 @@ impl Service {
             settings.max_batch,
         );
         let mut options = OpenOptions::new(tag);
-        options.hnsw.precision = settings.graph_precision;
+        options.hnsw.precision = Some(settings.graph_precision);
         let catalog = Catalog::open(settings.catalog_dir(), options)?;
         let stats = catalog.stats()?;
         tracing::info!(

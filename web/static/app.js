@@ -1,5 +1,6 @@
 // AnimeLens web UI: pick or drop an image -> character verdict, lookalike characters and
-// lookalike images; click an image to search from it; like/dislike to shape the "for you" feed.
+// lookalike images, and "possible copy of ..." when the copyright review matches a catalogued
+// picture; click an image to search from it; like/dislike to shape the "for you" feed.
 // Talks only to the JSON API under /api/v1.
 "use strict";
 
@@ -148,11 +149,42 @@ async function searchFile(file) {
     ]);
     showVerdict(classified.results[0]);
     showResults("Lookalikes", "upload:" + file.name, found.hits);
-    await showScenes(file, headers);
+    await Promise.all([showCopy(file, headers), showScenes(file, headers)]);
   } catch (e) {
     $("verdict").textContent = "";
     showError(e);
   }
+}
+
+// Copyright review of the upload (POST /audit): when it is an edited copy of a catalogued picture,
+// the original is shown beside it with the edit it looks like and the score against the
+// catalogue's calibrated threshold. The review is an addition to the search: when it fails, the
+// search results stand and the panel stays hidden.
+async function showCopy(file, headers) {
+  const panel = $("copy-panel");
+  panel.hidden = true;
+  let finding;
+  try {
+    ({ findings: [finding] } = await call("/audit?show=1", { method: "POST", headers, body: file }));
+  } catch (e) {
+    console.warn("copyright review failed:", e);
+    return;
+  }
+  if (!finding || finding.verdict !== "copy" || finding.matches.length === 0) return;
+  const match = finding.matches[0];
+  $("copy-upload").src = $("preview").src;
+  const original = $("copy-original");
+  original.src = `${API}/items/${match.id}/thumbnail`;
+  original.onclick = () => openItem({
+    id: match.id, thumbnail_url: original.src, labels: match.character ? { character: match.character } : {},
+  });
+  $("copy-of").textContent = match.character || "a catalogued picture";
+  $("copy-source").textContent = match.source;
+  const edit = finding.edit.length ? finding.edit.join(", ") : "edited";
+  $("copy-detail").textContent =
+    `${edit} · score ${finding.score.toFixed(2)} (copy from ${finding.threshold.toFixed(2)}${finding.calibrated ? "" : ", uncalibrated"})`;
+  panel.dataset.item = match.id;
+  panel.hidden = false;
 }
 
 // Time as m:ss.s.
@@ -193,6 +225,7 @@ async function showScenes(file, headers) {
 
 async function openItem(item) {
   showError(null);
+  $("copy-panel").hidden = true;
   current = { id: item.id };
   $("preview").src = item.thumbnail_url;
   $("preview").hidden = false;
