@@ -282,6 +282,17 @@ mod tests {
     }
 
     #[test]
+    fn graph_precision_comes_from_file_or_environment() {
+        assert_eq!(base().graph_precision, GraphPrecision::F32);
+        let env = |k: &str| (k == "ANIMELENS_GRAPH_PRECISION").then(|| "int8".to_string());
+        let s = base().overridden(None, env).unwrap();
+        assert_eq!(s.graph_precision, GraphPrecision::Int8);
+        let env = |k: &str| (k == "ANIMELENS_GRAPH_PRECISION").then(|| "int4".to_string());
+        let err = base().overridden(None, env).unwrap_err().to_string();
+        assert!(err.contains("int4") && err.contains("int8"), "{err}");
+    }
+
+    #[test]
     fn bad_values_are_reported() {
         let env = |k: &str| (k == "ANIMELENS_MAX_K").then(|| "many".to_string());
         let err = base().overridden(None, env).unwrap_err();
