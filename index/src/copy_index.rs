@@ -13,7 +13,7 @@
 //! graph is being built waits for the build; if the build already read its item from the store,
 //! the writer's insert adds the same views again, which searches fold into one hit per item.
 
-use crate::ann::{Ann, HnswParams};
+use crate::ann::{Ann, GraphPrecision, HnswParams};
 use crate::record::ItemId;
 use std::collections::{HashMap, HashSet};
 
@@ -41,14 +41,20 @@ pub struct CopyMatch {
 
 impl CopyIndex {
     /// Builds the graph over `entries` (item id, its views' descriptors back to back) whose
-    /// descriptors have `dim` values each.
+    /// descriptors have `dim` values each. Always over f32 vectors, whatever precision `params`
+    /// asks the catalogue's graph for: the copy graph's similarities are the verdict's scores,
+    /// compared with a calibrated threshold, and nothing rescores them.
     pub(crate) fn build(params: &HnswParams, dim: usize, entries: &[(ItemId, Vec<f32>)]) -> Self {
         let points: Vec<(Vec<f32>, ItemId)> = entries
             .iter()
             .flat_map(|(id, copies)| points_of(*id, copies, dim))
             .collect();
+        let params = HnswParams {
+            precision: Some(GraphPrecision::F32),
+            ..*params
+        };
         Self {
-            ann: Ann::build(params, &points, false),
+            ann: Ann::build(&params, &points, false),
             dim,
         }
     }
@@ -131,7 +137,13 @@ mod tests {
         let entries: Vec<(ItemId, Vec<f32>)> = (1..=40u64)
             .map(|id| (id, (0..3).flat_map(|v| descriptor(id * 3 + v)).collect()))
             .collect();
-        let index = CopyIndex::build(&HnswParams::default(), 16, &entries);
+        // A catalogue with an int8 graph: the copy graph stays f32, so similarities are exact.
+        let int8 = HnswParams {
+            precision: Some(GraphPrecision::Int8),
+            ..HnswParams::default()
+        };
+        let index = CopyIndex::build(&int8, 16, &entries);
+        assert_eq!(index.ann.precision(), GraphPrecision::F32);
         let mut live: HashSet<ItemId> = (1..=40).collect();
         let query = descriptor(7 * 3 + 2);
         let hits = index.search(std::slice::from_ref(&query), 5, 64, &live);
