@@ -354,3 +354,48 @@ fn every_endpoint_end_to_end() {
     assert!(!again.lines.iter().any(|l| l.contains("ingesting")));
     again.wait_for_log("catalogue open", Duration::from_secs(1));
 }
+
+/// A service told `graph_precision = int8` (here by its environment variable) searches an int8
+/// graph yet answers exact cosines (a gallery image finds itself at 1.0, which the int8 estimate
+/// alone would not give), saves that graph, and a CLI command opening the catalogue afterwards
+/// keeps it instead of rebuilding it as f32.
+#[test]
+fn int8_graph_service_answers_exact_scores_and_the_cli_keeps_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let gallery = small_gallery(&tmp.path().join("gallery"), 4, 5);
+    let data = tmp.path().join("data");
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--gallery",
+        gallery.to_str().unwrap(),
+    ];
+    let mut server = Server::start(&args, &[("ANIMELENS_GRAPH_PRECISION", "int8")]);
+    server.wait_for_log("ingested 20/20 gallery images", Duration::from_secs(1));
+    let mut names: Vec<String> = std::fs::read_dir(gallery.join("train"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let image = sample_image(&names[0], 0);
+    let r = server.post_image("/api/v1/search?k=5", "image/jpeg", &image);
+    assert_eq!(r.status, 200);
+    let hits = r.json();
+    let score = hits["hits"][0]["score"].as_f64().unwrap();
+    assert!((score - 1.0).abs() < 1e-5, "{hits}");
+    let scores: Vec<f64> = hits["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["score"].as_f64().unwrap())
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+    let (status, _) = server.terminate();
+    assert!(status.success());
+    let db = data.join("catalog");
+    let stats = web_support::ok(&["index", "--db", db.to_str().unwrap(), "stats"]);
+    assert!(stats.contains("graph vectors:  int8"), "{stats}");
+}
