@@ -14,6 +14,7 @@ call. Rows are appended to --csv as engine,precision,m,ef_construction,ef,thread
 """
 
 import argparse
+import importlib.metadata
 import sys
 import threading
 import time
@@ -63,7 +64,7 @@ def hnswlib_engine(items, m, efc):
         index.set_num_threads(1)
         return lambda q: index.knn_query(q[None, :], k=10)[0][0]
 
-    return f"hnswlib {hnswlib.__version__}" if hasattr(hnswlib, "__version__") else "hnswlib", at
+    return f"hnswlib {importlib.metadata.version('hnswlib')}", at
 
 
 def faiss_engine(items, m, efc):
