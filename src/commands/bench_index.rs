@@ -290,15 +290,8 @@ fn real_part(args: &IndexBenchArgs, model_path: &Path, scratch: &Path) -> Result
     let fingerprint = model.fingerprint();
     let net = embed_entries(&model, &entries, &args.cache)?;
     let baseline = embed_entries(&ColourLayout, &entries, &args.cache)?;
-    let every = (net.len() / args.queries.max(1)).max(2);
-    let (mut items, mut queries) = (Vec::new(), Vec::new());
-    for (i, (_, v)) in net.iter().enumerate() {
-        if i % every == every / 2 && queries.len() < args.queries {
-            queries.push(v.clone());
-        } else {
-            items.push(v.clone());
-        }
-    }
+    let (items, queries, every) =
+        hold_out_queries(net.iter().map(|(_, v)| v.clone()).collect(), args.queries);
     let data = format!(
         "real embeddings of pokemon + holoen (all splits) by {} ({fingerprint}); every {every}th image held out as a query",
         model_path.display()
@@ -369,6 +362,24 @@ pub fn run(args: IndexBenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// Splits `vectors` into catalogue items and at most `queries` held-out queries, every `every`th
+/// one (spread evenly); returns `(items, queries, every)`.
+fn hold_out_queries(
+    vectors: Vec<Vec<f32>>,
+    queries: usize,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, usize) {
+    let every = (vectors.len() / queries.max(1)).max(2);
+    let (mut items, mut held) = (Vec::with_capacity(vectors.len()), Vec::new());
+    for (i, v) in vectors.into_iter().enumerate() {
+        if i % every == every / 2 && held.len() < queries {
+            held.push(v);
+        } else {
+            items.push(v);
+        }
+    }
+    (items, held, every)
+}
+
 /// Reads an `.npy` matrix of vectors, normalising every row.
 fn read_vectors(path: &Path) -> Result<Vec<Vec<f32>>> {
     let rows = npy::read_matrix(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -383,22 +394,11 @@ fn read_vectors(path: &Path) -> Result<Vec<Vec<f32>>> {
 
 /// The `--vectors` part: the recall/QPS tables on vectors from files.
 fn vectors_part(args: &IndexBenchArgs, path: &Path, scratch: &Path) -> Result<String> {
-    let mut items = read_vectors(path)?;
-    let queries = match &args.query_vectors {
-        Some(q) => read_vectors(q)?,
+    let (items, queries) = match &args.query_vectors {
+        Some(q) => (read_vectors(path)?, read_vectors(q)?),
         None => {
-            let every = (items.len() / args.queries.max(1)).max(2);
-            let mut queries = Vec::new();
-            let mut kept = Vec::with_capacity(items.len());
-            for (i, v) in items.into_iter().enumerate() {
-                if i % every == every / 2 && queries.len() < args.queries {
-                    queries.push(v);
-                } else {
-                    kept.push(v);
-                }
-            }
-            items = kept;
-            queries
+            let (items, queries, _) = hold_out_queries(read_vectors(path)?, args.queries);
+            (items, queries)
         }
     };
     let dim = items.first().map_or(0, Vec::len);
@@ -415,7 +415,7 @@ fn vectors_part(args: &IndexBenchArgs, path: &Path, scratch: &Path) -> Result<St
 /// `--real-like N`: writes `items.npy` and `queries.npy` to `--vectors-out`.
 fn write_real_like(args: &IndexBenchArgs, n: usize) -> Result<()> {
     let model_path = args.model.as_deref().expect("clap requires --model");
-    let mut paths: Vec<PathBuf> = load_real(args)?.into_iter().map(|e| e.path).collect();
+    let mut entries = load_real(args)?;
     let mut portraits: Vec<PathBuf> = std::fs::read_dir(&args.malportraits)
         .with_context(|| format!("cannot list {}", args.malportraits.display()))?
         .flatten()
@@ -423,17 +423,18 @@ fn write_real_like(args: &IndexBenchArgs, n: usize) -> Result<()> {
         .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
         .collect();
     portraits.sort();
-    paths.extend(portraits);
+    entries.extend(portraits.into_iter().map(|path| Entry {
+        path,
+        labels: BTreeMap::new(),
+        dataset: "malportraits",
+        split: "all",
+    }));
     let model = load_model(model_path)?;
     let fingerprint = model.fingerprint();
-    let mut cache = EmbeddingCache::open(&args.cache, &fingerprint)?;
-    let bar = progress_bar(paths.len(), &format!("embedding ({fingerprint})"));
-    let reals: Vec<Vec<f32>> = cache
-        .embed_all(&model, &paths, &bar)?
+    let reals: Vec<Vec<f32>> = embed_entries(&model, &entries, &args.cache)?
         .into_iter()
-        .flatten()
+        .map(|(_, v)| v)
         .collect();
-    bar.finish_and_clear();
     if reals.is_empty() {
         bail!("no image of the datasets could be embedded");
     }
@@ -456,7 +457,7 @@ fn write_real_like(args: &IndexBenchArgs, n: usize) -> Result<()> {
         "wrote {} items ({} embeddings of {} images by {fingerprint}, the rest jittered copies, noise {}) and {} queries to {}",
         items.len(),
         reals.len().min(n),
-        paths.len(),
+        entries.len(),
         args.jitter,
         queries.len(),
         args.vectors_out.display()
