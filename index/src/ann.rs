@@ -7,7 +7,7 @@
 
 use crate::int8_points::{self, ScaledInt8Dot};
 use crate::record::ItemId;
-use hnsw_rs::prelude::{DistDot, FilterT, Hnsw, Neighbour};
+use hnsw_rs::prelude::{DistDot, Distance, FilterT, Hnsw, Neighbour};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -160,18 +160,13 @@ impl Ann {
     /// Inserts many points in parallel (rayon).
     pub(crate) fn insert_many(&self, points: &[(Vec<f32>, ItemId)]) {
         match self {
-            Ann::F32(h) => {
-                let refs: Vec<(&Vec<f32>, usize)> =
-                    points.iter().map(|(v, id)| (v, *id as usize)).collect();
-                h.parallel_insert(&refs);
-            }
+            Ann::F32(h) => parallel_insert(h, points),
             Ann::Int8(h) => {
-                let encoded: Vec<(Vec<i8>, usize)> = points
+                let encoded: Vec<(Vec<i8>, ItemId)> = points
                     .iter()
-                    .map(|(v, id)| (int8_points::encode(v), *id as usize))
+                    .map(|(v, id)| (int8_points::encode(v), *id))
                     .collect();
-                let refs: Vec<(&Vec<i8>, usize)> = encoded.iter().map(|(v, id)| (v, *id)).collect();
-                h.parallel_insert(&refs);
+                parallel_insert(h, &encoded);
             }
         }
     }
@@ -234,18 +229,32 @@ impl Ann {
             return Vec::new(); // hnsw_rs's point iterator panics on an empty graph
         }
         match self {
-            Ann::F32(h) => h
-                .get_point_indexation()
-                .into_iter()
-                .map(|p| p.get_origin_id() as ItemId)
-                .collect(),
-            Ann::Int8(h) => h
-                .get_point_indexation()
-                .into_iter()
-                .map(|p| p.get_origin_id() as ItemId)
-                .collect(),
+            Ann::F32(h) => origin_ids(h),
+            Ann::Int8(h) => origin_ids(h),
         }
     }
+}
+
+/// Inserts `points` into `hnsw` in parallel (rayon), whatever its point type.
+fn parallel_insert<T, D>(hnsw: &Hnsw<'static, T, D>, points: &[(Vec<T>, ItemId)])
+where
+    T: Clone + Send + Sync,
+    D: Distance<T> + Send + Sync,
+{
+    let refs: Vec<(&Vec<T>, usize)> = points.iter().map(|(v, id)| (v, *id as usize)).collect();
+    hnsw.parallel_insert(&refs);
+}
+
+/// Ids of every point of non-empty `hnsw`, whatever its point type.
+fn origin_ids<T, D>(hnsw: &Hnsw<'static, T, D>) -> Vec<ItemId>
+where
+    T: Clone + Send + Sync,
+    D: Distance<T> + Send + Sync,
+{
+    hnsw.get_point_indexation()
+        .into_iter()
+        .map(|p| p.get_origin_id() as ItemId)
+        .collect()
 }
 
 #[cfg(test)]

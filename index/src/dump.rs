@@ -128,28 +128,29 @@ pub(crate) fn save(ann: &Ann, dir: &Path, tag: &DumpTag) -> Result<()> {
 /// What the saved graph of catalogue folder `dir` stores of each vector, current or not; `None`
 /// when there is no readable manifest.
 pub(crate) fn saved_precision(dir: &Path) -> Option<GraphPrecision> {
-    let bytes = fs::read(dump_dir(dir).join(MANIFEST)).ok()?;
-    serde_json::from_slice::<Manifest>(&bytes)
-        .ok()
-        .map(|m| m.tag.precision)
+    read_manifest(&dump_dir(dir))?.ok().map(|m| m.tag.precision)
+}
+
+/// The manifest in dump folder `out`: `None` when there is none, an error when it is damaged.
+fn read_manifest(out: &Path) -> Option<serde_json::Result<Manifest>> {
+    let bytes = fs::read(out.join(MANIFEST)).ok()?;
+    Some(serde_json::from_slice(&bytes))
 }
 
 /// Reloads the dump of catalogue folder `dir` if it reflects exactly `tag`; otherwise logs why it
 /// is not usable and returns `None` (the caller rebuilds).
 pub(crate) fn load(dir: &Path, tag: &DumpTag) -> Option<Ann> {
     let out = dump_dir(dir);
-    let manifest: Manifest = match fs::read(out.join(MANIFEST)) {
-        Err(_) => {
+    let manifest = match read_manifest(&out) {
+        None => {
             tracing::info!(dir = %out.display(), "no saved HNSW index; building it from the store");
             return None;
         }
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(dir = %out.display(), "damaged HNSW manifest ({e}); rebuilding the index");
-                return None;
-            }
-        },
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            tracing::warn!(dir = %out.display(), "damaged HNSW manifest ({e}); rebuilding the index");
+            return None;
+        }
     };
     if &manifest.tag != tag {
         tracing::info!(
