@@ -355,25 +355,19 @@ fn every_endpoint_end_to_end() {
     again.wait_for_log("catalogue open", Duration::from_secs(1));
 }
 
-/// A service told `graph_precision = int8` (here by its environment variable) searches an int8
-/// graph yet answers exact cosines (a gallery image finds itself at 1.0, which the int8 estimate
-/// alone would not give), saves that graph, and a CLI command opening the catalogue afterwards
-/// keeps it instead of rebuilding it as f32.
+/// A service told `graph_precision = "int8"` (here in its TOML file; the environment variable is
+/// checked in `web::config`) searches an int8 graph yet answers exact cosines (a gallery image
+/// finds itself at 1.0, which the int8 estimate alone would not give), saves that graph, and a CLI
+/// command opening the catalogue afterwards keeps it instead of rebuilding it as f32.
 #[test]
 fn int8_graph_service_answers_exact_scores_and_the_cli_keeps_it() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
     let gallery = small_gallery(&tmp.path().join("gallery"), 4, 5);
     let data = tmp.path().join("data");
-    let args = [
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--gallery",
-        gallery.to_str().unwrap(),
-    ];
-    let mut server = Server::start(&args, &[("ANIMELENS_GRAPH_PRECISION", "int8")]);
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, "graph_precision = \"int8\"\n").unwrap();
+    let mut server = Server::start_on(&data, &model, &gallery, Some(&config));
     server.wait_for_log("ingested 20/20 gallery images", Duration::from_secs(1));
     let mut names: Vec<String> = std::fs::read_dir(gallery.join("train"))
         .unwrap()
