@@ -5,7 +5,7 @@
 //! Needs `animelens index --db DIR import-vectors FILE --fingerprint FP` wired in `src/main.rs`
 //! (see the comment at the top of `src/commands/catalog.rs`); it does not compile without it.
 
-use animelens_index::{Catalog, Filter, OpenOptions};
+use animelens_index::{Catalog, CatalogLogic, Filter, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -20,11 +20,67 @@ fn ids(v: &Value) -> Vec<u64> {
 
 #[test]
 fn every_endpoint_end_to_end() {
+    every_endpoint_on("");
+}
+
+/// The same end-to-end run with the catalogue on Milvus (a `milvus-lite server` on a free port).
+#[cfg(feature = "milvus")]
+#[test]
+fn every_endpoint_end_to_end_on_milvus() {
+    let Some(milvus) = web_support::milvus_lite() else {
+        return;
+    };
+    let (milvus, _data) = milvus;
+    every_endpoint_on(&web_support::milvus_settings(&milvus));
+}
+
+/// The Milvus server going away mid-run gives a clear 503 (with Retry-After, without its
+/// address); the service keeps running and answers again once the server is back.
+#[cfg(feature = "milvus")]
+#[test]
+fn milvus_down_is_a_503_and_the_service_recovers() {
+    let Some((mut milvus, tmp)) = web_support::milvus_lite() else {
+        return;
+    };
+    let model = tiny_model(tmp.path());
+    let gallery = small_gallery(&tmp.path().join("gallery"), 3, 4);
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, web_support::milvus_settings(&milvus)).unwrap();
+    let mut server = Server::start_on(&tmp.path().join("data"), &model, &gallery, Some(&config));
+    server.wait_for_log("ingested 12/12 gallery images", Duration::from_secs(1));
+    let mut names: Vec<String> = std::fs::read_dir(gallery.join("train"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let image = sample_image(&names[0], 0);
+    let search = |server: &Server| server.post_image("/api/v1/search?k=3", "image/jpeg", &image);
+    assert_eq!(search(&server).status, 200);
+    milvus.stop();
+    let r = search(&server);
+    assert_eq!(r.status, 503, "{}", r.error());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        r.error().contains("milvus server is unavailable"),
+        "{}",
+        r.error()
+    );
+    assert!(!r.error().contains("127.0.0.1"), "{}", r.error());
+    milvus.start_again().unwrap();
+    let r = search(&server);
+    assert_eq!(r.status, 200, "{}", r.error());
+    assert_eq!(ids(&r.json()).len(), 3);
+}
+
+/// Every endpoint against a service whose TOML settings file holds `settings`.
+fn every_endpoint_on(settings: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
     let gallery = small_gallery(&tmp.path().join("gallery"), 6, 5);
     let data = tmp.path().join("data");
-    let mut server = Server::start_on(&data, &model, &gallery, None);
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, settings).unwrap();
+    let mut server = Server::start_on(&data, &model, &gallery, Some(&config));
     server.wait_for_log("ingested 30/30 gallery images", Duration::from_secs(1));
 
     // Operations and documentation.
@@ -349,7 +405,7 @@ fn every_endpoint_end_to_end() {
         "{}",
         log.join("\n")
     );
-    let mut again = Server::start_on(&data, &model, &gallery, None);
+    let mut again = Server::start_on(&data, &model, &gallery, Some(&config));
     assert_eq!(again.get_json("/healthz").1["items"], 33);
     assert!(!again.lines.iter().any(|l| l.contains("ingesting")));
     again.wait_for_log("catalogue open", Duration::from_secs(1));

@@ -8,13 +8,17 @@
 //! [`jittered_copies`] grows real embeddings into a larger set. [`retrieval_quality`] measures how
 //! well embeddings retrieve same-class items (leave-one-out recall@1 and mAP@10, exact), and
 //! [`catalog_retrieval_quality`] the same through a catalogue's own search (HNSW, filters), so
-//! that learned and baseline descriptors go through one code path.
+//! that learned and baseline descriptors go through one code path. [`run_storage`] measures any
+//! [`Storage`] backend the same way (ingest rate, recall@10 against exact answers and QPS, with
+//! and without a label filter), so that the embedded catalogue and Milvus are compared side by side.
 
 use crate::ann::HnswParams;
 use crate::catalog::{Catalog, OpenOptions};
 use crate::error::{CatalogError, Result};
 use crate::filter::Filter;
+use crate::logic::CatalogLogic;
 use crate::record::{ItemId, ModelTag, NewItem};
+use crate::storage::Storage;
 use crate::vector::{dot, normalise};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -703,4 +707,143 @@ mod tests {
             "{row:?}"
         );
     }
+}
+
+/// One backend's figures on one set of vectors ([`run_storage`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageBenchReport {
+    /// The backend measured.
+    pub backend: &'static str,
+    /// Items added.
+    pub n: usize,
+    /// Items added per second (batches of 1000, durable when each returns).
+    pub ingest_per_sec: f32,
+    /// Rows per (`ef`, filtered or not).
+    pub rows: Vec<StorageBenchRow>,
+}
+
+/// Recall and speed at one `ef`, with or without the filter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StorageBenchRow {
+    /// The search `ef`.
+    pub ef: usize,
+    /// Whether the queries carried the label filter (one character of [`FILTER_CLASSES`]).
+    pub filtered: bool,
+    /// Mean fraction of the exact top 10 (among the items the filter lets through) found.
+    pub recall_at_10: f32,
+    /// `(threads, queries per second)` for each thread count asked for.
+    pub qps: Vec<(usize, f32)>,
+}
+
+/// Items of the storage benchmark are labelled `character = c<i mod FILTER_CLASSES>`; the
+/// filtered queries ask for `c0`, so the filter lets 1 in FILTER_CLASSES items through.
+pub const FILTER_CLASSES: usize = 50;
+
+impl StorageBenchReport {
+    /// The report as markdown rows `| backend | ef | filter | recall@10 | QPS… |` (no header).
+    pub fn to_markdown_rows(&self) -> String {
+        self.rows
+            .iter()
+            .map(|r| {
+                let qps: Vec<String> = r.qps.iter().map(|(_, q)| format!("{q:.0}")).collect();
+                format!(
+                    "| {} | {} | {} | {:.4} | {} |\n",
+                    self.backend,
+                    r.ef,
+                    if r.filtered {
+                        format!("character = c0 (1/{FILTER_CLASSES})")
+                    } else {
+                        "none".to_string()
+                    },
+                    r.recall_at_10,
+                    qps.join(" | ")
+                )
+            })
+            .collect()
+    }
+}
+
+/// Adds `items` to the empty `storage` and measures its filtered nearest-neighbour search with
+/// `queries` against exact answers, at each `ef`, with each count of `query_threads`.
+pub fn run_storage(
+    storage: &dyn Storage,
+    items: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    efs: &[usize],
+    query_threads: &[usize],
+) -> Result<StorageBenchReport> {
+    let started = Instant::now();
+    let mut index_of: Vec<ItemId> = Vec::with_capacity(items.len());
+    for (chunk_no, chunk) in items.chunks(1000).enumerate() {
+        let batch = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let n = chunk_no * 1000 + i;
+                NewItem {
+                    source: format!("bench/{n}"),
+                    labels: BTreeMap::from([(
+                        crate::PRIMARY_LEVEL.to_string(),
+                        format!("c{}", n % FILTER_CLASSES),
+                    )]),
+                    vector: v.clone(),
+                    ..NewItem::default()
+                }
+            })
+            .collect();
+        index_of.extend(storage.add_batch(batch)?.into_iter().map(|o| o.id));
+    }
+    let ingest_per_sec = items.len() as f32 / started.elapsed().as_secs_f32();
+    let in_c0: Vec<Vec<f32>> = items.iter().step_by(FILTER_CLASSES).cloned().collect();
+    let c0_ids: Vec<ItemId> = index_of.iter().step_by(FILTER_CLASSES).copied().collect();
+    let none = HashSet::new();
+    let mut rows = Vec::new();
+    for filtered in [false, true] {
+        let (filter, pool, ids): (Filter, &[Vec<f32>], &[ItemId]) = if filtered {
+            (
+                Filter::any().label(crate::PRIMARY_LEVEL, "c0"),
+                &in_c0,
+                &c0_ids,
+            )
+        } else {
+            (Filter::any(), items, &index_of)
+        };
+        let truth: Vec<HashSet<ItemId>> = queries
+            .par_iter()
+            .map(|q| {
+                exact_top(q, pool, 10)
+                    .into_iter()
+                    .map(|(i, _)| ids[i])
+                    .collect()
+            })
+            .collect();
+        for &ef in efs {
+            // Untimed pass: the recall, and warm caches for the timed ones.
+            let mut found = 0usize;
+            for (q, want) in queries.iter().zip(&truth) {
+                let got = storage.nearest(q, 10, &filter, &none, ef)?;
+                found += got.iter().filter(|(id, _)| want.contains(id)).count();
+            }
+            let wanted: usize = truth.iter().map(HashSet::len).sum();
+            let qps = query_threads
+                .iter()
+                .map(|&t| {
+                    let search = |q: &[f32]| storage.nearest(q, 10, &filter, &none, ef).map(drop);
+                    Ok((t, threaded_qps(queries, t, search)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            rows.push(StorageBenchRow {
+                ef,
+                filtered,
+                recall_at_10: found as f32 / wanted.max(1) as f32,
+                qps,
+            });
+        }
+    }
+    Ok(StorageBenchReport {
+        backend: storage.backend_name(),
+        n: items.len(),
+        ingest_per_sec,
+        rows,
+    })
 }

@@ -12,7 +12,9 @@ use crate::dump::{self, DumpTag};
 use crate::error::{CatalogError, Result};
 use crate::filter::{Filter, Postings};
 use crate::limits;
-use crate::record::{now_ms, AddOutcome, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem};
+use crate::record::{
+    now_ms, AddOutcome, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, RestoredItem,
+};
 use crate::store::{Prepared, Store};
 use crate::vector::{self, QuantizedVector};
 use rayon::prelude::*;
@@ -414,6 +416,31 @@ impl Catalog {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        self.add_prepared(prepared)
+    }
+
+    /// Adds items copied from another catalogue, keeping their ids (see
+    /// [`Storage::add_restored`](crate::Storage::add_restored)).
+    pub fn add_restored(&self, items: Vec<RestoredItem>) -> Result<Vec<AddOutcome>> {
+        let prepared = items
+            .into_iter()
+            .map(|r| {
+                limits::check_restored(&r.item)?;
+                Ok(Prepared {
+                    copy_dim: 0,
+                    copies: Vec::new(),
+                    vector: self.check_vector(&r.vector)?,
+                    store_int8: self.options.store_int8,
+                    thumbnail: r.thumbnail,
+                    item: r.item,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.add_prepared(prepared)
+    }
+
+    /// Writes prepared items in one transaction and publishes the new ones.
+    fn add_prepared(&self, prepared: Vec<Prepared>) -> Result<Vec<AddOutcome>> {
         if prepared.is_empty() {
             return Ok(Vec::new());
         }
@@ -578,12 +605,7 @@ impl Catalog {
         self.store()?.thumbnail(id)
     }
 
-    /// The `k` live items most similar to `vector` among those matching `filter`.
-    pub fn search(&self, vector: &[f32], k: usize, filter: &Filter) -> Result<Vec<Hit>> {
-        self.search_with_ef(vector, k, filter, self.options.hnsw.ef_search)
-    }
-
-    /// [`Catalog::search`] with an explicit HNSW `ef` (for benchmarks and recall tuning).
+    /// [`crate::CatalogLogic::search`] with an explicit HNSW `ef` (for benchmarks and recall tuning).
     pub fn search_with_ef(
         &self,
         vector: &[f32],
@@ -593,14 +615,6 @@ impl Catalog {
     ) -> Result<Vec<Hit>> {
         let q = self.check_vector(vector)?;
         let scored = self.scored(&q, k, filter, &HashSet::new(), ef)?;
-        self.hits(scored)
-    }
-
-    /// The `k` live items most similar to live item `id` (excluding itself).
-    pub fn search_by_id(&self, id: ItemId, k: usize, filter: &Filter) -> Result<Vec<Hit>> {
-        let v = self.vector(id)?.ok_or(CatalogError::UnknownItem { id })?;
-        let exclude = HashSet::from([id]);
-        let scored = self.scored(&v, k, filter, &exclude, self.options.hnsw.ef_search)?;
         self.hits(scored)
     }
 

@@ -95,7 +95,7 @@ fn hit_ids(hits: &[Hit]) -> Vec<ItemId> {
 fn catalog_is_send_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Catalog>();
-    let _: Option<Arc<dyn CatalogBackend>> = None;
+    let _: Option<Arc<dyn Storage>> = None;
 }
 
 #[test]
@@ -532,7 +532,7 @@ fn feeds_use_likes_exclude_seen_and_handle_cold_start() {
         .unwrap();
     cat.record_event("ann", ids[299], EventKind::View, None)
         .unwrap();
-    assert_eq!(cat.events("ann").unwrap().len(), 5);
+    assert_eq!(cat.user_events("ann").unwrap().len(), 5);
     assert!(cat
         .record_event("ann", 1_000_000, EventKind::Like, None)
         .is_err());
@@ -595,7 +595,7 @@ fn popularity_counts_distinct_users_and_events_per_user_are_bounded() {
         cat.record_event("busy", ids[2], EventKind::View, Some(1000 + t))
             .unwrap();
     }
-    let kept = cat.events("busy").unwrap();
+    let kept = cat.user_events("busy").unwrap();
     assert_eq!(kept.len(), crate::limits::MAX_EVENTS_PER_USER);
     assert_eq!(kept[0].at_ms, 1000 + extra as u64);
     assert!(cat

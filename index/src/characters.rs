@@ -6,17 +6,19 @@
 //! right when its best centroid is its true character with cosine ≥ t, or when its true character
 //! is not in the catalogue and the best cosine is < t. The threshold is placed half-way between the
 //! two scores around the best cut (ties go to the higher threshold: fewer false accepts), and
-//! stored in sled. [`Catalog::calibrate_open_set`] needs no images of unseen characters: it also
+//! stored by the storage. [`crate::CatalogLogic::calibrate_open_set`] needs no images of unseen characters: it also
 //! scores every known sample against the *other* characters' centroids, as a stand-in for an
 //! image of a character the catalogue does not hold (which must answer unknown).
 
 use crate::catalog::{lock, Catalog, IndexState};
 use crate::error::{CatalogError, Result};
+use crate::logic::CatalogLogic;
 use crate::record::{AddOutcome, NewItem, PRIMARY_LEVEL};
+use crate::storage::Storage;
 use crate::vector::{self, VectorSum};
 use std::collections::HashMap;
 
-/// Threshold used until [`Catalog::calibrate_open_set`] stores one.
+/// Threshold used until [`crate::CatalogLogic::calibrate_open_set`] stores one.
 pub const DEFAULT_OPEN_SET_THRESHOLD: f32 = 0.5;
 
 /// Per-character vector sums (items and enrolment shots together).
@@ -43,7 +45,14 @@ impl CentroidTable {
         }
     }
 
-    fn merge(&mut self, name: &str, other: &VectorSum) {
+    /// The sum of `vectors` (all of length `dim`).
+    pub(crate) fn sum_of(dim: usize, vectors: &[Vec<f32>]) -> VectorSum {
+        let mut sum = VectorSum::new(dim);
+        vectors.iter().for_each(|v| sum.add(v));
+        sum
+    }
+
+    pub(crate) fn merge(&mut self, name: &str, other: &VectorSum) {
         self.sums
             .entry(name.to_string())
             .or_insert_with(|| VectorSum::new(other.sum.len()))
@@ -51,7 +60,7 @@ impl CentroidTable {
     }
 
     /// Normalised centroids of every character.
-    fn centroids(&self) -> Vec<(String, Vec<f32>)> {
+    pub(crate) fn centroids(&self) -> Vec<(String, Vec<f32>)> {
         let mut out: Vec<_> = self
             .sums
             .iter()
@@ -82,7 +91,7 @@ pub struct Classification {
     pub candidates: Vec<CharacterScore>,
 }
 
-/// Result of [`Catalog::calibrate_open_set`].
+/// Result of [`crate::CatalogLogic::calibrate_open_set`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Calibration {
     /// The chosen (and stored) threshold.
@@ -158,120 +167,127 @@ impl Catalog {
         self.with_table(CentroidTable::centroids)
     }
 
-    /// The `k` characters whose centroids are closest to `name`'s.
-    pub fn similar_characters(&self, name: &str, k: usize) -> Result<Vec<CharacterScore>> {
-        let centroids = self.character_centroids()?;
-        let own = centroids
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| c.clone())
-            .ok_or_else(|| CatalogError::UnknownCharacter { name: name.into() })?;
-        Ok(rank(
-            &own,
-            centroids.into_iter().filter(|(n, _)| n != name),
-            k,
-        ))
-    }
-
-    /// Few-shot enrolment: adds `vectors` (e.g. embeddings of a handful of images) to character
-    /// `name`'s centroid, creating the character if new. Returns the number of shots stored.
-    pub fn enroll(&self, name: &str, vectors: &[Vec<f32>]) -> Result<usize> {
-        crate::limits::check_name("character name", name)?;
-        if vectors.is_empty() {
-            return Err(CatalogError::invalid(
-                "enrolment needs a character name and at least one vector",
-                "pass the name and the embeddings of a few images of the character",
-            ));
-        }
-        let mut shots = VectorSum::new(self.model.dim);
-        for v in vectors {
-            shots.add(&self.check_vector(v)?);
-        }
+    /// Stores enrolment shots (normalised vectors) and merges them into the cached table.
+    pub(crate) fn store_enrolment(&self, name: &str, shots: &VectorSum) -> Result<usize> {
         let _writer = self.begin_write()?;
-        let total = self.store()?.enroll(name, &shots)?;
+        let total = self.store()?.enroll(name, shots)?;
         let mut st = self.write_state();
         if let Some(table) = st
             .centroids
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
         {
-            table.merge(name, &shots);
+            table.merge(name, shots);
         }
         Ok(total.count)
     }
+}
 
-    /// Few-shot enrolment with images: adds `items` labelled `character = name` to the catalogue
-    /// (so they are searchable and shape the centroid).
-    pub fn enroll_items(&self, name: &str, items: Vec<NewItem>) -> Result<Vec<AddOutcome>> {
-        let items = items
-            .into_iter()
-            .map(|mut i| {
-                i.labels.insert(PRIMARY_LEVEL.to_string(), name.to_string());
-                i
-            })
-            .collect();
-        self.add_batch(items)
+/// The `k` characters whose centroids are closest to `name`'s.
+pub(crate) fn similar_characters<S: Storage + ?Sized>(
+    storage: &S,
+    name: &str,
+    k: usize,
+) -> Result<Vec<CharacterScore>> {
+    let centroids = storage.character_centroids()?;
+    let own = centroids
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, c)| c.clone())
+        .ok_or_else(|| CatalogError::UnknownCharacter { name: name.into() })?;
+    Ok(rank(
+        &own,
+        centroids.into_iter().filter(|(n, _)| n != name),
+        k,
+    ))
+}
+
+/// Few-shot enrolment: adds `vectors` (e.g. embeddings of a handful of images) to character
+/// `name`'s centroid, creating the character if new. Returns the number of shots stored.
+pub(crate) fn enroll<S: Storage + ?Sized>(
+    storage: &S,
+    name: &str,
+    vectors: &[Vec<f32>],
+) -> Result<usize> {
+    crate::limits::check_name("character name", name)?;
+    if vectors.is_empty() {
+        return Err(CatalogError::invalid(
+            "enrolment needs a character name and at least one vector",
+            "pass the name and the embeddings of a few images of the character",
+        ));
     }
+    let shots = vectors
+        .iter()
+        .map(|v| storage.check_vector(v))
+        .collect::<Result<Vec<_>>>()?;
+    storage.store_enrolment(name, &CentroidTable::sum_of(storage.model().dim, &shots))
+}
 
-    /// Whether the open-set threshold was calibrated (otherwise [`DEFAULT_OPEN_SET_THRESHOLD`],
-    /// which means little for a given model: callers should say so).
-    pub fn open_set_calibrated(&self) -> Result<bool> {
-        Ok(self.store()?.threshold()?.is_some())
-    }
-
-    /// The open-set threshold in use (calibrated, or [`DEFAULT_OPEN_SET_THRESHOLD`]).
-    pub fn open_set_threshold(&self) -> Result<f32> {
-        Ok(self
-            .store()?
-            .threshold()?
-            .unwrap_or(DEFAULT_OPEN_SET_THRESHOLD))
-    }
-
-    /// The `k` characters nearest to `vector` by centroid, and the verdict: the best one, or
-    /// unknown when its cosine is below the open-set threshold.
-    pub fn classify_by_centroid(&self, vector: &[f32], k: usize) -> Result<Classification> {
-        let q = self.check_vector(vector)?;
-        let threshold = self.open_set_threshold()?;
-        let candidates = rank(&q, self.character_centroids()?, k.max(1));
-        let label = candidates
-            .first()
-            .filter(|c| c.score >= threshold)
-            .map(|c| c.name.clone());
-        Ok(Classification {
-            label,
-            threshold,
-            candidates: candidates.into_iter().take(k).collect(),
+/// Few-shot enrolment with images: adds `items` labelled `character = name` to the catalogue
+/// (so they are searchable and shape the centroid).
+pub(crate) fn enroll_items<S: Storage + ?Sized>(
+    storage: &S,
+    name: &str,
+    items: Vec<NewItem>,
+) -> Result<Vec<AddOutcome>> {
+    let items = items
+        .into_iter()
+        .map(|mut i| {
+            i.labels.insert(PRIMARY_LEVEL.to_string(), name.to_string());
+            i
         })
-    }
+        .collect();
+    storage.add_batch(items)
 }
 
-impl Catalog {
-    /// Chooses the open-set threshold on validation `samples` of (embedding, true character), with
-    /// simulated unseen characters, and stores it: each sample whose
-    /// character is in the catalogue counts twice, once as a known query (right when its nearest
-    /// centroid is its character with cosine ≥ t) and once, with its own character left out, as
-    /// an unknown query (right when the best other centroid has cosine < t); samples of
-    /// characters absent from the catalogue count once, as unknown queries. Stores the threshold.
-    pub fn calibrate_open_set(&self, samples: &[(Vec<f32>, String)]) -> Result<Calibration> {
-        let centroids = self.character_centroids()?;
-        if samples.is_empty() || centroids.len() < 2 {
-            return Err(CatalogError::invalid(
-                "open-set calibration needs validation samples and at least two characters in the catalogue",
-                "add labelled items of several characters, then pass (embedding, true character) pairs",
-            ));
-        }
-        let checked = samples
-            .iter()
-            .map(|(v, truth)| Ok((self.check_vector(v)?, truth.clone())))
-            .collect::<Result<Vec<_>>>()?;
-        let calibration = open_set_threshold(&checked, &centroids);
-        let _writer = self.begin_write()?;
-        self.store()?.set_threshold(calibration.threshold)?;
-        Ok(calibration)
-    }
+/// The `k` characters nearest to `vector` by centroid, and the verdict: the best one, or
+/// unknown when its cosine is below the open-set threshold.
+pub(crate) fn classify_by_centroid<S: Storage + ?Sized>(
+    storage: &S,
+    vector: &[f32],
+    k: usize,
+) -> Result<Classification> {
+    let q = storage.check_vector(vector)?;
+    let threshold = storage.open_set_threshold()?;
+    let candidates = rank(&q, storage.character_centroids()?, k.max(1));
+    let label = candidates
+        .first()
+        .filter(|c| c.score >= threshold)
+        .map(|c| c.name.clone());
+    Ok(Classification {
+        label,
+        threshold,
+        candidates: candidates.into_iter().take(k).collect(),
+    })
 }
 
-/// The calibration rule of [`Catalog::calibrate_open_set`] on normalised vectors, without a
+/// Chooses the open-set threshold on validation `samples` of (embedding, true character), with
+/// simulated unseen characters, and stores it: each sample whose
+/// character is in the catalogue counts twice, once as a known query (right when its nearest
+/// centroid is its character with cosine ≥ t) and once, with its own character left out, as
+/// an unknown query (right when the best other centroid has cosine < t); samples of
+/// characters absent from the catalogue count once, as unknown queries. Stores the threshold.
+pub(crate) fn calibrate_open_set<S: Storage + ?Sized>(
+    storage: &S,
+    samples: &[(Vec<f32>, String)],
+) -> Result<Calibration> {
+    let centroids = storage.character_centroids()?;
+    if samples.is_empty() || centroids.len() < 2 {
+        return Err(CatalogError::invalid(
+            "open-set calibration needs validation samples and at least two characters in the catalogue",
+            "add labelled items of several characters, then pass (embedding, true character) pairs",
+        ));
+    }
+    let checked = samples
+        .iter()
+        .map(|(v, truth)| Ok((storage.check_vector(v)?, truth.clone())))
+        .collect::<Result<Vec<_>>>()?;
+    let calibration = open_set_threshold(&checked, &centroids);
+    storage.store_threshold(calibration.threshold)?;
+    Ok(calibration)
+}
+
+/// The calibration rule of [`crate::CatalogLogic::calibrate_open_set`] on normalised vectors, without a
 /// catalogue (the model's evaluation applies the same rule): `samples` of (embedding, true
 /// character) against `centroids` (at least two).
 pub fn open_set_threshold(
@@ -326,7 +342,7 @@ fn rank(
 mod tests {
     use super::best_threshold;
     use crate::bench::clustered_vectors;
-    use crate::{Catalog, ModelTag, NewItem, OpenOptions};
+    use crate::{Catalog, CatalogLogic, ModelTag, NewItem, OpenOptions};
 
     #[test]
     fn open_set_calibration_separates_own_and_other_characters() {

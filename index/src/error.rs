@@ -158,6 +158,32 @@ pub enum CatalogError {
         fix: String,
     },
 
+    /// The storage backend cannot do this (yet).
+    #[error(
+        "{what} needs the embedded catalogue; the {backend} backend does not support it yet: run this \
+         against an embedded catalogue (backend = \"embedded\")"
+    )]
+    Unsupported {
+        /// What was asked for.
+        what: String,
+        /// The backend in use.
+        backend: &'static str,
+    },
+
+    /// A remote storage backend (a Milvus server) did not answer or refused the request.
+    #[error(
+        "the {backend} server is unavailable or refused the request ({reason}); check that it is running \
+         and reachable at the configured {setting}, then retry"
+    )]
+    BackendUnavailable {
+        /// The backend.
+        backend: &'static str,
+        /// The setting naming its address.
+        setting: &'static str,
+        /// What the server or the connection said.
+        reason: String,
+    },
+
     /// The HNSW dump could not be written (the catalogue itself is unaffected).
     #[error(
         "could not save the search index to {}: {reason}; the catalogue is intact and the index will be \

@@ -3,10 +3,10 @@
 //! A user with no likes gets a cold-start feed: the most liked unseen items, topped up with random
 //! ones (seeded per user and catalogue generation, so a refresh is stable), also diversified by MMR.
 
-use crate::catalog::Catalog;
 use crate::error::{CatalogError, Result};
 use crate::filter::Filter;
 use crate::record::{now_ms, Event, EventKind, Hit, ItemId};
+use crate::storage::Storage;
 use crate::vector::{self, dot};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -41,138 +41,125 @@ pub fn mmr(candidates: &[(f32, Vec<f32>)], k: usize, lambda: f32) -> Vec<usize> 
     picked
 }
 
-impl Catalog {
-    /// Stores a user event (durable when this returns). `at_ms` defaults to now.
-    pub fn record_event(
-        &self,
-        user: &str,
-        item: ItemId,
-        kind: EventKind,
-        at_ms: Option<u64>,
-    ) -> Result<()> {
-        crate::limits::check_name("user name", user)?;
-        if self.get(item)?.is_none() {
-            return Err(CatalogError::UnknownItem { id: item });
-        }
-        let event = Event {
-            item,
-            kind,
-            at_ms: at_ms.unwrap_or_else(now_ms),
-        };
-        let _writer = self.begin_write()?;
-        self.store()?.record_event(user, &event)
+/// Stores a user event (durable when this returns). `at_ms` defaults to now.
+pub(crate) fn record_event<S: Storage + ?Sized>(
+    storage: &S,
+    user: &str,
+    item: ItemId,
+    kind: EventKind,
+    at_ms: Option<u64>,
+) -> Result<()> {
+    crate::limits::check_name("user name", user)?;
+    if storage.get(item)?.is_none() {
+        return Err(CatalogError::UnknownItem { id: item });
     }
+    let event = Event {
+        item,
+        kind,
+        at_ms: at_ms.unwrap_or_else(now_ms),
+    };
+    storage.store_event(user, &event)
+}
 
-    /// A user's events in time order.
-    pub fn events(&self, user: &str) -> Result<Vec<Event>> {
-        self.store()?.events(user)
+/// Up to `k` unseen live items for `user`, diversified by MMR with trade-off `lambda` in [0, 1]
+/// (0.7 is a good default). `Hit::score` is the relevance (cosine to the profile, or normalised
+/// like count for cold-start users).
+pub(crate) fn feed<S: Storage + ?Sized>(
+    storage: &S,
+    user: &str,
+    k: usize,
+    lambda: f32,
+) -> Result<Vec<Hit>> {
+    if !(0.0..=1.0).contains(&lambda) {
+        return Err(CatalogError::invalid(
+            format!("MMR lambda {lambda} is outside [0, 1]"),
+            "pass 1 for pure relevance, 0 for pure diversity, e.g. 0.7",
+        ));
     }
-
-    /// Up to `k` unseen live items for `user`, diversified by MMR with trade-off `lambda` in [0, 1]
-    /// (0.7 is a good default). `Hit::score` is the relevance (cosine to the profile, or normalised
-    /// like count for cold-start users).
-    pub fn feed(&self, user: &str, k: usize, lambda: f32) -> Result<Vec<Hit>> {
-        if !(0.0..=1.0).contains(&lambda) {
-            return Err(CatalogError::invalid(
-                format!("MMR lambda {lambda} is outside [0, 1]"),
-                "pass 1 for pure relevance, 0 for pure diversity, e.g. 0.7",
-            ));
-        }
-        let events = self.events(user)?;
-        let seen: HashSet<ItemId> = events.iter().map(|e| e.item).collect();
-        let mut verdict: HashMap<ItemId, EventKind> = HashMap::new();
-        for e in events.iter().filter(|e| e.kind != EventKind::View) {
-            verdict.insert(e.item, e.kind);
-        }
-        let vectors_with = |kind: EventKind| -> Result<Vec<Vec<f32>>> {
-            let mut out = Vec::new();
-            for (&id, _) in verdict.iter().filter(|(_, &k)| k == kind) {
-                out.extend(self.vector(id)?);
-            }
-            Ok(out)
-        };
-        let (likes, dislikes) = (
-            vectors_with(EventKind::Like)?,
-            vectors_with(EventKind::Dislike)?,
-        );
-        let profile = vector::mean(&likes).and_then(|liked| match vector::mean(&dislikes) {
-            Some(disliked) => vector::normalise(
-                &liked
-                    .iter()
-                    .zip(&disliked)
-                    .map(|(l, d)| l - d)
-                    .collect::<Vec<_>>(),
-            ),
-            None => vector::normalise(&liked),
-        });
-        let pool = (k * 5).max(50);
-        let scored = match profile {
-            Some(p) => self.scored(
-                &p,
-                pool,
-                &Filter::any(),
-                &seen,
-                self.options.hnsw.ef_search.max(pool),
-            )?,
-            None => self.cold_start(user, pool, &seen)?,
-        };
-        let mut candidates = Vec::with_capacity(scored.len());
-        for (id, relevance) in scored {
-            if let Some(v) = self.store()?.vector(id)? {
-                candidates.push((id, relevance, v));
-            }
-        }
-        let pairs: Vec<(f32, Vec<f32>)> =
-            candidates.iter().map(|(_, r, v)| (*r, v.clone())).collect();
-        let picked = mmr(&pairs, k, lambda);
-        self.hits(
-            picked
-                .into_iter()
-                .map(|i| (candidates[i].0, candidates[i].1))
-                .collect(),
-        )
+    let events = storage.user_events(user)?;
+    let seen: HashSet<ItemId> = events.iter().map(|e| e.item).collect();
+    let mut verdict: HashMap<ItemId, EventKind> = HashMap::new();
+    for e in events.iter().filter(|e| e.kind != EventKind::View) {
+        verdict.insert(e.item, e.kind);
     }
-
-    /// Most liked unseen live items (relevance = likes / max likes), topped up with random ones.
-    fn cold_start(
-        &self,
-        user: &str,
-        pool: usize,
-        seen: &HashSet<ItemId>,
-    ) -> Result<Vec<(ItemId, f32)>> {
-        let (live, generation) = {
-            let st = self.read_state();
-            let mut live: Vec<ItemId> = st
-                .live
-                .iter()
-                .copied()
-                .filter(|id| !seen.contains(id))
-                .collect();
-            live.sort_unstable();
-            (live, st.generation)
-        };
-        let live_set: HashSet<ItemId> = live.iter().copied().collect();
-        let mut popular: Vec<(ItemId, u64)> = self
-            .store()?
-            .popularity()?
-            .into_iter()
-            .filter(|(id, n)| *n > 0 && live_set.contains(id))
-            .collect();
-        popular.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        popular.truncate(pool);
-        let top = popular.first().map_or(1, |p| p.1) as f32;
-        let mut out: Vec<(ItemId, f32)> = popular
-            .iter()
-            .map(|&(id, n)| (id, n as f32 / top))
-            .collect();
-        let chosen: HashSet<ItemId> = out.iter().map(|p| p.0).collect();
-        let mut rest: Vec<ItemId> = live.into_iter().filter(|id| !chosen.contains(id)).collect();
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (user, generation).hash(&mut hasher);
-        rest.shuffle(&mut StdRng::seed_from_u64(hasher.finish()));
-        out.extend(rest.into_iter().take(pool - out.len()).map(|id| (id, 0.0)));
+    let vectors_with = |kind: EventKind| -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::new();
+        for (&id, _) in verdict.iter().filter(|(_, &k)| k == kind) {
+            out.extend(storage.vector(id)?);
+        }
         Ok(out)
+    };
+    let (likes, dislikes) = (
+        vectors_with(EventKind::Like)?,
+        vectors_with(EventKind::Dislike)?,
+    );
+    let profile = vector::mean(&likes).and_then(|liked| match vector::mean(&dislikes) {
+        Some(disliked) => vector::normalise(
+            &liked
+                .iter()
+                .zip(&disliked)
+                .map(|(l, d)| l - d)
+                .collect::<Vec<_>>(),
+        ),
+        None => vector::normalise(&liked),
+    });
+    let pool = (k * 5).max(50);
+    let scored = match profile {
+        Some(p) => storage.nearest(
+            &p,
+            pool,
+            &Filter::any(),
+            &seen,
+            storage.ef_search().max(pool),
+        )?,
+        None => cold_start(storage, user, pool, &seen)?,
+    };
+    let mut candidates = Vec::with_capacity(scored.len());
+    for (id, relevance) in scored {
+        if let Some(v) = storage.vector(id)? {
+            candidates.push((id, relevance, v));
+        }
     }
+    let pairs: Vec<(f32, Vec<f32>)> = candidates.iter().map(|(_, r, v)| (*r, v.clone())).collect();
+    let picked = mmr(&pairs, k, lambda);
+    storage.hits(
+        picked
+            .into_iter()
+            .map(|i| (candidates[i].0, candidates[i].1))
+            .collect(),
+    )
+}
+
+/// Most liked unseen live items (relevance = likes / max likes), topped up with random ones.
+fn cold_start<S: Storage + ?Sized>(
+    storage: &S,
+    user: &str,
+    pool: usize,
+    seen: &HashSet<ItemId>,
+) -> Result<Vec<(ItemId, f32)>> {
+    let generation = storage.counts().generation;
+    let mut live = storage.live_ids()?;
+    live.retain(|id| !seen.contains(id));
+    let live_set: HashSet<ItemId> = live.iter().copied().collect();
+    let mut popular: Vec<(ItemId, u64)> = storage
+        .popularity()?
+        .into_iter()
+        .filter(|(id, n)| *n > 0 && live_set.contains(id))
+        .collect();
+    popular.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    popular.truncate(pool);
+    let top = popular.first().map_or(1, |p| p.1) as f32;
+    let mut out: Vec<(ItemId, f32)> = popular
+        .iter()
+        .map(|&(id, n)| (id, n as f32 / top))
+        .collect();
+    let chosen: HashSet<ItemId> = out.iter().map(|p| p.0).collect();
+    let mut rest: Vec<ItemId> = live.into_iter().filter(|id| !chosen.contains(id)).collect();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (user, generation).hash(&mut hasher);
+    rest.shuffle(&mut StdRng::seed_from_u64(hasher.finish()));
+    out.extend(rest.into_iter().take(pool - out.len()).map(|id| (id, 0.0)));
+    Ok(out)
 }
 
 #[cfg(test)]

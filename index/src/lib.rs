@@ -7,15 +7,16 @@
 //!   rebuilt on open or reloaded from a dump tagged with the sled generation;
 //! * removals are tombstones filtered during the graph walk; [`Catalog::compact`] purges them;
 //! * filters on labels and tags fall back to exact search when they match few items;
-//! * on top: per-character centroids and open-set classification ([`Catalog::classify_by_centroid`]),
-//!   recommendations ([`Catalog::recommend`]), user feeds with MMR ([`Catalog::feed`]) and
-//!   near-duplicate checks ([`Catalog::near_duplicates`]);
+//! * on top, for any [`Storage`]: per-character centroids and open-set classification
+//!   ([`CatalogLogic::classify_by_centroid`]), recommendations ([`CatalogLogic::recommend`]), user
+//!   feeds with MMR ([`CatalogLogic::feed`]) and near-duplicate checks
+//!   ([`CatalogLogic::near_duplicates`]);
 //! * [`Catalog::reembed`] switches a catalogue to a new model atomically (new vector set, then one
 //!   transaction flips the set and the model tag);
-//! * [`CatalogBackend`] is the seam for a distributed engine; [`bench`] measures recall and speed.
+//! * [`Storage`] is the seam between storage and the catalogue's logic ([`CatalogLogic`], written
+//!   once for every storage); [`Catalog`] is the embedded storage; [`bench`] measures recall and speed.
 
 mod ann;
-mod backend;
 pub mod bench;
 mod catalog;
 #[cfg(test)]
@@ -29,15 +30,19 @@ mod feed;
 mod filter;
 mod int8_points;
 pub mod limits;
+mod logic;
+mod migrate;
+#[cfg(feature = "milvus")]
+mod milvus;
 mod recommend;
 mod record;
 mod reembed;
 mod scenes;
+mod storage;
 mod store;
 mod vector;
 
 pub use ann::{GraphPrecision, HnswParams, MAX_CONNECTIONS};
-pub use backend::CatalogBackend;
 pub use catalog::{
     Catalog, CatalogCounts, CatalogStats, CompactReport, Consistency, IndexOrigin, OpenOptions,
     DEFAULT_EXACT_THRESHOLD,
@@ -50,11 +55,16 @@ pub use copy_verdict::{CalibrationViews, CopyFinding, CopyReview, CopyVerdict, M
 pub use error::{CatalogError, Result};
 pub use feed::mmr;
 pub use filter::Filter;
+pub use logic::CatalogLogic;
+pub use migrate::{copy_catalogue, CopyReport};
+#[cfg(feature = "milvus")]
+pub use milvus::{MilvusConfig, MilvusLite, MilvusStorage};
 pub use recommend::{best_score, RecommendQuery, RecommendStrategy};
 pub use record::{
-    AddOutcome, Event, EventKind, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, VideoFrame,
-    PRIMARY_LEVEL,
+    AddOutcome, Event, EventKind, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, RestoredItem,
+    VideoFrame, PRIMARY_LEVEL,
 };
 pub use reembed::{ItemVectors, ReembedItem, ReembedReport};
 pub use scenes::{group_scenes, SceneHit, MERGE_MARGIN, MERGE_SECONDS};
-pub use vector::{dot, normalise, QuantizedVector};
+pub use storage::{require_embedded, Storage};
+pub use vector::{dot, normalise, QuantizedVector, VectorSum};

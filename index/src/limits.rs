@@ -4,7 +4,7 @@
 //! (no control characters such as NUL, no path separators, not `.` or `..`).
 
 use crate::error::{CatalogError, Result};
-use crate::record::{ItemUpdate, NewItem, PRIMARY_LEVEL};
+use crate::record::{Item, ItemUpdate, NewItem, PRIMARY_LEVEL};
 use std::collections::BTreeMap;
 
 /// Longest label level, label value, tag, character name or user name, in bytes.
@@ -55,14 +55,29 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
 
 /// Checks the metadata of an item to add.
 pub(crate) fn check_new_item(item: &NewItem) -> Result<()> {
-    if item.source.len() > MAX_SOURCE_BYTES || item.source.chars().any(char::is_control) {
+    check_record(&item.source, &item.labels, &item.tags)
+}
+
+/// Checks an item copied from another catalogue: a kept id and a valid record.
+pub(crate) fn check_restored(item: &Item) -> Result<()> {
+    if item.id == 0 {
         return Err(CatalogError::invalid(
-            format!("item source {:?} is longer than {MAX_SOURCE_BYTES} bytes or contains control characters", shorten(&item.source)),
+            "a restored item has id 0",
+            "restore items with the ids their catalogue gave them",
+        ));
+    }
+    check_record(&item.source, &item.labels, &item.tags)
+}
+
+fn check_record(source: &str, labels: &BTreeMap<String, String>, tags: &[String]) -> Result<()> {
+    if source.len() > MAX_SOURCE_BYTES || source.chars().any(char::is_control) {
+        return Err(CatalogError::invalid(
+            format!("item source {:?} is longer than {MAX_SOURCE_BYTES} bytes or contains control characters", shorten(source)),
             format!("give a source (file name or URL) of at most {MAX_SOURCE_BYTES} bytes"),
         ));
     }
-    check_labels(&item.labels)?;
-    check_tags(&item.tags)
+    check_labels(labels)?;
+    check_tags(tags)
 }
 
 /// Checks an item update.

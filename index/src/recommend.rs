@@ -8,10 +8,10 @@
 //!   every positive (exact over the filtered set when there are no positives, where the score is
 //!   −max negative cosine).
 
-use crate::catalog::Catalog;
 use crate::error::{CatalogError, Result};
 use crate::filter::Filter;
 use crate::record::{Hit, ItemId};
+use crate::storage::Storage;
 use crate::vector::{self, dot};
 use std::collections::{BTreeSet, HashSet};
 
@@ -60,104 +60,109 @@ pub fn best_score(candidate: &[f32], positives: &[Vec<f32>], negatives: &[Vec<f3
     }
 }
 
-impl Catalog {
-    /// Items recommended from positive and negative examples; `Hit::score` is the strategy's score.
-    pub fn recommend(&self, query: &RecommendQuery) -> Result<Vec<Hit>> {
-        crate::limits::check_examples(
-            query.positives.len() + query.negatives.len(),
-            query.exclude.len(),
-        )?;
-        let norm = |vs: &[Vec<f32>]| {
-            vs.iter()
-                .map(|v| self.check_vector(v))
-                .collect::<Result<Vec<_>>>()
-        };
-        let (pos, neg) = (norm(&query.positives)?, norm(&query.negatives)?);
-        let exclude: HashSet<ItemId> = query.exclude.iter().copied().collect();
-        let ef = self.options.hnsw.ef_search;
-        match query.strategy {
-            RecommendStrategy::AverageVector => {
-                let avg_pos = vector::mean(&pos).ok_or_else(|| {
-                    CatalogError::invalid(
-                        "the average-vector strategy needs at least one positive example",
-                        "add a positive example or use the best-score strategy",
-                    )
-                })?;
-                let target: Vec<f32> = match vector::mean(&neg) {
-                    Some(avg_neg) => avg_pos
-                        .iter()
-                        .zip(&avg_neg)
-                        .map(|(p, n)| 2.0 * p - n)
-                        .collect(),
-                    None => avg_pos,
-                };
-                let target = vector::normalise(&target).ok_or_else(|| {
-                    CatalogError::invalid(
-                        "positive and negative examples cancel out",
-                        "pass examples that differ, or fewer negatives",
-                    )
-                })?;
-                let scored = self.scored(&target, query.k, &query.filter, &exclude, ef)?;
-                self.hits(scored)
+/// Items recommended from positive and negative examples; `Hit::score` is the strategy's score.
+pub(crate) fn recommend<S: Storage + ?Sized>(
+    storage: &S,
+    query: &RecommendQuery,
+) -> Result<Vec<Hit>> {
+    crate::limits::check_examples(
+        query.positives.len() + query.negatives.len(),
+        query.exclude.len(),
+    )?;
+    let norm = |vs: &[Vec<f32>]| {
+        vs.iter()
+            .map(|v| storage.check_vector(v))
+            .collect::<Result<Vec<_>>>()
+    };
+    let (pos, neg) = (norm(&query.positives)?, norm(&query.negatives)?);
+    let exclude: HashSet<ItemId> = query.exclude.iter().copied().collect();
+    let ef = storage.ef_search();
+    match query.strategy {
+        RecommendStrategy::AverageVector => {
+            let avg_pos = vector::mean(&pos).ok_or_else(|| {
+                CatalogError::invalid(
+                    "the average-vector strategy needs at least one positive example",
+                    "add a positive example or use the best-score strategy",
+                )
+            })?;
+            let target: Vec<f32> = match vector::mean(&neg) {
+                Some(avg_neg) => avg_pos
+                    .iter()
+                    .zip(&avg_neg)
+                    .map(|(p, n)| 2.0 * p - n)
+                    .collect(),
+                None => avg_pos,
+            };
+            let target = vector::normalise(&target).ok_or_else(|| {
+                CatalogError::invalid(
+                    "positive and negative examples cancel out",
+                    "pass examples that differ, or fewer negatives",
+                )
+            })?;
+            let scored = storage.nearest(&target, query.k, &query.filter, &exclude, ef)?;
+            storage.hits(scored)
+        }
+        RecommendStrategy::BestScore => {
+            if pos.is_empty() && neg.is_empty() {
+                return Err(CatalogError::invalid(
+                    "no examples given",
+                    "pass at least one positive or negative example",
+                ));
             }
-            RecommendStrategy::BestScore => {
-                if pos.is_empty() && neg.is_empty() {
-                    return Err(CatalogError::invalid(
-                        "no examples given",
-                        "pass at least one positive or negative example",
-                    ));
+            let candidates: Vec<ItemId> = if pos.is_empty() {
+                storage.matching_ids(&query.filter, &exclude)?
+            } else {
+                let pool = (query.k * 4).max(50);
+                let mut ids = BTreeSet::new();
+                for p in &pos {
+                    let found = storage.nearest(p, pool, &query.filter, &exclude, ef.max(pool))?;
+                    ids.extend(found.into_iter().map(|(id, _)| id));
                 }
-                let candidates: Vec<ItemId> = if pos.is_empty() {
-                    self.candidate_ids(&query.filter, &exclude)
-                } else {
-                    let pool = (query.k * 4).max(50);
-                    let mut ids = BTreeSet::new();
-                    for p in &pos {
-                        let found = self.scored(p, pool, &query.filter, &exclude, ef.max(pool))?;
-                        ids.extend(found.into_iter().map(|(id, _)| id));
-                    }
-                    ids.into_iter().collect()
-                };
-                let mut scored = Vec::with_capacity(candidates.len());
-                for id in candidates {
-                    if let Some(v) = self.store()?.vector(id)? {
-                        scored.push((id, best_score(&v, &pos, &neg)));
-                    }
+                ids.into_iter().collect()
+            };
+            let mut scored = Vec::with_capacity(candidates.len());
+            for id in candidates {
+                if let Some(v) = storage.vector(id)? {
+                    scored.push((id, best_score(&v, &pos, &neg)));
                 }
-                scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                scored.truncate(query.k);
-                self.hits(scored)
             }
+            scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            scored.truncate(query.k);
+            storage.hits(scored)
         }
     }
+}
 
-    /// Live items whose cosine to `vector` is at least `threshold` (e.g. 0.95), best first.
-    pub fn near_duplicates(&self, vector: &[f32], threshold: f32) -> Result<Vec<Hit>> {
-        if !(-1.0..=1.0).contains(&threshold) {
-            return Err(CatalogError::invalid(
-                format!("near-duplicate threshold {threshold} is not a cosine"),
-                "pass a threshold between -1 and 1 (0.95 is a typical value)",
-            ));
+/// Live items whose cosine to `vector` is at least `threshold` (e.g. 0.95), best first.
+pub(crate) fn near_duplicates<S: Storage + ?Sized>(
+    storage: &S,
+    vector: &[f32],
+    threshold: f32,
+) -> Result<Vec<Hit>> {
+    if !(-1.0..=1.0).contains(&threshold) {
+        return Err(CatalogError::invalid(
+            format!("near-duplicate threshold {threshold} is not a cosine"),
+            "pass a threshold between -1 and 1 (0.95 is a typical value)",
+        ));
+    }
+    let q = storage.check_vector(vector)?;
+    let live = storage.counts().live;
+    let mut k = 16;
+    loop {
+        let scored = storage.nearest(
+            &q,
+            k,
+            &Filter::any(),
+            &HashSet::new(),
+            storage.ef_search().max(k),
+        )?;
+        let exhausted = scored.len() < k || k >= live;
+        let all_close = scored.last().is_some_and(|s| s.1 >= threshold);
+        if exhausted || !all_close {
+            let close = scored.into_iter().filter(|s| s.1 >= threshold).collect();
+            return storage.hits(close);
         }
-        let q = self.check_vector(vector)?;
-        let live = self.read_state().live.len();
-        let mut k = 16;
-        loop {
-            let scored = self.scored(
-                &q,
-                k,
-                &Filter::any(),
-                &HashSet::new(),
-                self.options.hnsw.ef_search.max(k),
-            )?;
-            let exhausted = scored.len() < k || k >= live;
-            let all_close = scored.last().is_some_and(|s| s.1 >= threshold);
-            if exhausted || !all_close {
-                let close = scored.into_iter().filter(|s| s.1 >= threshold).collect();
-                return self.hits(close);
-            }
-            k *= 4;
-        }
+        k *= 4;
     }
 }
 

@@ -109,6 +109,18 @@ pub struct AddOutcome {
     pub duplicate: bool,
 }
 
+/// An item copied from another catalogue as it was: its id and time of adding are kept (see
+/// [`crate::Storage::add_restored`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestoredItem {
+    /// The record, with its id.
+    pub item: Item,
+    /// The normalised embedding.
+    pub vector: Vec<f32>,
+    /// The thumbnail (empty: none).
+    pub thumbnail: Vec<u8>,
+}
+
 /// A change to an item's metadata; `None` fields are left as they are.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ItemUpdate {

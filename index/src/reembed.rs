@@ -154,7 +154,7 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Catalog, Filter, ItemVectors, ModelTag, NewItem, OpenOptions};
+    use crate::{Catalog, CatalogLogic, Filter, ItemVectors, ModelTag, NewItem, OpenOptions};
 
     fn tag(fp: &str, dim: usize) -> ModelTag {
         ModelTag {

@@ -153,14 +153,30 @@ impl Store {
         dir.join("store")
     }
 
+    /// Opens the sled database. A handle closed a moment ago may still hold the folder's lock
+    /// (sled's flusher thread lets go of it asynchronously), so a lock held by someone is retried
+    /// for a short while before it is reported as [`CatalogError::Locked`].
+    fn open_db(dir: &Path) -> Result<sled::Db> {
+        const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+        let started = std::time::Instant::now();
+        loop {
+            match sled::Config::new().path(Self::path_in(dir)).open() {
+                Ok(db) => return Ok(db),
+                Err(e) => match CatalogError::storage(dir, e) {
+                    CatalogError::Locked { .. } if started.elapsed() < LOCK_PATIENCE => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
+    }
+
     /// Opens (creating if needed) the store of catalogue folder `dir`.
     pub(crate) fn open(dir: &Path) -> Result<Store> {
         let err = |e| CatalogError::storage(dir, e);
         std::fs::create_dir_all(dir).map_err(|e| CatalogError::from_io(dir.to_path_buf(), e))?;
-        let db = sled::Config::new()
-            .path(Self::path_in(dir))
-            .open()
-            .map_err(err)?;
+        let db = Self::open_db(dir)?;
         let tree = |name: &str| db.open_tree(name).map_err(err);
         let meta = tree("meta")?;
         let set = meta
@@ -308,8 +324,38 @@ impl Store {
                         continue;
                     }
                 }
-                let id = next_id;
-                next_id += 1;
+                let id = match p.item.id {
+                    0 => {
+                        next_id += 1;
+                        next_id - 1
+                    }
+                    // A restored item keeps its id: already there (a resumed copy) is a
+                    // duplicate, a different item there is refused.
+                    kept => {
+                        if let Some(there) = items.get(key(kept))? {
+                            let there: Item = serde_json::from_slice(&there).map_err(|_| {
+                                ConflictableTransactionError::Abort(CatalogError::corrupt(
+                                    &self.dir,
+                                    format!("items/{kept}"),
+                                ))
+                            })?;
+                            if there.content_hash != hash || hash.is_empty() && there != p.item {
+                                return Err(ConflictableTransactionError::Abort(
+                                    CatalogError::InvalidArgument {
+                                        what: format!(
+                                            "item {kept} is already taken by a different item"
+                                        ),
+                                        fix: "copy into an empty catalogue".into(),
+                                    },
+                                ));
+                            }
+                            out.push((kept, true));
+                            continue;
+                        }
+                        next_id = next_id.max(kept + 1);
+                        kept
+                    }
+                };
                 let mut item = p.item.clone();
                 item.id = id;
                 let json = serde_json::to_vec(&item).expect("Item serialises");
@@ -606,6 +652,15 @@ impl Store {
             })
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Every user with events, by name.
+    pub(crate) fn users(&self) -> Result<Vec<String>> {
+        self.users
+            .iter()
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k.map_err(|e| self.err(e))?).into_owned()))
+            .collect()
     }
 
     /// A user's events in time order.

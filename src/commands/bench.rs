@@ -22,6 +22,8 @@ pub enum BenchTarget {
     Model(ModelBenchArgs),
     /// Recall, speed and retrieval quality of the catalogue.
     Index(super::bench_index::IndexBenchArgs),
+    /// The storage backends (embedded, Milvus) side by side on the same vectors.
+    Backends(super::bench_backends::BackendBenchArgs),
     /// Copy detection: edited copies of catalogued pictures against non-copies.
     Copies(super::bench_copies::CopyBenchArgs),
     /// Video: indexing and recognition rates, scene search on screenshots of one episode.
@@ -34,6 +36,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None => run_model(args.model),
         Some(BenchTarget::Model(a)) => run_model(a),
         Some(BenchTarget::Index(a)) => super::bench_index::run(a),
+        Some(BenchTarget::Backends(a)) => super::bench_backends::run(a),
         Some(BenchTarget::Copies(a)) => super::bench_copies::run(a),
         Some(BenchTarget::Scenes(a)) => super::bench_scenes::run(a),
     }

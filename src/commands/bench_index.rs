@@ -381,7 +381,7 @@ fn hold_out_queries(
 }
 
 /// Reads an `.npy` matrix of vectors, normalising every row.
-fn read_vectors(path: &Path) -> Result<Vec<Vec<f32>>> {
+pub fn read_vectors(path: &Path) -> Result<Vec<Vec<f32>>> {
     let rows = npy::read_matrix(path).with_context(|| format!("cannot read {}", path.display()))?;
     rows.iter()
         .enumerate()

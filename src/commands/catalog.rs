@@ -27,6 +27,9 @@ pub enum CatalogCommand {
     CalibrateCopies(super::audit::CalibrateCopiesArgs),
     /// Print item counts, dimension, model fingerprint, size on disk and generation.
     Stats,
+    /// Copy the catalogue into another storage (`--to milvus://HOST:PORT/COLLECTION`), or a
+    /// Milvus-backed one back into a folder (`--from milvus://… --to DIR`); resumable.
+    Export(super::export::ExportArgs),
     /// Change an item's labels and/or tags (each flag given replaces that part of the record).
     Update {
         /// The item's id.
@@ -153,6 +156,7 @@ pub fn run(db: &Path, cmd: CatalogCommand) -> anyhow::Result<()> {
             source_root,
             ..
         } => super::reembed::run_reembed(db, &model, &source_root)?,
+        CatalogCommand::Export(args) => super::export::run(db, args)?,
         CatalogCommand::Stats => println!("{}", open_existing(db)?.stats()?),
         CatalogCommand::Update {
             id,

@@ -13,6 +13,7 @@ use super::catalog::DEFAULT_DB;
 use super::embedding::{embed_files, progress_bar, read_files};
 use super::model::DataArgs;
 use super::model_choice::{open_with_model, Missing};
+use animelens_index::CatalogLogic;
 use animelens_models::data::Split;
 use animelens_models::CopyViews;
 use animelens_web::ingest::{embed_items, ItemMeta, Picture};

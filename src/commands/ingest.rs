@@ -9,6 +9,7 @@ use super::characters::uncalibrated;
 use super::embedding::progress_bar;
 use super::model::DataArgs;
 use super::model_choice::{open_with_model, Missing};
+use animelens_index::CatalogLogic;
 use animelens_models::data::Split;
 use animelens_web::ingest::{ingest_collection, Collection};
 use anyhow::{bail, Result};

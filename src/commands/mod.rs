@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_backends;
 pub mod bench_copies;
 pub mod bench_index;
 pub mod bench_scenes;
@@ -12,6 +13,7 @@ pub mod colour_layout;
 pub mod copy_whitening;
 pub mod embedding;
 pub mod embedding_cache;
+pub mod export;
 pub mod generalisation;
 pub mod ingest;
 pub mod model;

@@ -4,7 +4,7 @@
 use super::catalog::{open_existing, DEFAULT_DB};
 use super::embedding::{embed, ImageFile};
 use super::model_choice::{open_with_model, Missing};
-use animelens_index::{Filter, Hit};
+use animelens_index::{CatalogLogic, Filter, Hit};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};

@@ -16,7 +16,8 @@ pub const DEFAULT_GALLERY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/s
 pub struct ServeArgs {
     /// TOML settings file (keys: bind, data_dir, model, gallery, api_key, media_dir, max_upload_bytes, max_video_bytes,
     /// max_pixels, max_images_per_request, max_k, inference_workers, queue_capacity, max_batch,
-    /// http_workers, feed_lambda, request_timeout_secs, max_connections, memory_budget_mib, graph_precision; each
+    /// http_workers, feed_lambda, request_timeout_secs, max_connections, memory_budget_mib, graph_precision,
+    /// backend, milvus_uri, milvus_collection, milvus_token; each
     /// also as ANIMELENS_<KEY>); the file itself also from ANIMELENS_CONFIG.
     #[arg(long)]
     config: Option<PathBuf>,

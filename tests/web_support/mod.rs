@@ -96,6 +96,28 @@ pub fn small_gallery(dir: &Path, characters: usize, per_character: usize) -> Pat
     dir.to_path_buf()
 }
 
+/// A `milvus-lite server` on a free loopback port with its data in a new temporary folder, or
+/// `None` (the test reports itself skipped) when milvus-lite is not installed.
+#[cfg(feature = "milvus")]
+pub fn milvus_lite() -> Option<(animelens_index::MilvusLite, tempfile::TempDir)> {
+    let Some(exe) = animelens_index::MilvusLite::find() else {
+        println!(
+            "skipped: milvus-lite not found (`.ci/run` installs it into \
+             ~/.cache/animelens-milvus-venv; or set ANIMELENS_MILVUS_LITE)"
+        );
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = animelens_index::MilvusLite::start(&exe, &dir.path().join("milvus")).unwrap();
+    Some((server, dir))
+}
+
+/// Service settings (TOML) putting the catalogue on `milvus`.
+#[cfg(feature = "milvus")]
+pub fn milvus_settings(milvus: &animelens_index::MilvusLite) -> String {
+    format!("backend = \"milvus\"\nmilvus_uri = \"{}\"\n", milvus.uri())
+}
+
 /// A running `animelens serve`; killed when dropped.
 pub struct Server {
     child: Child,

@@ -62,6 +62,38 @@ pub struct Settings {
     /// graph once at the next start.
     #[serde(default)]
     pub graph_precision: GraphPrecision,
+    /// Where the catalogue's vectors live: `embedded` (sled + hnsw_rs in `data_dir`) or `milvus`
+    /// (a Milvus server at `milvus_uri`; records, thumbnails and users stay in `data_dir`).
+    #[serde(default)]
+    pub backend: Backend,
+    /// The Milvus server's address (with `backend = "milvus"`).
+    #[serde(default = "default_milvus_uri")]
+    pub milvus_uri: String,
+    /// The Milvus collection holding this catalogue (created on first start).
+    #[serde(default = "default_milvus_collection")]
+    pub milvus_collection: String,
+    /// `user:password` or API token for the Milvus server; absent: no authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub milvus_token: Option<String>,
+}
+
+/// Which storage holds the catalogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// sled + hnsw_rs in the data folder.
+    #[default]
+    Embedded,
+    /// A Milvus server (or cluster) for the vectors.
+    Milvus,
+}
+
+fn default_milvus_uri() -> String {
+    "http://127.0.0.1:19530".into()
+}
+
+fn default_milvus_collection() -> String {
+    "animelens".into()
 }
 
 /// Memory the service needs besides decoding: the model, the network's buffers, the catalogue's
@@ -95,6 +127,10 @@ impl Settings {
             max_connections: 256,
             memory_budget_mib: 1024,
             graph_precision: GraphPrecision::F32,
+            backend: Backend::Embedded,
+            milvus_uri: default_milvus_uri(),
+            milvus_collection: default_milvus_collection(),
+            milvus_token: None,
         }
     }
 
@@ -134,7 +170,7 @@ impl Settings {
             })?;
             table.insert(key.to_string(), value);
         }
-        for key in ["gallery", "api_key", "media_dir"] {
+        for key in ["gallery", "api_key", "media_dir", "milvus_token"] {
             if table.get(key).and_then(toml::Value::as_str) == Some("") {
                 table.remove(key);
             }
@@ -214,6 +250,10 @@ pub const KEYS: &[&str] = &[
     "max_connections",
     "memory_budget_mib",
     "graph_precision",
+    "backend",
+    "milvus_uri",
+    "milvus_collection",
+    "milvus_token",
 ];
 
 /// Why the settings could not be assembled.
@@ -290,6 +330,25 @@ mod tests {
         let env = |k: &str| (k == "ANIMELENS_GRAPH_PRECISION").then(|| "int4".to_string());
         let err = base().overridden(None, env).unwrap_err().to_string();
         assert!(err.contains("int4") && err.contains("int8"), "{err}");
+    }
+
+    #[test]
+    fn the_milvus_backend_is_chosen_by_settings() {
+        assert_eq!(base().backend, Backend::Embedded);
+        let env = |k: &str| match k {
+            "ANIMELENS_BACKEND" => Some("milvus".to_string()),
+            "ANIMELENS_MILVUS_URI" => Some("http://127.0.0.1:19999".to_string()),
+            "ANIMELENS_MILVUS_TOKEN" => Some(String::new()),
+            _ => None,
+        };
+        let s = base().overridden(None, env).unwrap();
+        assert_eq!(s.backend, Backend::Milvus);
+        assert_eq!(s.milvus_uri, "http://127.0.0.1:19999");
+        assert_eq!(s.milvus_collection, "animelens");
+        assert_eq!(s.milvus_token, None);
+        let env = |k: &str| (k == "ANIMELENS_BACKEND").then(|| "qdrant".to_string());
+        let err = base().overridden(None, env).unwrap_err().to_string();
+        assert!(err.contains("qdrant") && err.contains("milvus"), "{err}");
     }
 
     #[test]

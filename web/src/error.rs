@@ -96,7 +96,9 @@ impl ResponseError for ApiError {
                     StatusCode::BAD_REQUEST
                 }
                 CatalogError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
-                CatalogError::StorageUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                CatalogError::StorageUnavailable { .. }
+                | CatalogError::BackendUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                CatalogError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -114,6 +116,11 @@ impl ResponseError for ApiError {
                  retry later"
                     .to_string()
             }
+            ApiError::Catalog(CatalogError::BackendUnavailable { backend, .. }) => format!(
+                "the catalogue's {backend} server is unavailable: the request was not completed; \
+                 retry in {RETRY_AFTER_SECS} s (the server log has the details)"
+            ),
+            ApiError::Catalog(CatalogError::Unsupported { .. }) => self.to_string(),
             ApiError::Catalog(_) if status.is_server_error() => {
                 "the catalogue could not be read or written: the request was not completed; retry \
                  later (the server log has the details)"
@@ -122,7 +129,11 @@ impl ResponseError for ApiError {
             _ => self.to_string(),
         };
         let mut res = HttpResponse::build(status);
-        if let ApiError::Busy | ApiError::Catalog(CatalogError::StorageUnavailable { .. }) = self {
+        if let ApiError::Busy
+        | ApiError::Catalog(
+            CatalogError::StorageUnavailable { .. } | CatalogError::BackendUnavailable { .. },
+        ) = self
+        {
             res.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()));
         }
         res.json(serde_json::json!({ "error": message }))
@@ -179,5 +190,25 @@ mod tests {
             .await
             .unwrap();
         assert!(!String::from_utf8_lossy(&body).contains("/srv"));
+    }
+
+    #[actix_web::test]
+    async fn a_remote_backend_down_is_a_503_that_hides_its_address() {
+        let down = ApiError::from(CatalogError::BackendUnavailable {
+            backend: "milvus",
+            setting: "milvus_uri",
+            reason: "transport error connecting to http://10.0.0.7:19530".into(),
+        });
+        let res = down.error_response();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers().get(header::RETRY_AFTER).unwrap(), "1");
+        let body = String::from_utf8(to_bytes(res.into_body()).await.unwrap().to_vec()).unwrap();
+        assert!(body.contains("milvus server is unavailable"), "{body}");
+        assert!(!body.contains("10.0.0.7"), "{body}");
+        let unsupported = ApiError::from(CatalogError::Unsupported {
+            what: "copy review".into(),
+            backend: "milvus",
+        });
+        assert_eq!(unsupported.status_code(), StatusCode::NOT_IMPLEMENTED);
     }
 }

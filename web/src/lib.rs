@@ -14,12 +14,13 @@ pub mod ingest;
 mod metrics;
 mod server;
 mod state;
+mod storage;
 mod ui;
 mod upload;
 pub mod video;
 
 pub use api::ApiDoc;
-pub use config::{ConfigError, Settings};
+pub use config::{Backend, ConfigError, Settings};
 pub use error::ApiError;
 pub use inference::InferencePool;
 pub use server::{ServeError, Service};

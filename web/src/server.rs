@@ -9,12 +9,13 @@ use crate::inference::InferencePool;
 use crate::ingest::{ingest_collection, Collection};
 use crate::metrics::Metrics;
 use crate::state::AppState;
+use crate::storage::open_storage;
 use crate::ui;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, DefaultHeaders, Next};
 use actix_web::{web, App, HttpServer};
-use animelens_index::{Catalog, CatalogError, ModelTag, OpenOptions};
+use animelens_index::{CatalogError, ModelTag, Storage};
 use animelens_models::data::{DataError, Dataset};
 use animelens_models::generalisation::ScoreCalibration;
 use animelens_models::Embedder;
@@ -49,7 +50,7 @@ pub enum ServeError {
 /// A service ready to run: catalogue open (and filled), inference workers started.
 pub struct Service {
     settings: Settings,
-    catalog: Arc<Catalog>,
+    catalog: Arc<dyn Storage>,
     pool: InferencePool,
     similarity: Option<ScoreCalibration>,
 }
@@ -57,7 +58,7 @@ pub struct Service {
 /// Ingests the gallery folder into the empty catalogue through the one ingest pipeline, with
 /// progress and both calibrations in the log.
 fn ingest_gallery(
-    catalog: &Catalog,
+    catalog: &dyn Storage,
     pool: &InferencePool,
     gallery: &std::path::Path,
 ) -> Result<(), ServeError> {
@@ -116,18 +117,17 @@ impl Service {
             settings.queue_capacity,
             settings.max_batch,
         );
-        let mut options = OpenOptions::new(tag);
-        options.hnsw.precision = Some(settings.graph_precision);
-        let catalog = Catalog::open(settings.catalog_dir(), options)?;
+        let catalog = open_storage(&settings, tag)?;
         let stats = catalog.stats()?;
         tracing::info!(
             catalog = %settings.catalog_dir().display(),
+            backend = catalog.backend_name(),
             items = stats.live,
             "catalogue open"
         );
         match &settings.gallery {
             Some(gallery) if stats.items == 0 && gallery.is_dir() => {
-                ingest_gallery(&catalog, &pool, gallery)?;
+                ingest_gallery(&*catalog, &pool, gallery)?;
             }
             Some(gallery) if stats.items == 0 => tracing::warn!(
                 gallery = %gallery.display(),
@@ -137,7 +137,7 @@ impl Service {
         }
         Ok(Service {
             settings,
-            catalog: Arc::new(catalog),
+            catalog,
             pool,
             similarity,
         })
@@ -183,8 +183,10 @@ impl Service {
             tracing::info!("listening on http://{addr}");
         }
         server.run().await.map_err(ServeError::Server)?;
-        tracing::info!("stopping: saving the catalogue's search index");
-        catalog.save_index()?;
+        if let Some(catalog) = catalog.embedded() {
+            tracing::info!("stopping: saving the catalogue's search index");
+            catalog.save_index()?;
+        }
         tracing::info!("catalogue saved; bye");
         Ok(())
     }

@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::upload::UploadLimits;
 use actix_web::web::Bytes;
 use actix_web::HttpRequest;
-use animelens_index::Catalog;
+use animelens_index::Storage;
 use animelens_models::generalisation::ScoreCalibration;
 use animelens_models::preprocess::content_hash;
 use animelens_models::{CopyViews, Prediction};
@@ -22,8 +22,8 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 /// Shared application state.
 pub struct AppState {
-    /// The catalogue.
-    pub catalog: Arc<Catalog>,
+    /// The catalogue's storage (embedded or Milvus); its logic comes with `CatalogLogic`.
+    pub catalog: Arc<dyn Storage>,
     /// The network behind its bounded queue.
     pub pool: InferencePool,
     /// The service settings.
@@ -38,11 +38,11 @@ impl AppState {
     /// Runs a (blocking) catalogue call on the blocking thread pool.
     pub async fn catalog<T, F>(&self, f: F) -> Result<T, ApiError>
     where
-        F: FnOnce(&Catalog) -> Result<T, animelens_index::CatalogError> + Send + 'static,
+        F: FnOnce(&dyn Storage) -> Result<T, animelens_index::CatalogError> + Send + 'static,
         T: Send + 'static,
     {
         let catalog = self.catalog.clone();
-        actix_web::web::block(move || f(&catalog))
+        actix_web::web::block(move || f(&*catalog))
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .map_err(ApiError::from)

@@ -8,6 +8,7 @@ use crate::ingest::ItemMeta;
 use crate::state::AppState;
 use crate::upload;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use animelens_index::CatalogLogic;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

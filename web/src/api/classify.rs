@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::upload;
 use actix_web::{post, web, HttpRequest, HttpResponse};
-use animelens_index::Classification;
+use animelens_index::{CatalogLogic, Classification};
 use animelens_models::{HeadPrediction, Prediction};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};

@@ -8,7 +8,7 @@ use crate::state::AppState;
 use crate::upload;
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use animelens_index::limits::check_examples;
-use animelens_index::{CatalogError, RecommendQuery, RecommendStrategy};
+use animelens_index::{CatalogError, CatalogLogic, RecommendQuery, RecommendStrategy};
 use serde::Deserialize;
 use utoipa::ToSchema;
 

@@ -9,6 +9,7 @@ use crate::state::AppState;
 use crate::upload;
 use actix_web::web::Bytes;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use animelens_index::CatalogLogic;
 use animelens_models::preprocess::decode;
 use serde::Deserialize;
 use std::io::Cursor;

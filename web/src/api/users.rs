@@ -7,7 +7,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::upload;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use animelens_index::EventKind;
+use animelens_index::{CatalogLogic, EventKind};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

@@ -13,7 +13,7 @@ use crate::video::timeline::{to_csv, to_webvtt};
 use crate::video::{ffmpeg, recognise_video, search_screenshot, Recognition, VideoError};
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use animelens_index::{ItemId, SceneHit};
+use animelens_index::{require_embedded, ItemId, SceneHit};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -217,7 +217,7 @@ pub async fn add(
     let (catalog, pool) = (state.catalog.clone(), state.pool.clone());
     let added = state
         .blocking(move || {
-            let added = ingest_video(&catalog, &pool, &source, &|_| {});
+            let added = ingest_video(&*catalog, &pool, &source, &|_| {});
             if added.is_ok() {
                 file.keep();
             }
@@ -262,7 +262,7 @@ pub async fn recognise(
     let (catalog, pool) = (state.catalog.clone(), state.pool.clone());
     let recognition = state
         .blocking(move || {
-            let r = recognise_video(&catalog, &pool, &file.path, &|_| {});
+            let r = recognise_video(&*catalog, &pool, &file.path, &|_| {});
             drop(file);
             Ok(r)
         })
@@ -367,7 +367,8 @@ pub async fn find_scenes(
     state
         .blocking(move || {
             let anilist = anilist.map(|id| id.to_string());
-            search_screenshot(&catalog, &pool, &image, k, anilist.as_deref()).map_err(|e| match e {
+            let catalog = require_embedded(&*catalog, "scene search")?;
+            search_screenshot(catalog, &pool, &image, k, anilist.as_deref()).map_err(|e| match e {
                 crate::video::SceneSearchError::Image(e) => ApiError::from_embed(e, 0, 1),
                 crate::video::SceneSearchError::Catalog(c) => ApiError::Catalog(c),
             })

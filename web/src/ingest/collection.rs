@@ -12,7 +12,10 @@ use super::calibration::{calibrate_copies, COPY_CALIBRATION_SAMPLE};
 use super::embed::EmbedImages;
 use super::picture::{embed_items, ItemMeta, Picture};
 use animelens_index::copy_verdict::DEFAULT_PRECISION;
-use animelens_index::{Calibration, Catalog, CopyVerdict, NewItem, Result, PRIMARY_LEVEL};
+use animelens_index::{
+    require_embedded, Calibration, CatalogLogic, CopyVerdict, NewItem, Result, Storage,
+    PRIMARY_LEVEL,
+};
 use animelens_models::data::{Dataset, Sample, Split};
 use animelens_models::preprocess::content_hash;
 use animelens_models::CopyViews;
@@ -66,7 +69,7 @@ pub struct IngestSummary {
 /// Ingests `collection` into `catalog`, embedding with `embedder`; `progress` is told how many
 /// more images were handled after each batch.
 pub fn ingest_collection(
-    catalog: &Catalog,
+    catalog: &dyn Storage,
     embedder: &dyn EmbedImages,
     collection: &Collection,
     progress: &dyn Fn(usize),
@@ -112,22 +115,25 @@ pub fn ingest_collection(
         }
     }
     if summary.added > 0 {
-        summary.copies = calibrate_copies(
-            catalog,
-            embedder,
-            DEFAULT_PRECISION,
-            COPY_CALIBRATION_SAMPLE,
-            COPY_CALIBRATION_SEED,
-            &|| {},
-        )
-        .map_err(|e| e.to_string());
+        summary.copies = require_embedded(catalog, "copy review")
+            .and_then(|catalog| {
+                calibrate_copies(
+                    catalog,
+                    embedder,
+                    DEFAULT_PRECISION,
+                    COPY_CALIBRATION_SAMPLE,
+                    COPY_CALIBRATION_SEED,
+                    &|| {},
+                )
+            })
+            .map_err(|e| e.to_string());
     }
     Ok(summary)
 }
 
 /// One ingest in progress.
 struct Run<'a> {
-    catalog: &'a Catalog,
+    catalog: &'a dyn Storage,
     embedder: &'a dyn EmbedImages,
     collection: &'a Collection<'a>,
 }

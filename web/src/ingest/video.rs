@@ -8,7 +8,7 @@
 use super::embed::EmbedImages;
 use super::picture::{items_of, ItemMeta, Picture};
 use crate::video::{embedded_scenes, SamplingReport, VideoError};
-use animelens_index::{Catalog, CatalogError, ItemId, VideoFrame};
+use animelens_index::{CatalogError, ItemId, Storage, VideoFrame};
 use animelens_models::CopyViews;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -108,7 +108,7 @@ pub fn video_identity(path: &Path) -> Result<String, VideoError> {
 
 /// Adds the scenes of `source` to `catalog`; `progress` is told the video time reached.
 pub fn ingest_video(
-    catalog: &Catalog,
+    catalog: &dyn Storage,
     embedder: &dyn EmbedImages,
     source: &VideoSource,
     progress: &dyn Fn(f64),

@@ -7,7 +7,7 @@ use super::sampling::{embedded_scenes, SamplingReport};
 use super::timeline::{merge_scenes, TimelineSegment};
 use super::VideoError;
 use crate::ingest::EmbedImages;
-use animelens_index::{Catalog, CatalogError};
+use animelens_index::{CatalogError, CatalogLogic, Storage};
 use serde::Serialize;
 use std::path::Path;
 
@@ -44,7 +44,7 @@ pub enum RecogniseError {
 /// Recognises the characters of `path` against `catalog`'s characters; `progress` is told the
 /// video time reached.
 pub fn recognise_video(
-    catalog: &Catalog,
+    catalog: &dyn Storage,
     embedder: &dyn EmbedImages,
     path: &Path,
     progress: &dyn Fn(f64),
