@@ -793,7 +793,9 @@ pub fn run_storage(
             .collect();
         index_of.extend(storage.add_batch(batch)?.into_iter().map(|o| o.id));
     }
+    storage.settle()?;
     let ingest_per_sec = items.len() as f32 / started.elapsed().as_secs_f32();
+    tracing::info!(backend = storage.backend_name(), ingest_per_sec, "ingested");
     let in_c0: Vec<Vec<f32>> = items.iter().step_by(FILTER_CLASSES).cloned().collect();
     let c0_ids: Vec<ItemId> = index_of.iter().step_by(FILTER_CLASSES).copied().collect();
     let none = HashSet::new();
@@ -832,6 +834,13 @@ pub fn run_storage(
                     Ok((t, threaded_qps(queries, t, search)?))
                 })
                 .collect::<Result<Vec<_>>>()?;
+            tracing::info!(
+                backend = storage.backend_name(),
+                ef,
+                filtered,
+                ?qps,
+                "measured"
+            );
             rows.push(StorageBenchRow {
                 ef,
                 filtered,

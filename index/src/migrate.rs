@@ -113,6 +113,7 @@ pub fn copy_catalogue(
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
+    to.settle()?;
     let enrolled: HashSet<String> = to.enrolments()?.into_iter().map(|(name, _)| name).collect();
     for (name, shots) in from.enrolments()? {
         if !enrolled.contains(&name) {

@@ -99,6 +99,13 @@ pub trait Storage: Send + Sync {
     /// Distinct users who liked each item.
     fn popularity(&self) -> Result<Vec<(ItemId, u64)>>;
 
+    /// Makes the writes so far searchable at full speed, after a bulk load (the Milvus backend
+    /// seals its growing segment so that the server indexes it; the embedded graph is always
+    /// current, so this does nothing there).
+    fn settle(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The embedded catalogue, for what only it can do yet (copies, scenes, re-embedding).
     fn embedded(&self) -> Option<&Catalog> {
         None

@@ -21,6 +21,9 @@ pub struct BackendBenchArgs {
     /// Search `ef` values to measure.
     #[arg(long, value_delimiter = ',', default_value = "32,64,128")]
     efs: Vec<usize>,
+    /// Use only the first N queries (0: all).
+    #[arg(long, default_value_t = 0)]
+    max_queries: usize,
     /// Query thread counts.
     #[arg(long, value_delimiter = ',', default_value = "1,4")]
     query_threads: Vec<usize>,
@@ -32,7 +35,10 @@ pub struct BackendBenchArgs {
 /// Runs the benchmark on every backend this build has and prints one markdown table.
 pub fn run(args: BackendBenchArgs) -> Result<()> {
     let items = super::bench_index::read_vectors(&args.vectors)?;
-    let queries = super::bench_index::read_vectors(&args.queries)?;
+    let mut queries = super::bench_index::read_vectors(&args.queries)?;
+    if args.max_queries > 0 {
+        queries.truncate(args.max_queries);
+    }
     let dim = items.first().map_or(0, Vec::len);
     if items.is_empty() || queries.iter().any(|q| q.len() != dim) {
         bail!("--vectors must hold at least one row, and every query must have its {dim} columns");

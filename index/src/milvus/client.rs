@@ -6,6 +6,7 @@
 //! the server's latest timestamp; `Bounded` would be faster on a busy cluster.
 
 use crate::error::{CatalogError, Result};
+use crate::limits;
 use crate::milvus::expr::id_list;
 use crate::record::{Item, ItemId};
 use milvus::v2 as sdk;
@@ -17,11 +18,17 @@ use std::time::Duration;
 const ID: &str = "id";
 const EMBEDDING: &str = "embedding";
 const LABELS: &str = "labels";
+/// The primary label (`character`) again as a plain string field: it is the filter most queries
+/// carry, and a typed field is filtered without parsing every row's JSON (on milvus-lite, 20,000
+/// rows: ~2.4 s a search through `labels["character"]`).
+pub(crate) const PRIMARY: &str = "primary_label";
 const TAGS: &str = "tags";
 /// Milvus's largest `limit` (top-k and query window).
 pub(crate) const MAX_LIMIT: usize = 16_384;
 /// Ids per `id in [..]` query.
 const IDS_PER_QUERY: usize = 1_000;
+/// How long a flush may take, in milliseconds.
+const FLUSH_WITHIN_MS: i64 = 120_000;
 /// How long reads wait for a collection the server is (re)loading.
 const RELOAD_WITHIN: Duration = Duration::from_secs(30);
 
@@ -145,6 +152,12 @@ impl Collection {
             )
             .add_field(
                 sdk::FieldSchema::new()
+                    .name(PRIMARY)
+                    .data_type(sdk::DataType::VarChar)
+                    .max_length(limits::MAX_NAME_BYTES as u32),
+            )
+            .add_field(
+                sdk::FieldSchema::new()
                     .name(TAGS)
                     .data_type(sdk::DataType::Json),
             );
@@ -192,6 +205,7 @@ impl Collection {
             ID: id as i64,
             EMBEDDING: vector,
             LABELS: item.labels,
+            PRIMARY: item.character().unwrap_or_default(),
             TAGS: item.tags,
         })
     }
@@ -299,6 +313,23 @@ impl Collection {
             out.extend(rows);
         }
         Ok(out)
+    }
+
+    /// Seals the rows written so far into segments the server indexes (a growing segment is
+    /// searched by brute force: 20,000 unsealed 1024-d rows cost milvus-lite ~1.8 s a search,
+    /// indexed ones ~70 ms), waiting until they are flushed.
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.run(async {
+            self.client
+                .flush(
+                    FlushRequest::builder()
+                        .collection_names([self.name.as_str()])
+                        .wait_flushed_ms(FLUSH_WITHIN_MS)
+                        .build()?,
+                )
+                .await
+                .map(drop)
+        })
     }
 
     /// Asks the server to load the collection into memory (without waiting: milvus-lite lacks

@@ -1,10 +1,11 @@
-//! Milvus boolean expressions for the catalogue's filters: a label at a level is a JSON path test on
-//! the `labels` field, a tag is `json_contains` on `tags`, excluded and listed ids are literal
+//! Milvus boolean expressions for the catalogue's filters: the primary label is a test on its own
+//! string field, a label at another level a JSON path test on the `labels` field, a tag is `json_contains` on `tags`, excluded and listed ids are literal
 //! `id in [..]` lists (milvus-lite rejects the SDK's templated id filters). Strings are quoted with
 //! `"` and `\` escaped, so a label value cannot change the expression.
 
 use crate::filter::Filter;
-use crate::record::ItemId;
+use crate::milvus::client::PRIMARY;
+use crate::record::{ItemId, PRIMARY_LEVEL};
 use std::collections::HashSet;
 
 /// A string literal in Milvus's expression grammar.
@@ -32,7 +33,10 @@ pub(crate) fn filter_expression(filter: &Filter, exclude: &HashSet<ItemId>) -> S
     let mut terms: Vec<String> = filter
         .labels
         .iter()
-        .map(|(level, value)| format!("labels[{}] == {}", quoted(level), quoted(value)))
+        .map(|(level, value)| match level.as_str() {
+            PRIMARY_LEVEL => format!("{PRIMARY} == {}", quoted(value)),
+            _ => format!("labels[{}] == {}", quoted(level), quoted(value)),
+        })
         .collect();
     terms.extend(
         filter
@@ -67,7 +71,7 @@ mod tests {
         let e = filter_expression(&f, &HashSet::from([9, 2]));
         assert_eq!(
             e,
-            "labels[\"character\"] == \"gura\" and labels[\"work\"] == \"en\" and \
+            "primary_label == \"gura\" and labels[\"work\"] == \"en\" and \
              json_contains(tags, \"fanart\") and id not in [2, 9]"
         );
         assert_eq!(filter_expression(&Filter::any(), &HashSet::new()), "");

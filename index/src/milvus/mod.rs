@@ -36,6 +36,7 @@ use crate::GraphPrecision;
 use client::{Collection, MAX_LIMIT};
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
 
 /// The live ids, after removing the items recorded in sled whose Milvus row never arrived (the
@@ -71,7 +72,13 @@ pub struct MilvusStorage {
     state: RwLock<LiveState>,
     writer: Mutex<()>,
     centroids: Mutex<Option<CentroidTable>>,
+    /// Rows written since the last flush.
+    unsealed: AtomicUsize,
 }
+
+/// Rows after which an add flushes the collection, so that the growing segment the server
+/// searches without an index stays small.
+const SEAL_EVERY: usize = 8_192;
 
 impl MilvusStorage {
     /// Opens (creating when `model` is given) the catalogue whose records live in folder `dir` and
@@ -119,7 +126,15 @@ impl MilvusStorage {
             state: RwLock::new(LiveState { live, generation }),
             writer: Mutex::new(()),
             centroids: Mutex::new(None),
+            unsealed: AtomicUsize::new(0),
         })
+    }
+
+    /// Flushes the collection's growing segment (see [`Storage::settle`]).
+    fn seal(&self) -> Result<()> {
+        self.collection.flush()?;
+        self.unsealed.store(0, Ordering::Relaxed);
+        Ok(())
     }
 
     fn live(&self) -> std::sync::RwLockReadGuard<'_, LiveState> {
@@ -163,6 +178,13 @@ impl MilvusStorage {
             return Err(e);
         }
         self.publish(&fresh, &[], generation);
+        let unsealed = self.unsealed.fetch_add(fresh.len(), Ordering::Relaxed) + fresh.len();
+        if unsealed >= SEAL_EVERY {
+            // The items are added either way; a failed flush is retried at the next add.
+            if let Err(e) = self.seal() {
+                tracing::warn!("could not flush the Milvus collection (searches stay slower): {e}");
+            }
+        }
         Ok(written
             .into_iter()
             .map(|(id, duplicate)| AddOutcome { id, duplicate })
@@ -428,6 +450,10 @@ impl Storage for MilvusStorage {
     }
     fn enrolments(&self) -> Result<Vec<(String, VectorSum)>> {
         self.store.enrolled()
+    }
+    fn settle(&self) -> Result<()> {
+        let _writer = lock(&self.writer);
+        self.seal()
     }
     fn stored_threshold(&self) -> Result<Option<f32>> {
         self.store.threshold()

@@ -96,6 +96,7 @@ pub fn ingest_collection(
         run.add(items, &mut summary)?;
         progress(chunk.len());
     }
+    catalog.settle()?;
     if !validation.is_empty() {
         let mut items = Vec::new();
         for chunk in validation.chunks(BATCH) {
