@@ -401,18 +401,8 @@ impl Catalog {
                     copies: self.check_copies(&n.copies)?,
                     vector: self.check_vector(&n.vector)?,
                     store_int8: self.options.store_int8,
+                    item: n.record(added_at_ms),
                     thumbnail: n.thumbnail,
-                    item: Item {
-                        id: 0,
-                        source: n.source,
-                        labels: n.labels,
-                        tags: n.tags,
-                        width: n.width,
-                        height: n.height,
-                        content_hash: n.content_hash,
-                        added_at_ms,
-                        frame: n.frame,
-                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -92,7 +92,7 @@ pub enum CatalogError {
         source: io::Error,
     },
 
-    /// Any other error from the sled store.
+    /// Any other error from the store (its type is the store's business, not the callers').
     #[error(
         "storage error in catalogue {}: {source}; check the disk and the folder's permissions and retry; \
          if it persists, restore the folder from a backup",
@@ -101,8 +101,8 @@ pub enum CatalogError {
     Storage {
         /// The catalogue folder.
         dir: PathBuf,
-        /// The sled error.
-        source: sled::Error,
+        /// What the store reported.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// A stored record could not be decoded.
@@ -224,7 +224,10 @@ impl CatalogError {
                 dir,
                 what: format!("sled reports corruption at {at:?}"),
             },
-            other => CatalogError::Storage { dir, source: other },
+            other => CatalogError::Storage {
+                dir,
+                source: Box::new(other),
+            },
         }
     }
 
@@ -244,7 +247,7 @@ impl CatalogError {
             | (_, Some(EROFS | EACCES)) => CatalogError::ReadOnly { dir, source: err },
             _ => CatalogError::Storage {
                 dir,
-                source: sled::Error::Io(err),
+                source: Box::new(err),
             },
         }
     }

@@ -109,6 +109,23 @@ pub struct AddOutcome {
     pub duplicate: bool,
 }
 
+impl NewItem {
+    /// The record this item is stored as, added at `added_at_ms` (id 0 until the store gives one).
+    pub(crate) fn record(&self, added_at_ms: u64) -> Item {
+        Item {
+            id: 0,
+            source: self.source.clone(),
+            labels: self.labels.clone(),
+            tags: self.tags.clone(),
+            width: self.width,
+            height: self.height,
+            content_hash: self.content_hash.clone(),
+            added_at_ms,
+            frame: self.frame.clone(),
+        }
+    }
+}
+
 /// An item copied from another catalogue as it was: its id and time of adding are kept (see
 /// [`crate::Storage::add_restored`]).
 #[derive(Debug, Clone, PartialEq)]

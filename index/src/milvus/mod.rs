@@ -267,18 +267,8 @@ impl Storage for MilvusStorage {
                     copies: Vec::new(),
                     vector: Vec::new(),
                     store_int8: false,
+                    item: n.record(added_at_ms),
                     thumbnail: n.thumbnail,
-                    item: Item {
-                        id: 0,
-                        source: n.source,
-                        labels: n.labels,
-                        tags: n.tags,
-                        width: n.width,
-                        height: n.height,
-                        content_hash: n.content_hash,
-                        added_at_ms,
-                        frame: n.frame,
-                    },
                 })
             })
             .collect::<Result<Vec<_>>>()?;
