@@ -5,7 +5,7 @@
 //! then publishes under a short write lock. Searches therefore see each write entirely or not at all.
 
 use crate::ann::{Ann, GraphPrecision, HnswParams, MAX_CONNECTIONS};
-use crate::characters::CentroidTable;
+use crate::centroids::CentroidTable;
 use crate::copy_index::{CopyIndex, CopyMatch, VIEW_STRIDE};
 use crate::copy_verdict::CopyVerdict;
 use crate::dump::{self, DumpTag};

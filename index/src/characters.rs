@@ -10,66 +10,14 @@
 //! scores every known sample against the *other* characters' centroids, as a stand-in for an
 //! image of a character the catalogue does not hold (which must answer unknown).
 
-use crate::catalog::{lock, Catalog, IndexState};
+use crate::centroids::CentroidTable;
 use crate::error::{CatalogError, Result};
-use crate::logic::CatalogLogic;
 use crate::record::{AddOutcome, NewItem, PRIMARY_LEVEL};
 use crate::storage::Storage;
-use crate::vector::{self, VectorSum};
-use std::collections::HashMap;
+use crate::vector;
 
 /// Threshold used until [`crate::CatalogLogic::calibrate_open_set`] stores one.
 pub const DEFAULT_OPEN_SET_THRESHOLD: f32 = 0.5;
-
-/// Per-character vector sums (items and enrolment shots together).
-#[derive(Debug, Default)]
-pub(crate) struct CentroidTable {
-    sums: HashMap<String, VectorSum>,
-}
-
-impl CentroidTable {
-    pub(crate) fn add(&mut self, name: &str, v: &[f32]) {
-        let dim = v.len();
-        self.sums
-            .entry(name.to_string())
-            .or_insert_with(|| VectorSum::new(dim))
-            .add(v);
-    }
-
-    pub(crate) fn subtract(&mut self, name: &str, v: &[f32]) {
-        if let Some(sum) = self.sums.get_mut(name) {
-            sum.subtract(v);
-            if sum.count == 0 {
-                self.sums.remove(name);
-            }
-        }
-    }
-
-    /// The sum of `vectors` (all of length `dim`).
-    pub(crate) fn sum_of(dim: usize, vectors: &[Vec<f32>]) -> VectorSum {
-        let mut sum = VectorSum::new(dim);
-        vectors.iter().for_each(|v| sum.add(v));
-        sum
-    }
-
-    pub(crate) fn merge(&mut self, name: &str, other: &VectorSum) {
-        self.sums
-            .entry(name.to_string())
-            .or_insert_with(|| VectorSum::new(other.sum.len()))
-            .merge(other);
-    }
-
-    /// Normalised centroids of every character.
-    pub(crate) fn centroids(&self) -> Vec<(String, Vec<f32>)> {
-        let mut out: Vec<_> = self
-            .sums
-            .iter()
-            .filter_map(|(name, sum)| Some((name.clone(), sum.direction()?)))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
-}
 
 /// A character and its similarity to something.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,27 +52,6 @@ pub struct Calibration {
     pub unknown: usize,
 }
 
-/// Sums of the live items of each character, plus enrolled shots.
-fn compute_table(cat: &Catalog, st: &IndexState) -> Result<CentroidTable> {
-    let mut table = CentroidTable::default();
-    for (name, _) in st.postings.values_at(PRIMARY_LEVEL) {
-        let ids = st
-            .postings
-            .with_label(PRIMARY_LEVEL, &name)
-            .into_iter()
-            .flatten();
-        for &id in ids {
-            if let Some(v) = cat.store()?.vector(id)? {
-                table.add(&name, &v);
-            }
-        }
-    }
-    for (name, sum) in cat.store()?.enrolled()? {
-        table.merge(&name, &sum);
-    }
-    Ok(table)
-}
-
 /// Picks the threshold maximising open-set accuracy; `samples` are (best cosine, correct, known).
 fn best_threshold(samples: &mut [(f32, bool, bool)]) -> (f32, f32) {
     samples.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -149,38 +76,6 @@ fn best_threshold(samples: &mut [(f32, bool, bool)]) -> (f32, f32) {
         j => (samples[j - 1].0 + samples[j].0) / 2.0,
     };
     (threshold, best_right as f32 / n as f32)
-}
-
-impl Catalog {
-    /// Runs `f` on the centroid table, computing it first if needed.
-    fn with_table<R>(&self, f: impl FnOnce(&CentroidTable) -> R) -> Result<R> {
-        let st = self.read_state();
-        let mut cached = lock(&st.centroids);
-        if cached.is_none() {
-            *cached = Some(compute_table(self, &st)?);
-        }
-        Ok(f(cached.as_ref().expect("just computed")))
-    }
-
-    /// Every character (live items at the primary level, or enrolled) with its normalised centroid.
-    pub fn character_centroids(&self) -> Result<Vec<(String, Vec<f32>)>> {
-        self.with_table(CentroidTable::centroids)
-    }
-
-    /// Stores enrolment shots (normalised vectors) and merges them into the cached table.
-    pub(crate) fn store_enrolment(&self, name: &str, shots: &VectorSum) -> Result<usize> {
-        let _writer = self.begin_write()?;
-        let total = self.store()?.enroll(name, shots)?;
-        let mut st = self.write_state();
-        if let Some(table) = st
-            .centroids
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-        {
-            table.merge(name, shots);
-        }
-        Ok(total.count)
-    }
 }
 
 /// The `k` characters whose centroids are closest to `name`'s.
@@ -248,7 +143,9 @@ pub(crate) fn classify_by_centroid<S: Storage + ?Sized>(
     k: usize,
 ) -> Result<Classification> {
     let q = storage.check_vector(vector)?;
-    let threshold = storage.open_set_threshold()?;
+    let threshold = storage
+        .stored_threshold()?
+        .unwrap_or(DEFAULT_OPEN_SET_THRESHOLD);
     let candidates = rank(&q, storage.character_centroids()?, k.max(1));
     let label = candidates
         .first()

@@ -19,8 +19,10 @@
 mod ann;
 pub mod bench;
 mod catalog;
+mod catalog_centroids;
 #[cfg(test)]
 mod catalog_tests;
+mod centroids;
 mod characters;
 mod copy_index;
 pub mod copy_verdict;

@@ -8,6 +8,7 @@
 use crate::error::{CatalogError, Result};
 use crate::limits;
 use crate::milvus::expr::id_list;
+use crate::milvus::fields::{EMBEDDING, ID, LABELS, PRIMARY, TAGS};
 use crate::record::{Item, ItemId};
 use milvus::v2 as sdk;
 use milvus::v2::prelude::*;
@@ -15,14 +16,6 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
-const ID: &str = "id";
-const EMBEDDING: &str = "embedding";
-const LABELS: &str = "labels";
-/// The primary label (`character`) again as a plain string field: it is the filter most queries
-/// carry, and a typed field is filtered without parsing every row's JSON (on milvus-lite, 20,000
-/// rows: ~2.4 s a search through `labels["character"]`).
-pub(crate) const PRIMARY: &str = "primary_label";
-const TAGS: &str = "tags";
 /// Milvus's largest `limit` (top-k and query window).
 pub(crate) const MAX_LIMIT: usize = 16_384;
 /// Ids per `id in [..]` query.

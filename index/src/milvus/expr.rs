@@ -4,7 +4,7 @@
 //! `"` and `\` escaped, so a label value cannot change the expression.
 
 use crate::filter::Filter;
-use crate::milvus::client::PRIMARY;
+use crate::milvus::fields::PRIMARY;
 use crate::record::{ItemId, PRIMARY_LEVEL};
 use std::collections::HashSet;
 

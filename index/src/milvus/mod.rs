@@ -15,6 +15,7 @@
 
 mod client;
 mod expr;
+mod fields;
 mod lite;
 
 pub use client::MilvusConfig;
@@ -22,7 +23,7 @@ pub use lite::MilvusLite;
 
 use crate::ann::HnswParams;
 use crate::catalog::{lock, CatalogCounts, CatalogStats};
-use crate::characters::CentroidTable;
+use crate::centroids::CentroidTable;
 use crate::error::{CatalogError, Result};
 use crate::filter::Filter;
 use crate::limits;
