@@ -219,6 +219,17 @@ impl Catalog {
             return Err(CatalogError::NotInitialised { dir });
         }
         let store = Store::open(&dir)?;
+        if let Some(place) = store.vectors_in()? {
+            return Err(CatalogError::invalid(
+                format!(
+                    "{} holds the records of a Milvus-backed catalogue (its vectors are in {place}), \
+                     not an embedded catalogue",
+                    dir.display()
+                ),
+                "serve it with backend = \"milvus\", or make a local copy with `animelens index export \
+                 --from milvus://HOST:PORT/COLLECTION --records DIR --to NEW_DIR`",
+            ));
+        }
         let model = match (store.model()?, &options.model) {
             (Some(stored), Some(wanted)) if &stored != wanted => {
                 return Err(CatalogError::ModelMismatch {

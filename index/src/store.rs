@@ -53,6 +53,8 @@ const KEY_VECTOR_SET: &[u8] = b"vector_set";
 const KEY_MODEL_SOURCE: &[u8] = b"model_source";
 const KEY_COPY_VERDICT: &[u8] = b"copy_verdict";
 const KEY_COPY_DIM: &[u8] = b"copy_dim";
+/// Set in the record store of a Milvus-backed catalogue: where its vectors are.
+const KEY_VECTORS_IN: &[u8] = b"vectors_in";
 
 /// The trees of one vector set: each holds one kind of vector.
 const VECTOR_TREES: [&str; 3] = ["vectors", "vectors_q8", "copies"];
@@ -264,6 +266,24 @@ impl Store {
             Some(v) => Ok(Some(self.decode("meta/model", &v)?)),
             None => Ok(None),
         }
+    }
+
+    /// Where this store's vectors live when they are not in it (the Milvus backend's record
+    /// store says which collection), `None` for an embedded catalogue.
+    pub(crate) fn vectors_in(&self) -> Result<Option<String>> {
+        match self.meta.get(KEY_VECTORS_IN).map_err(|e| self.err(e))? {
+            Some(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+            None => Ok(None),
+        }
+    }
+
+    /// Marks the store as the record store of vectors kept elsewhere (see [`Store::vectors_in`]).
+    #[cfg(feature = "milvus")]
+    pub(crate) fn set_vectors_in(&self, place: &str) -> Result<()> {
+        self.meta
+            .insert(KEY_VECTORS_IN, place.as_bytes())
+            .map_err(|e| self.err(e))?;
+        self.flush()
     }
 
     /// Records the model tag of a fresh store.

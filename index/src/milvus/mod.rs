@@ -43,12 +43,35 @@ use std::sync::{Mutex, PoisonError, RwLock};
 /// The live ids, after removing the items recorded in sled whose Milvus row never arrived (the
 /// process stopped between the two writes of an add, so the caller never heard of success):
 /// without this they would count as live yet never be found, and their upload again would be
-/// reported a duplicate.
-fn reconcile(store: &Store, collection: &Collection) -> Result<HashSet<ItemId>> {
+/// reported a duplicate. Adds are serialised, so such items are the newest ones, above every id
+/// the collection holds; anything else missing (a wrong server, a collection emptied behind the
+/// service's back) is refused with nothing changed.
+fn reconcile(
+    store: &Store,
+    collection: &Collection,
+    config: &MilvusConfig,
+) -> Result<HashSet<ItemId>> {
     let mut live: HashSet<ItemId> = store.live_items()?.into_iter().map(|i| i.id).collect();
     let ids: Vec<ItemId> = live.iter().copied().collect();
     let present = collection.present(&ids)?;
-    for id in ids.into_iter().filter(|id| !present.contains(id)) {
+    let newest_present = present.iter().copied().max().unwrap_or(0);
+    let missing: Vec<ItemId> = ids.into_iter().filter(|id| !present.contains(id)).collect();
+    let (cut_off, lost): (Vec<ItemId>, Vec<ItemId>) =
+        missing.into_iter().partition(|&id| id > newest_present);
+    if !lost.is_empty() || (present.is_empty() && !cut_off.is_empty()) {
+        return Err(CatalogError::BackendUnavailable {
+            backend: "milvus",
+            setting: "milvus_uri",
+            reason: format!(
+                "collection {} lacks {} of the {} items recorded beside it; nothing was changed \
+                 (is this the right server and collection?)",
+                config.collection,
+                lost.len().max(cut_off.len()),
+                live.len()
+            ),
+        });
+    }
+    for id in cut_off {
         tracing::warn!(
             "item {id} was recorded but never reached Milvus; removing it (add it again)"
         );
@@ -117,12 +140,44 @@ impl MilvusStorage {
             }
             (None, None) => return Err(CatalogError::NotInitialised { dir }),
         };
+        let place = format!("Milvus collection {}", config.collection);
+        match store.vectors_in()? {
+            Some(stored) if stored == place => {}
+            Some(stored) => {
+                return Err(CatalogError::invalid(
+                    format!(
+                        "the records in {} belong to {stored}, not to {place}",
+                        dir.display()
+                    ),
+                    "set milvus_collection to the collection these records belong to, or use \
+                     another data folder for a new collection",
+                ))
+            }
+            // A fresh store becomes this collection's record store.
+            None if store.generation()? == 0 => store.set_vectors_in(&place)?,
+            // Items whose vectors are in this folder: opening it here would drop them all as
+            // "never reached Milvus".
+            None => {
+                return Err(CatalogError::invalid(
+                    format!(
+                        "{} holds an embedded catalogue (its vectors are in the folder), not the \
+                         records of a Milvus-backed one",
+                        dir.display()
+                    ),
+                    format!(
+                        "copy it into Milvus with `animelens index --db {} export --to \
+                         milvus://HOST:PORT/COLLECTION --records NEW_DIR` and use NEW_DIR",
+                        dir.display()
+                    ),
+                ))
+            }
+        }
         let collection = Collection::connect(
             config,
             model.dim,
             (hnsw.max_nb_connection, hnsw.ef_construction),
         )?;
-        let live = reconcile(&store, &collection)?;
+        let live = reconcile(&store, &collection, config)?;
         let generation = store.generation()?;
         Ok(MilvusStorage {
             store,
@@ -557,5 +612,77 @@ mod tests {
             .search(&[0.0, 1.0, 0.0, 0.0], 1, &Filter::any())
             .unwrap();
         assert_eq!(hits[0].id, again[0].id);
+    }
+
+    /// A records folder opens only as what it is: the embedded catalogue refuses it, another
+    /// collection refuses it, an empty server (a wrong `milvus_uri`) refuses it with nothing
+    /// changed, and an embedded catalogue is not taken for Milvus records (which would drop
+    /// every item as "never reached Milvus").
+    #[test]
+    fn a_folder_opens_only_with_its_own_backend_and_collection() {
+        let Some(exe) = MilvusLite::find() else {
+            println!("skipped: milvus-lite not found (`.ci/run` installs it)");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let server = MilvusLite::start(&exe, &dir.path().join("milvus")).unwrap();
+        let other = MilvusLite::start(&exe, &dir.path().join("other")).unwrap();
+        let model = ModelTag {
+            fingerprint: "fp".into(),
+            dim: 4,
+        };
+        let config = |uri: String, collection: &str| MilvusConfig {
+            uri,
+            collection: collection.into(),
+            token: None,
+        };
+        let open = |records: &std::path::Path, config: &MilvusConfig| {
+            MilvusStorage::open(records, config, Some(model.clone()), &HnswParams::default())
+        };
+        let item = NewItem {
+            source: "a.png".into(),
+            content_hash: "a".into(),
+            vector: vec![1.0, 0.0, 0.0, 0.0],
+            ..NewItem::default()
+        };
+        let records = dir.path().join("records");
+        let right = config(server.uri(), "right");
+        open(&records, &right)
+            .unwrap()
+            .add_batch(vec![item.clone()])
+            .unwrap();
+
+        let embedded = crate::Catalog::open(&records, crate::OpenOptions::new(model.clone()));
+        assert!(embedded
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("Milvus-backed"));
+        let wrong_name = open(&records, &config(server.uri(), "wrong"));
+        assert!(wrong_name
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("belong to Milvus collection right"));
+        let wrong_server = open(&records, &config(other.uri(), "right"));
+        assert!(wrong_server
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("nothing was changed"));
+        assert_eq!(open(&records, &right).unwrap().live_ids().unwrap().len(), 1);
+
+        let local = dir.path().join("local");
+        let cat = crate::Catalog::open(&local, crate::OpenOptions::new(model.clone())).unwrap();
+        cat.add_batch(vec![item]).unwrap();
+        drop(cat);
+        let taken = open(&local, &right);
+        assert!(taken
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("holds an embedded catalogue"));
+        let cat = crate::Catalog::open(&local, crate::OpenOptions::new(model.clone())).unwrap();
+        assert_eq!(cat.live_ids().len(), 1);
     }
 }
