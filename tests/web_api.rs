@@ -48,11 +48,7 @@ fn milvus_down_is_a_503_and_the_service_recovers() {
     std::fs::write(&config, web_support::milvus_settings(&milvus)).unwrap();
     let mut server = Server::start_on(&tmp.path().join("data"), &model, &gallery, Some(&config));
     server.wait_for_log("ingested 12/12 gallery images", Duration::from_secs(1));
-    let mut names: Vec<String> = std::fs::read_dir(gallery.join("train"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+    let names = web_support::gallery_characters(&gallery);
     let image = sample_image(&names[0], 0);
     let search = |server: &Server| server.post_image("/api/v1/search?k=3", "image/jpeg", &image);
     assert_eq!(search(&server).status, 200);
@@ -425,11 +421,7 @@ fn int8_graph_service_answers_exact_scores_and_the_cli_keeps_it() {
     std::fs::write(&config, "graph_precision = \"int8\"\n").unwrap();
     let mut server = Server::start_on(&data, &model, &gallery, Some(&config));
     server.wait_for_log("ingested 20/20 gallery images", Duration::from_secs(1));
-    let mut names: Vec<String> = std::fs::read_dir(gallery.join("train"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+    let names = web_support::gallery_characters(&gallery);
     let image = sample_image(&names[0], 0);
     let r = server.post_image("/api/v1/search?k=5", "image/jpeg", &image);
     assert_eq!(r.status, 200);

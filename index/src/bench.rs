@@ -330,6 +330,33 @@ pub fn run(dir: &Path, config: &BenchConfig) -> Result<BenchReport> {
     )
 }
 
+/// Adds `items` to `storage` in batches of 1,000 as `bench/<n>`, labelled by `labels(n)`; returns
+/// their ids in order.
+fn add_in_batches(
+    storage: &dyn Storage,
+    items: &[Vec<f32>],
+    labels: impl Fn(usize) -> BTreeMap<String, String>,
+) -> Result<Vec<ItemId>> {
+    let mut ids = Vec::with_capacity(items.len());
+    for (chunk_no, chunk) in items.chunks(1000).enumerate() {
+        let batch = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let n = chunk_no * 1000 + i;
+                NewItem {
+                    source: format!("bench/{n}"),
+                    labels: labels(n),
+                    vector: v.clone(),
+                    ..NewItem::default()
+                }
+            })
+            .collect();
+        ids.extend(storage.add_batch(batch)?.into_iter().map(|o| o.id));
+    }
+    Ok(ids)
+}
+
 /// Runs the benchmark on `items` (added to a fresh catalogue in `dir`, which must not exist yet
 /// or be empty; it is left behind) with `queries` (not added), all of one dimension. QPS is
 /// measured with one query thread, and with each other count in `query_threads`.
@@ -358,19 +385,7 @@ pub fn run_on(
 
     let started = Instant::now();
     let cat = Catalog::open(dir, options.clone())?;
-    let mut index_of: Vec<ItemId> = Vec::with_capacity(items.len());
-    for (chunk_no, chunk) in items.chunks(1000).enumerate() {
-        let batch = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, v)| NewItem {
-                source: format!("bench/{}", chunk_no * 1000 + i),
-                vector: v.clone(),
-                ..NewItem::default()
-            })
-            .collect();
-        index_of.extend(cat.add_batch(batch)?.into_iter().map(|o| o.id));
-    }
+    let index_of = add_in_batches(&cat, items, |_| BTreeMap::new())?;
     let ingest_secs = started.elapsed().as_secs_f32();
     cat.save_index()?;
     let bytes_per_item = cat.stats()?.bytes_on_disk as f32 / items.len().max(1) as f32;
@@ -773,26 +788,12 @@ pub fn run_storage(
     query_threads: &[usize],
 ) -> Result<StorageBenchReport> {
     let started = Instant::now();
-    let mut index_of: Vec<ItemId> = Vec::with_capacity(items.len());
-    for (chunk_no, chunk) in items.chunks(1000).enumerate() {
-        let batch = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let n = chunk_no * 1000 + i;
-                NewItem {
-                    source: format!("bench/{n}"),
-                    labels: BTreeMap::from([(
-                        crate::PRIMARY_LEVEL.to_string(),
-                        format!("c{}", n % FILTER_CLASSES),
-                    )]),
-                    vector: v.clone(),
-                    ..NewItem::default()
-                }
-            })
-            .collect();
-        index_of.extend(storage.add_batch(batch)?.into_iter().map(|o| o.id));
-    }
+    let index_of = add_in_batches(storage, items, |n| {
+        BTreeMap::from([(
+            crate::PRIMARY_LEVEL.to_string(),
+            format!("c{}", n % FILTER_CLASSES),
+        )])
+    })?;
     storage.settle()?;
     let ingest_per_sec = items.len() as f32 / started.elapsed().as_secs_f32();
     tracing::info!(backend = storage.backend_name(), ingest_per_sec, "ingested");

@@ -215,10 +215,7 @@ impl Catalog {
                 format!("use 2 <= max_nb_connection <= {MAX_CONNECTIONS} and positive ef values"),
             ));
         }
-        if options.model.is_none() && !Store::path_in(&dir).exists() {
-            return Err(CatalogError::NotInitialised { dir });
-        }
-        let store = Store::open(&dir)?;
+        let (store, model) = Store::open_with_model(&dir, options.model.as_ref())?;
         if let Some(place) = store.vectors_in()? {
             return Err(CatalogError::invalid(
                 format!(
@@ -230,29 +227,6 @@ impl Catalog {
                  --from milvus://HOST:PORT/COLLECTION --records DIR --to NEW_DIR`",
             ));
         }
-        let model = match (store.model()?, &options.model) {
-            (Some(stored), Some(wanted)) if &stored != wanted => {
-                return Err(CatalogError::ModelMismatch {
-                    dir,
-                    stored: stored.fingerprint,
-                    stored_dim: stored.dim,
-                    requested: wanted.fingerprint.clone(),
-                    requested_dim: wanted.dim,
-                })
-            }
-            (Some(stored), _) => stored,
-            (None, Some(wanted)) => {
-                if wanted.dim == 0 {
-                    return Err(CatalogError::invalid(
-                        "embedding dimension 0",
-                        "pass the model's embedding dimension (1024 for GoogLeNet)",
-                    ));
-                }
-                store.init_model(wanted)?;
-                wanted.clone()
-            }
-            (None, None) => return Err(CatalogError::NotInitialised { dir }),
-        };
         let precision = options
             .hnsw
             .precision

@@ -83,11 +83,12 @@ pub(crate) fn feed<S: Storage + ?Sized>(
         verdict.insert(e.item, e.kind);
     }
     let vectors_with = |kind: EventKind| -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::new();
-        for (&id, _) in verdict.iter().filter(|(_, &k)| k == kind) {
-            out.extend(storage.vector(id)?);
-        }
-        Ok(out)
+        let ids: Vec<ItemId> = verdict
+            .iter()
+            .filter(|(_, &k)| k == kind)
+            .map(|(&id, _)| id)
+            .collect();
+        Ok(storage.vectors(&ids)?.into_iter().flatten().collect())
     };
     let (likes, dislikes) = (
         vectors_with(EventKind::Like)?,
@@ -114,12 +115,12 @@ pub(crate) fn feed<S: Storage + ?Sized>(
         )?,
         None => cold_start(storage, user, pool, &seen)?,
     };
-    let mut candidates = Vec::with_capacity(scored.len());
-    for (id, relevance) in scored {
-        if let Some(v) = storage.vector(id)? {
-            candidates.push((id, relevance, v));
-        }
-    }
+    let ids: Vec<ItemId> = scored.iter().map(|&(id, _)| id).collect();
+    let candidates: Vec<(ItemId, f32, Vec<f32>)> = scored
+        .into_iter()
+        .zip(storage.vectors(&ids)?)
+        .filter_map(|((id, relevance), v)| Some((id, relevance, v?)))
+        .collect();
     let pairs: Vec<(f32, Vec<f32>)> = candidates.iter().map(|(_, r, v)| (*r, v.clone())).collect();
     let picked = mmr(&pairs, k, lambda);
     storage.hits(

@@ -91,9 +91,9 @@ pub fn copy_catalogue(
     );
     for chunk in ids.chunks(BATCH) {
         let mut batch = Vec::with_capacity(chunk.len());
-        for &id in chunk {
+        for (&id, vector) in chunk.iter().zip(from.vectors(chunk)?) {
             // An item removed while the copy runs is skipped.
-            let (Some(item), Some(vector)) = (from.get(id)?, from.vector(id)?) else {
+            let (Some(item), Some(vector)) = (from.get(id)?, vector) else {
                 continue;
             };
             let thumbnail = from.thumbnail(id)?.unwrap_or_default();

@@ -120,12 +120,11 @@ pub(crate) fn recommend<S: Storage + ?Sized>(
                 }
                 ids.into_iter().collect()
             };
-            let mut scored = Vec::with_capacity(candidates.len());
-            for id in candidates {
-                if let Some(v) = storage.vector(id)? {
-                    scored.push((id, best_score(&v, &pos, &neg)));
-                }
-            }
+            let mut scored: Vec<(ItemId, f32)> = candidates
+                .iter()
+                .zip(storage.vectors(&candidates)?)
+                .filter_map(|(&id, v)| Some((id, best_score(&v?, &pos, &neg))))
+                .collect();
             scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
             scored.truncate(query.k);
             storage.hits(scored)

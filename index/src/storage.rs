@@ -43,6 +43,11 @@ pub trait Storage: Send + Sync {
     fn get(&self, id: ItemId) -> Result<Option<Item>>;
     /// A live item's (normalised) vector.
     fn vector(&self, id: ItemId) -> Result<Option<Vec<f32>>>;
+    /// The vectors of live items `ids`, in their order (`None` for an id not live). One call
+    /// for many items: a remote backend fetches them in one round trip, not one per item.
+    fn vectors(&self, ids: &[ItemId]) -> Result<Vec<Option<Vec<f32>>>> {
+        ids.iter().map(|&id| self.vector(id)).collect()
+    }
     /// A live item's thumbnail.
     fn thumbnail(&self, id: ItemId) -> Result<Option<Vec<u8>>>;
     /// The live item with this content hash.

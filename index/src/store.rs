@@ -174,6 +174,42 @@ impl Store {
         }
     }
 
+    /// Opens the store of catalogue folder `dir` with the model its vectors come from: `wanted`
+    /// must match the stored model; a new store (only when `wanted` is given) records it.
+    pub(crate) fn open_with_model(
+        dir: &Path,
+        wanted: Option<&ModelTag>,
+    ) -> Result<(Store, ModelTag)> {
+        if wanted.is_none() && !Self::path_in(dir).exists() {
+            return Err(CatalogError::NotInitialised { dir: dir.into() });
+        }
+        let store = Self::open(dir)?;
+        let model = match (store.model()?, wanted) {
+            (Some(stored), Some(wanted)) if &stored != wanted => {
+                return Err(CatalogError::ModelMismatch {
+                    dir: dir.into(),
+                    stored: stored.fingerprint,
+                    stored_dim: stored.dim,
+                    requested: wanted.fingerprint.clone(),
+                    requested_dim: wanted.dim,
+                })
+            }
+            (Some(stored), _) => stored,
+            (None, Some(wanted)) => {
+                if wanted.dim == 0 {
+                    return Err(CatalogError::invalid(
+                        "embedding dimension 0",
+                        "pass the model's embedding dimension (1024 for GoogLeNet)",
+                    ));
+                }
+                store.init_model(wanted)?;
+                wanted.clone()
+            }
+            (None, None) => return Err(CatalogError::NotInitialised { dir: dir.into() }),
+        };
+        Ok((store, model))
+    }
+
     /// Opens (creating if needed) the store of catalogue folder `dir`.
     pub(crate) fn open(dir: &Path) -> Result<Store> {
         let err = |e| CatalogError::storage(dir, e);

@@ -56,15 +56,8 @@ impl Fixture {
 
     #[cfg(feature = "milvus")]
     fn milvus() -> Option<Fixture> {
-        let Some(exe) = animelens_index::MilvusLite::find() else {
-            println!(
-                "skipped: milvus-lite not found (`.ci/run` installs it into \
-                 ~/.cache/animelens-milvus-venv; or set ANIMELENS_MILVUS_LITE)"
-            );
-            return None;
-        };
         let dir = tempfile::tempdir().unwrap();
-        let server = animelens_index::MilvusLite::start(&exe, &dir.path().join("milvus")).unwrap();
+        let server = animelens_index::MilvusLite::start_for_test(&dir.path().join("milvus"))?;
         Some(Fixture::new(Backend::Milvus(server), dir))
     }
 
@@ -138,6 +131,15 @@ fn fill(s: &dyn Storage) -> (Vec<ItemId>, Vec<Vec<f32>>, Vec<usize>) {
         .collect();
     let ids = s.add_batch(items).unwrap().iter().map(|o| o.id).collect();
     (ids, vectors, labels)
+}
+
+/// The characters' names, as `character_centroids` lists them.
+fn character_names(s: &dyn Storage) -> Vec<String> {
+    s.character_centroids()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.0)
+        .collect()
 }
 
 fn unit(v: &[f32]) -> Vec<f32> {
@@ -289,12 +291,7 @@ fn update(s: &dyn Storage) {
             .len(),
         1
     );
-    let names: Vec<String> = s
-        .character_centroids()
-        .unwrap()
-        .into_iter()
-        .map(|c| c.0)
-        .collect();
+    let names = character_names(s);
     assert!(names.contains(&"renamed".to_string()), "{names:?}");
     assert!(matches!(
         s.update(999_999, &change),
@@ -389,12 +386,7 @@ fn feed(s: &dyn Storage) {
 
 fn characters_and_enrolment(s: &dyn Storage) {
     let (_, vectors, labels) = fill(s);
-    let names: Vec<String> = s
-        .character_centroids()
-        .unwrap()
-        .into_iter()
-        .map(|c| c.0)
-        .collect();
+    let names = character_names(s);
     assert_eq!(names, ["c0", "c1", "c2"]);
     let similar = s.similar_characters("c0", 2).unwrap();
     assert_eq!(similar.len(), 2);

@@ -100,15 +100,8 @@ pub fn small_gallery(dir: &Path, characters: usize, per_character: usize) -> Pat
 /// `None` (the test reports itself skipped) when milvus-lite is not installed.
 #[cfg(feature = "milvus")]
 pub fn milvus_lite() -> Option<(animelens_index::MilvusLite, tempfile::TempDir)> {
-    let Some(exe) = animelens_index::MilvusLite::find() else {
-        println!(
-            "skipped: milvus-lite not found (`.ci/run` installs it into \
-             ~/.cache/animelens-milvus-venv; or set ANIMELENS_MILVUS_LITE)"
-        );
-        return None;
-    };
     let dir = tempfile::tempdir().unwrap();
-    let server = animelens_index::MilvusLite::start(&exe, &dir.path().join("milvus")).unwrap();
+    let server = animelens_index::MilvusLite::start_for_test(&dir.path().join("milvus"))?;
     Some((server, dir))
 }
 
@@ -116,6 +109,16 @@ pub fn milvus_lite() -> Option<(animelens_index::MilvusLite, tempfile::TempDir)>
 #[cfg(feature = "milvus")]
 pub fn milvus_settings(milvus: &animelens_index::MilvusLite) -> String {
     format!("backend = \"milvus\"\nmilvus_uri = \"{}\"\n", milvus.uri())
+}
+
+/// The character folders of a gallery made by [`small_gallery`], sorted.
+pub fn gallery_characters(gallery: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(gallery.join("train"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// A running `animelens serve`; killed when dropped.

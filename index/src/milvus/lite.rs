@@ -37,6 +37,19 @@ impl MilvusLite {
         named.or(ci.filter(|exe| exe.is_file())).or(on_path)
     }
 
+    /// For tests: a server with its data in `data_dir`, or `None` after printing that the test is
+    /// skipped when milvus-lite is not installed (`.ci/run` installs it).
+    pub fn start_for_test(data_dir: &Path) -> Option<MilvusLite> {
+        let Some(exe) = Self::find() else {
+            println!(
+                "skipped: milvus-lite not found (`.ci/run` installs it into \
+                 ~/.cache/animelens-milvus-venv; or set ANIMELENS_MILVUS_LITE)"
+            );
+            return None;
+        };
+        Some(Self::start(&exe, data_dir).expect("the milvus-lite server starts"))
+    }
+
     /// Starts `exe` on a free loopback port with its data in `data_dir`, and waits until it
     /// accepts connections.
     pub fn start(exe: &Path, data_dir: &Path) -> std::io::Result<MilvusLite> {

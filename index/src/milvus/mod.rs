@@ -119,27 +119,7 @@ impl MilvusStorage {
         hnsw: &HnswParams,
     ) -> Result<MilvusStorage> {
         let dir = dir.as_ref().to_path_buf();
-        if model.is_none() && !Store::path_in(&dir).exists() {
-            return Err(CatalogError::NotInitialised { dir });
-        }
-        let store = Store::open(&dir)?;
-        let model = match (store.model()?, model) {
-            (Some(stored), Some(wanted)) if stored != wanted => {
-                return Err(CatalogError::ModelMismatch {
-                    dir,
-                    stored: stored.fingerprint,
-                    stored_dim: stored.dim,
-                    requested: wanted.fingerprint,
-                    requested_dim: wanted.dim,
-                })
-            }
-            (Some(stored), _) => stored,
-            (None, Some(wanted)) => {
-                store.init_model(&wanted)?;
-                wanted
-            }
-            (None, None) => return Err(CatalogError::NotInitialised { dir }),
-        };
+        let (store, model) = Store::open_with_model(&dir, model.as_ref())?;
         let place = format!("Milvus collection {}", config.collection);
         match store.vectors_in()? {
             Some(stored) if stored == place => {}
@@ -399,10 +379,12 @@ impl Storage for MilvusStorage {
         self.store.item(id)
     }
     fn vector(&self, id: ItemId) -> Result<Option<Vec<f32>>> {
-        if !self.is_live(id) {
-            return Ok(None);
-        }
-        Ok(self.collection.vectors(&[id])?.remove(&id))
+        Ok(self.vectors(&[id])?.pop().flatten())
+    }
+    fn vectors(&self, ids: &[ItemId]) -> Result<Vec<Option<Vec<f32>>>> {
+        let live: Vec<ItemId> = ids.iter().copied().filter(|&id| self.is_live(id)).collect();
+        let mut found = self.collection.vectors(&live)?;
+        Ok(ids.iter().map(|id| found.remove(id)).collect())
     }
     fn thumbnail(&self, id: ItemId) -> Result<Option<Vec<u8>>> {
         if !self.is_live(id) {
@@ -544,12 +526,10 @@ mod tests {
     /// duplicate that is never found. (Skipped without milvus-lite, like the backend suite.)
     #[test]
     fn an_add_cut_off_before_milvus_is_undone_at_the_next_open() {
-        let Some(exe) = MilvusLite::find() else {
-            println!("skipped: milvus-lite not found (`.ci/run` installs it)");
+        let dir = tempfile::tempdir().unwrap();
+        let Some(server) = MilvusLite::start_for_test(&dir.path().join("milvus")) else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let server = MilvusLite::start(&exe, &dir.path().join("milvus")).unwrap();
         let config = MilvusConfig {
             uri: server.uri(),
             collection: "cut_off".into(),
@@ -620,13 +600,11 @@ mod tests {
     /// every item as "never reached Milvus").
     #[test]
     fn a_folder_opens_only_with_its_own_backend_and_collection() {
-        let Some(exe) = MilvusLite::find() else {
-            println!("skipped: milvus-lite not found (`.ci/run` installs it)");
+        let dir = tempfile::tempdir().unwrap();
+        let Some(server) = MilvusLite::start_for_test(&dir.path().join("milvus")) else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let server = MilvusLite::start(&exe, &dir.path().join("milvus")).unwrap();
-        let other = MilvusLite::start(&exe, &dir.path().join("other")).unwrap();
+        let other = MilvusLite::start_for_test(&dir.path().join("other")).unwrap();
         let model = ModelTag {
             fingerprint: "fp".into(),
             dim: 4,
