@@ -309,8 +309,8 @@ impl Collection {
     }
 
     /// Seals the rows written so far into segments the server indexes (a growing segment is
-    /// searched by brute force: 20,000 unsealed 1024-d rows cost milvus-lite ~1.8 s a search,
-    /// indexed ones ~70 ms), waiting until they are flushed.
+    /// searched by brute force: 20,000 unsealed 1024-d rows cost milvus-lite ~1.9 s a search,
+    /// indexed ones ~66 ms; BENCHMARKS.md), waiting until they are flushed.
     pub(crate) fn flush(&self) -> Result<()> {
         self.run(async {
             self.client

@@ -9,7 +9,7 @@ pub(crate) const EMBEDDING: &str = "embedding";
 pub(crate) const LABELS: &str = "labels";
 /// The primary label (`character`) again as a plain string field: it is the filter most queries
 /// carry, and a typed field is filtered without parsing every row's JSON (on milvus-lite, 20,000
-/// rows: ~2.4 s a search through `labels["character"]`).
+/// rows: 1.5 s a search through `labels["character"]`, 22 ms through this field).
 pub(crate) const PRIMARY: &str = "primary_label";
 /// The tags (JSON array).
 pub(crate) const TAGS: &str = "tags";
