@@ -6,7 +6,6 @@ mod commands;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use commands::{audit, bench, catalog, characters, model, search, serve, video};
-use std::path::PathBuf;
 
 /// Anime character recognition and lookalike search.
 #[derive(Parser, Debug)]
@@ -36,9 +35,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Manage the image catalogue.
     Index {
-        /// Catalogue folder.
-        #[arg(long, global = true, default_value = catalog::DEFAULT_DB)]
-        db: PathBuf,
+        #[command(flatten)]
+        place: commands::location::CatalogPlace,
         #[command(subcommand)]
         cmd: catalog::CatalogCommand,
     },
@@ -128,7 +126,7 @@ fn main() -> Result<()> {
         Command::Prune(a) => model::run_prune(a),
         Command::LearnCopyWhitening(a) => commands::copy_whitening::run(a),
         Command::Bench(a) => bench::run(a),
-        Command::Index { db, cmd } => catalog::run(&db, cmd),
+        Command::Index { place, cmd } => catalog::run(&place, cmd),
         Command::Search(a) => search::run_search(a),
         Command::SimilarCharacters(a) => search::run_similar(a),
         Command::Enroll(a) => characters::run_enroll(a),

@@ -62,10 +62,15 @@ fn milvus_down_is_a_503_and_the_service_recovers() {
         r.error()
     );
     assert!(!r.error().contains("127.0.0.1"), "{}", r.error());
+    // Not ready, yet alive: an orchestrator stops routing to it without restarting it.
+    let (status, ready) = server.get_json("/readyz");
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(server.get_json("/healthz").0, 200);
     milvus.start_again().unwrap();
     let r = search(&server);
     assert_eq!(r.status, 200, "{}", r.error());
     assert_eq!(ids(&r.json()).len(), 3);
+    assert_eq!(server.get_json("/readyz").0, 200);
 }
 
 /// Every endpoint against a service whose TOML settings file holds `settings`.
@@ -82,6 +87,13 @@ fn every_endpoint_on(settings: &str) {
     // Operations and documentation.
     let (status, health) = server.get_json("/healthz");
     assert_eq!((status, health["items"].as_u64()), (200, Some(30)));
+    let (status, ready) = server.get_json("/readyz");
+    let backend = if settings.contains("milvus") {
+        "milvus"
+    } else {
+        "embedded"
+    };
+    assert_eq!((status, ready["backend"].as_str()), (200, Some(backend)));
     let (status, doc) = server.get_json("/api/v1/openapi.json");
     assert_eq!(status, 200);
     for path in [
@@ -97,6 +109,7 @@ fn every_endpoint_on(settings: &str) {
         "/api/v1/items/{id}",
         "/api/v1/items/{id}/thumbnail",
         "/healthz",
+        "/readyz",
         "/metrics",
     ] {
         assert!(

@@ -28,6 +28,17 @@ pub trait Storage: Send + Sync {
     fn ef_search(&self) -> usize;
     /// Which engine this is, for messages and `/stats` (`"embedded"`, `"milvus"`).
     fn backend_name(&self) -> &'static str;
+    /// Where the model was loaded from, when a tool recorded it; lets the CLI default to the
+    /// catalogue's own model.
+    fn model_source(&self) -> Result<Option<String>>;
+    /// Records where the catalogue's model was loaded from (a checkpoint path).
+    fn set_model_source(&self, source: &str) -> Result<()>;
+    /// Whether the storage can serve requests now: `BackendUnavailable` when a remote engine
+    /// does not answer or lost the collection (the service's readiness probe). The embedded
+    /// catalogue is always ready.
+    fn check_ready(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Adds items (exact duplicates by content hash are reported, not re-added), durably.
     fn add_batch(&self, items: Vec<NewItem>) -> Result<Vec<AddOutcome>>;
@@ -139,6 +150,12 @@ impl Storage for Catalog {
     }
     fn backend_name(&self) -> &'static str {
         "embedded"
+    }
+    fn model_source(&self) -> Result<Option<String>> {
+        Catalog::model_source(self)
+    }
+    fn set_model_source(&self, source: &str) -> Result<()> {
+        Catalog::set_model_source(self, source)
     }
     fn add_batch(&self, items: Vec<NewItem>) -> Result<Vec<AddOutcome>> {
         Catalog::add_batch(self, items)

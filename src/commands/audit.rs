@@ -2,11 +2,11 @@
 //! picture, and of which) and `animelens index calibrate-copies` (the verdict's threshold for a
 //! target precision, measured on edited copies of the catalogue's own pictures).
 
-use super::catalog::DEFAULT_DB;
 use super::embedding::{progress_bar, ImageFile, BATCH};
+use super::location::{CatalogPlace, Location};
 use super::model_choice::{open_with_model, Missing};
 use animelens_index::copy_verdict::DEFAULT_PRECISION;
-use animelens_index::{Catalog, CopyFinding};
+use animelens_index::{require_embedded, Catalog, CopyFinding};
 use animelens_models::copies::hint::{edit_hint, UploadTraits};
 use animelens_models::data::unlabelled_images;
 use animelens_models::preprocess::{decode, DEFAULT_MAX_PIXELS};
@@ -15,7 +15,7 @@ use animelens_web::ingest::calibrate_copies;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use rayon::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// How `audit` prints its findings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -34,9 +34,9 @@ pub struct AuditArgs {
     /// Images or folders of images (searched recursively) to review.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// Catalogue folder.
-    #[arg(long, default_value = DEFAULT_DB)]
-    db: PathBuf,
+    /// The catalogue (an embedded one: copy review is not on Milvus yet).
+    #[command(flatten)]
+    place: CatalogPlace,
     /// Checkpoint (default: the catalogue's own model).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -50,19 +50,22 @@ pub struct AuditArgs {
 
 /// Runs `animelens audit`.
 pub fn run_audit(args: AuditArgs) -> Result<()> {
-    let (catalog, model) = open_with_model(&args.db, args.model.as_deref(), Missing::Fail)?;
+    let db = args.place.location()?;
+    let dir = db.folder("`audit`")?;
+    let (storage, model) = open_with_model(&db, args.model.as_deref(), Missing::Fail)?;
+    let catalog = require_embedded(&*storage, "copy review")?;
     if catalog.copy_dim()?.is_none() {
         bail!(
             "the catalogue in {} has no copy descriptors (it was built before copy detection); \
              run `animelens index rebuild --reembed` to add them",
-            args.db.display()
+            dir.display()
         );
     }
     let paths = list_inputs(&args.inputs)?;
     let bar = progress_bar(paths.len(), "reviewing");
     let mut findings = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(BATCH) {
-        findings.extend(review_files(&catalog, &model, chunk, args.show)?);
+        findings.extend(review_files(catalog, &model, chunk, args.show)?);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
@@ -232,14 +235,16 @@ pub struct CalibrateCopiesArgs {
 /// Runs `animelens index calibrate-copies`: edits a seeded sample of catalogued pictures (their
 /// source files, else their thumbnails) with every targeted edit and stores the threshold that
 /// reaches the precision (see `Catalog::calibrate_copies`).
-pub fn run_calibrate_copies(db: &Path, args: CalibrateCopiesArgs) -> Result<()> {
-    let (catalog, model) = open_with_model(db, args.model.as_deref(), Missing::Fail)?;
+pub fn run_calibrate_copies(db: &Location, args: CalibrateCopiesArgs) -> Result<()> {
+    db.folder("`index calibrate-copies`")?;
+    let (storage, model) = open_with_model(db, args.model.as_deref(), Missing::Fail)?;
+    let catalog = require_embedded(&*storage, "copy review")?;
     let bar = progress_bar(
         args.sample.min(catalog.live_ids().len()),
         "calibrating the copy threshold",
     );
     let verdict = calibrate_copies(
-        &catalog,
+        catalog,
         &model,
         args.precision,
         args.sample,

@@ -1,10 +1,11 @@
-//! `animelens index <subcommand> --db DIR`: the catalogue's life cycle. This module parses the
+//! `animelens index <subcommand> --db DIR|milvus://…`: the catalogue's life cycle. This module parses the
 //! subcommands and runs those that need neither the network nor HTTP (stats, update, remove, compact,
 //! rebuild, import of precomputed vectors); `add`, `calibrate` and `rebuild --reembed` embed images
 //! and live in [`super::ingest`], [`super::characters`] and [`super::reembed`].
 //!
 //! `tests/catalog_crash.rs` runs `animelens index --db DIR import-vectors FILE --fingerprint FP`.
 
+use super::location::{close, CatalogPlace, Location};
 use animelens_index::{Catalog, ItemUpdate, NewItem, OpenOptions};
 use anyhow::{bail, Context};
 use serde::Deserialize;
@@ -138,26 +139,32 @@ fn item_update(
     })
 }
 
-/// Opens the existing catalogue in `db` whatever its model (commands that embed nothing).
-pub fn open_existing(db: &Path) -> anyhow::Result<Catalog> {
+/// Opens the existing embedded catalogue in the folder of `db` whatever its model, for `what`,
+/// which only the embedded catalogue can do.
+fn open_folder(db: &Location, what: &str) -> anyhow::Result<Catalog> {
     let mut options = OpenOptions::existing();
     options.show_progress = true;
-    Ok(Catalog::open(db, options)?)
+    Ok(Catalog::open(db.folder(what)?, options)?)
 }
 
-/// Runs one catalogue subcommand on the catalogue in `db`.
-pub fn run(db: &Path, cmd: CatalogCommand) -> anyhow::Result<()> {
+/// Runs one catalogue subcommand on the catalogue at `place`.
+pub fn run(place: &CatalogPlace, cmd: CatalogCommand) -> anyhow::Result<()> {
+    let db = place.location()?;
     match cmd {
-        CatalogCommand::Add(args) => super::ingest::run_add(db, args)?,
-        CatalogCommand::Calibrate(args) => super::characters::run_calibrate(db, args)?,
-        CatalogCommand::CalibrateCopies(args) => super::audit::run_calibrate_copies(db, args)?,
+        CatalogCommand::Add(args) => super::ingest::run_add(&db, args)?,
+        CatalogCommand::Calibrate(args) => super::characters::run_calibrate(&db, args)?,
+        CatalogCommand::CalibrateCopies(args) => super::audit::run_calibrate_copies(&db, args)?,
         CatalogCommand::Rebuild {
             model: Some(model),
             source_root,
             ..
-        } => super::reembed::run_reembed(db, &model, &source_root)?,
-        CatalogCommand::Export(args) => super::export::run(db, args)?,
-        CatalogCommand::Stats => println!("{}", open_existing(db)?.stats()?),
+        } => super::reembed::run_reembed(
+            db.folder("`index rebuild --reembed`")?,
+            &model,
+            &source_root,
+        )?,
+        CatalogCommand::Export(args) => super::export::run(place, args)?,
+        CatalogCommand::Stats => println!("{}", db.open(None)?.stats()?),
         CatalogCommand::Update {
             id,
             labels,
@@ -165,7 +172,9 @@ pub fn run(db: &Path, cmd: CatalogCommand) -> anyhow::Result<()> {
             clear_tags,
         } => {
             let change = item_update(&labels, tags, clear_tags)?;
-            let item = open_existing(db)?.update(id, &change)?;
+            let catalog = db.open(None)?;
+            let item = catalog.update(id, &change)?;
+            close(catalog)?;
             let labels: Vec<String> = item
                 .labels
                 .iter()
@@ -178,31 +187,38 @@ pub fn run(db: &Path, cmd: CatalogCommand) -> anyhow::Result<()> {
             );
         }
         CatalogCommand::Remove { id } => {
-            open_existing(db)?.remove(id)?;
+            let catalog = db.open(None)?;
+            catalog.remove(id)?;
+            close(catalog)?;
             println!("removed {id}");
         }
         CatalogCommand::Compact => {
-            let report = open_existing(db)?.compact()?;
+            let report = open_folder(&db, "`index compact`")?.compact()?;
             println!(
                 "purged {} removed items; {} live items indexed",
                 report.purged, report.live
             );
         }
         CatalogCommand::Rebuild { model: None, .. } => {
-            let live = open_existing(db)?.rebuild()?;
+            let live = open_folder(&db, "`index rebuild`")?.rebuild()?;
             println!("rebuilt the index over {live} live items");
         }
         CatalogCommand::ImportVectors {
             file,
             fingerprint,
             batch,
-        } => import(db, &file, fingerprint, batch.max(1))?,
+        } => import(&db, &file, fingerprint, batch.max(1))?,
     }
     Ok(())
 }
 
 /// Reads `file` and adds its items in batches, reporting each durable add on stdout.
-fn import(db: &Path, file: &Path, fingerprint: Option<String>, batch: usize) -> anyhow::Result<()> {
+fn import(
+    db: &Location,
+    file: &Path,
+    fingerprint: Option<String>,
+    batch: usize,
+) -> anyhow::Result<()> {
     let reader = std::io::BufReader::new(
         std::fs::File::open(file)
             .with_context(|| format!("cannot open import file {}", file.display()))?,
@@ -228,19 +244,17 @@ fn import(db: &Path, file: &Path, fingerprint: Option<String>, batch: usize) -> 
     let Some(first) = lines.next().map(parse).transpose()? else {
         bail!("{} holds no records; nothing imported", file.display());
     };
-    let mut options = match fingerprint {
-        Some(fp) => OpenOptions::new(animelens_index::ModelTag {
-            fingerprint: fp,
-            dim: first.vector.len(),
-        }),
-        None => OpenOptions::existing(),
-    };
-    options.show_progress = true;
-    let cat = Catalog::open(db, options).map_err(|e| match e {
-        animelens_index::CatalogError::NotInitialised { .. } => anyhow::anyhow!(
-            "{e}\n(import-vectors creates the catalogue when given --fingerprint FP, the fingerprint of the model that produced the vectors)"
-        ),
-        other => other.into(),
+    let model = fingerprint.map(|fingerprint| animelens_index::ModelTag {
+        fingerprint,
+        dim: first.vector.len(),
+    });
+    let cat = db.open(model).map_err(|e| {
+        match e.downcast_ref::<animelens_index::CatalogError>() {
+            Some(animelens_index::CatalogError::NotInitialised { .. }) => anyhow::anyhow!(
+                "{e}\n(import-vectors creates the catalogue when given --fingerprint FP, the fingerprint of the model that produced the vectors)"
+            ),
+            _ => e,
+        }
     })?;
     let (mut added, mut duplicates) = (0usize, 0usize);
     let mut pending = vec![first];
@@ -269,10 +283,7 @@ fn import(db: &Path, file: &Path, fingerprint: Option<String>, batch: usize) -> 
             break;
         }
     }
-    cat.close()?;
-    eprintln!(
-        "imported {added} new items ({duplicates} duplicates) into {}",
-        db.display()
-    );
+    close(cat)?;
+    eprintln!("imported {added} new items ({duplicates} duplicates) into {db}");
     Ok(())
 }

@@ -9,8 +9,8 @@
 //! The stored t maximises the accuracy over all those queries (half-way between the two scores
 //! around the best cut).
 
-use super::catalog::DEFAULT_DB;
 use super::embedding::{embed_files, progress_bar, read_files};
+use super::location::{close, CatalogPlace, Location};
 use super::model::DataArgs;
 use super::model_choice::{open_with_model, Missing};
 use animelens_index::CatalogLogic;
@@ -19,7 +19,7 @@ use animelens_models::CopyViews;
 use animelens_web::ingest::{embed_items, ItemMeta, Picture};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// `animelens enroll` options.
 #[derive(Args, Debug)]
@@ -33,9 +33,9 @@ pub struct EnrollArgs {
     /// shipped demo model).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Catalogue folder (created if it does not exist).
-    #[arg(long, default_value = DEFAULT_DB)]
-    db: PathBuf,
+    /// The catalogue (created if it does not exist).
+    #[command(flatten)]
+    place: CatalogPlace,
     /// Tag given to the enrolled items (repeatable).
     #[arg(long = "tag")]
     tags: Vec<String>,
@@ -44,7 +44,11 @@ pub struct EnrollArgs {
 /// Runs `animelens enroll`: adds the images as items labelled with the character, which also
 /// makes them part of its centroid (and lets them survive re-embedding).
 pub fn run_enroll(args: EnrollArgs) -> Result<()> {
-    let (cat, model) = open_with_model(&args.db, args.model.as_deref(), Missing::Create)?;
+    let (cat, model) = open_with_model(
+        &args.place.location()?,
+        args.model.as_deref(),
+        Missing::Create,
+    )?;
     let files = read_files(&args.images);
     let mut pictures = Vec::new();
     let mut paths = Vec::new();
@@ -108,7 +112,7 @@ pub fn run_enroll(args: EnrollArgs) -> Result<()> {
             println!("added {} {}", o.id, path.display());
         }
     }
-    cat.close()?;
+    close(cat)?;
     println!(
         "enrolled {:?}: {added} new images, {} duplicates, {failed} unreadable",
         args.name,
@@ -127,9 +131,8 @@ pub struct IdentifyArgs {
     /// shipped demo model).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Catalogue folder.
-    #[arg(long, default_value = DEFAULT_DB)]
-    db: PathBuf,
+    #[command(flatten)]
+    place: CatalogPlace,
     /// Candidate characters to show per image.
     #[arg(short, long, default_value_t = 3)]
     k: usize,
@@ -140,10 +143,11 @@ pub struct IdentifyArgs {
 
 /// Runs `animelens identify`: nearest character centroid, or "unknown" below the threshold.
 pub fn run_identify(args: IdentifyArgs) -> Result<()> {
-    let (cat, model) = open_with_model(&args.db, args.model.as_deref(), Missing::Fail)?;
+    let db = args.place.location()?;
+    let (cat, model) = open_with_model(&db, args.model.as_deref(), Missing::Fail)?;
     let calibrated = cat.open_set_calibrated()?;
     if !calibrated {
-        eprintln!("warning: {}", uncalibrated(&args.db));
+        eprintln!("warning: {}", uncalibrated(&db));
     }
     let bar = indicatif::ProgressBar::hidden();
     let mut failed = 0usize;
@@ -200,13 +204,13 @@ pub fn run_identify(args: IdentifyArgs) -> Result<()> {
 
 /// What `identify` and `index add` say about a catalogue whose open-set threshold was never
 /// calibrated, with the command that calibrates it.
-pub fn uncalibrated(db: &Path) -> String {
+pub fn uncalibrated(db: &Location) -> String {
     format!(
         "the catalogue's \"unknown\" threshold is not calibrated: `identify` uses the default {:.2}, which \
          means little for a given model; run `animelens index calibrate --data DIR --db {}` with validation \
          images of catalogued characters",
         animelens_index::DEFAULT_OPEN_SET_THRESHOLD,
-        db.display()
+        db.arguments()
     )
 }
 
@@ -226,7 +230,7 @@ pub struct CalibrateArgs {
 }
 
 /// Runs `animelens index calibrate` on the catalogue in `db`.
-pub fn run_calibrate(db: &Path, args: CalibrateArgs) -> Result<()> {
+pub fn run_calibrate(db: &Location, args: CalibrateArgs) -> Result<()> {
     let split = Split::parse(&args.split)
         .ok_or_else(|| anyhow!("unknown split {:?}: use train, val or test", args.split))?;
     let dataset = args.data.load()?;
@@ -253,11 +257,10 @@ pub fn run_calibrate(db: &Path, args: CalibrateArgs) -> Result<()> {
     let cal = cat
         .calibrate_open_set(&pairs)
         .context("calibration failed")?;
-    cat.close()?;
+    close(cat)?;
     println!(
-        "open-set threshold {:.4} stored in {} (accuracy {:.4} on {} known and {} unseen-character queries from {} images)",
+        "open-set threshold {:.4} stored in {db} (accuracy {:.4} on {} known and {} unseen-character queries from {} images)",
         cal.threshold,
-        db.display(),
         cal.accuracy,
         cal.known,
         cal.unknown,

@@ -7,6 +7,7 @@
 
 use super::characters::uncalibrated;
 use super::embedding::progress_bar;
+use super::location::{close, Location};
 use super::model::DataArgs;
 use super::model_choice::{open_with_model, Missing};
 use animelens_index::CatalogLogic;
@@ -40,8 +41,8 @@ pub struct AddArgs {
     tags: Vec<String>,
 }
 
-/// Runs `animelens index add` on the catalogue in `db`.
-pub fn run_add(db: &std::path::Path, args: AddArgs) -> Result<()> {
+/// Runs `animelens index add` on the catalogue at `db` (either storage).
+pub fn run_add(db: &Location, args: AddArgs) -> Result<()> {
     let data = DataArgs {
         data: args.source.clone(),
         path_column: args.path_column.clone(),
@@ -62,21 +63,20 @@ pub fn run_add(db: &std::path::Path, args: AddArgs) -> Result<()> {
         dataset.samples.len(),
     );
     let bar = progress_bar(dataset.samples.len(), "embedding");
-    let summary = ingest_collection(&catalog, &model, &collection, &|n| bar.inc(n as u64))?;
+    let summary = ingest_collection(&*catalog, &model, &collection, &|n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     let live = catalog.stats()?.live;
     let calibrated = catalog.open_set_calibrated()?;
-    catalog.close()?;
+    close(catalog)?;
     for (path, reason) in &summary.unreadable {
         eprintln!("unreadable: {}: {reason}", path.display());
     }
     println!(
-        "added {} items, skipped {} exact duplicates, {} unreadable files; {} live items in {}",
+        "added {} items, skipped {} exact duplicates, {} unreadable files; {} live items in {db}",
         summary.added,
         summary.duplicates,
         summary.unreadable.len(),
         live,
-        db.display()
     );
     match &summary.open_set {
         Ok(c) => println!(

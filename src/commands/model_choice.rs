@@ -5,7 +5,8 @@
 //! fingerprint and asks for `--model`, never a silent mismatch.
 
 use super::embedding::{load_model, model_tag};
-use animelens_index::{Catalog, CatalogError, OpenOptions};
+use super::location::Location;
+use animelens_index::Storage;
 use animelens_models::{Classifier, Embedder};
 use anyhow::{bail, Result};
 use std::path::Path;
@@ -22,39 +23,36 @@ pub enum Missing {
     Fail,
 }
 
-/// The catalogue in `db` with the model its vectors come from: `--model` when given, else the
-/// catalogue's recorded model, else the shipped demo model. Records the model's path in the
-/// catalogue when `Missing::Create` (a writing command) and the catalogue does not have it yet.
+/// The catalogue at `db` (either backend) with the model its vectors come from: `--model` when
+/// given, else the catalogue's recorded model, else the shipped demo model. Records the model's
+/// path in the catalogue when `Missing::Create` (a writing command) and the catalogue does not
+/// have it yet.
 pub fn open_with_model(
-    db: &Path,
+    db: &Location,
     model: Option<&Path>,
     missing: Missing,
-) -> Result<(Catalog, Classifier)> {
-    let exists = Catalog::exists(db);
+) -> Result<(Box<dyn Storage>, Classifier)> {
+    let exists = db.exists();
     if !exists && missing == Missing::Fail {
-        return Err(CatalogError::NotInitialised { dir: db.into() }.into());
+        return Err(db.missing());
     }
     let explicit = model.or((!exists).then_some(Path::new(DEFAULT_MODEL)));
     if let Some(path) = explicit {
         // The catalogue checks the model's fingerprint (or takes it, when it is created).
         let classifier = load_model(path)?;
-        let mut options = OpenOptions::new(model_tag(&classifier));
-        options.show_progress = true;
-        let catalog = Catalog::open(db, options)?;
+        let catalog = db.open(Some(model_tag(&classifier)))?;
         if missing == Missing::Create && catalog.model_source()?.is_none() {
             catalog.set_model_source(&absolute(path))?;
         }
         return Ok((catalog, classifier));
     }
-    let mut options = OpenOptions::existing();
-    options.show_progress = true;
-    let catalog = Catalog::open(db, options)?;
-    let classifier = default_for(&catalog, db)?;
+    let catalog = db.open(None)?;
+    let classifier = default_for(&*catalog, db)?;
     Ok((catalog, classifier))
 }
 
 /// The catalogue's recorded model when it loads with the catalogue's fingerprint, else the demo.
-fn default_for(catalog: &Catalog, db: &Path) -> Result<Classifier> {
+fn default_for(catalog: &dyn Storage, db: &Location) -> Result<Classifier> {
     if let Some(source) = catalog.model_source()? {
         match Classifier::load(Path::new(&source)) {
             Ok(c) if c.fingerprint() == catalog.model().fingerprint => return Ok(c),
@@ -70,9 +68,8 @@ fn default_for(catalog: &Catalog, db: &Path) -> Result<Classifier> {
     let demo = load_model(Path::new(DEFAULT_MODEL))?;
     if demo.fingerprint() != catalog.model().fingerprint {
         bail!(
-            "catalogue {} was built with a model of fingerprint {} (dimension {}), not the shipped demo \
+            "catalogue {db} was built with a model of fingerprint {} (dimension {}), not the shipped demo \
              model; pass that checkpoint with --model CKPT",
-            db.display(),
             catalog.model().fingerprint,
             catalog.model().dim
         );

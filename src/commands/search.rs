@@ -1,8 +1,8 @@
-//! `animelens search` (items most similar to an image or to an item, with label and tag filters)
+//! `animelens search` (on either storage: [`super::location`]; items most similar to an image or to an item, with label and tag filters)
 //! and `animelens similar-characters` (characters ranked by centroid cosine).
 
-use super::catalog::{open_existing, DEFAULT_DB};
 use super::embedding::{embed, ImageFile};
+use super::location::CatalogPlace;
 use super::model_choice::{open_with_model, Missing};
 use animelens_index::{CatalogLogic, Filter, Hit};
 use anyhow::{anyhow, bail, Context, Result};
@@ -31,9 +31,8 @@ pub struct SearchArgs {
     /// shipped demo model).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Catalogue folder.
-    #[arg(long, default_value = DEFAULT_DB)]
-    db: PathBuf,
+    #[command(flatten)]
+    place: CatalogPlace,
     /// Print one JSON object per result instead of a table.
     #[arg(long)]
     json: bool,
@@ -65,16 +64,17 @@ pub fn embed_image(model: &dyn animelens_models::Embedder, path: &Path) -> Resul
 /// Runs `animelens search`.
 pub fn run_search(args: SearchArgs) -> Result<()> {
     let filter = parse_filter(&args.filters, &args.tags)?;
+    let db = args.place.location()?;
     let hits = match (&args.image, args.id) {
         (Some(image), _) => {
-            let (cat, model) = open_with_model(&args.db, args.model.as_deref(), Missing::Fail)?;
+            let (cat, model) = open_with_model(&db, args.model.as_deref(), Missing::Fail)?;
             let query = embed_image(&model, image)?;
             cat.search(&query, args.k, &filter)?
         }
         (None, Some(id)) => {
             let cat = match &args.model {
-                Some(m) => open_with_model(&args.db, Some(m), Missing::Fail)?.0,
-                None => open_existing(&args.db)?,
+                Some(m) => open_with_model(&db, Some(m), Missing::Fail)?.0,
+                None => db.open(None)?,
             };
             cat.search_by_id(id, args.k, &filter)?
         }
@@ -126,9 +126,8 @@ pub struct SimilarArgs {
     /// Number of characters to list.
     #[arg(short, long, default_value_t = 10)]
     k: usize,
-    /// Catalogue folder.
-    #[arg(long, default_value = DEFAULT_DB)]
-    db: PathBuf,
+    #[command(flatten)]
+    place: CatalogPlace,
     /// Print one JSON object per character instead of a table.
     #[arg(long)]
     json: bool,
@@ -136,7 +135,7 @@ pub struct SimilarArgs {
 
 /// Runs `animelens similar-characters`.
 pub fn run_similar(args: SimilarArgs) -> Result<()> {
-    let cat = open_existing(&args.db)?;
+    let cat = args.place.location()?.open(None)?;
     for (rank, c) in cat
         .similar_characters(&args.name, args.k)?
         .iter()

@@ -2,8 +2,9 @@
 //! through the one ingest pipeline), "where is this screenshot from?" over them, and a video's
 //! character timeline as JSON, CSV or WebVTT. Progress bars over video time.
 
-use super::catalog::DEFAULT_DB;
+use super::location::{close, CatalogPlace};
 use super::model_choice::{open_with_model, Missing};
+use animelens_index::require_embedded;
 use animelens_web::ingest::{ingest_video, VideoSource};
 use animelens_web::video::timeline::{to_csv, to_webvtt};
 use animelens_web::video::{recognise_video, search_screenshot, ANILIST_LEVEL};
@@ -27,9 +28,8 @@ pub enum VideoCommand {
 /// Where the catalogue and model are.
 #[derive(Args, Debug)]
 pub struct CatalogArgs {
-    /// Catalogue folder.
-    #[arg(long, default_value = DEFAULT_DB)]
-    db: PathBuf,
+    #[command(flatten)]
+    place: CatalogPlace,
     /// Checkpoint (default: the catalogue's own model, else the shipped demo model).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -128,11 +128,8 @@ fn run_add(args: AddArgs) -> Result<()> {
     if args.episode.is_some() && args.files.len() > 1 {
         bail!("--episode names one video's episode; add the files one at a time");
     }
-    let (catalog, model) = open_with_model(
-        &args.catalog.db,
-        args.catalog.model.as_deref(),
-        Missing::Create,
-    )?;
+    let db = args.catalog.place.location()?;
+    let (catalog, model) = open_with_model(&db, args.catalog.model.as_deref(), Missing::Create)?;
     let mut labels = BTreeMap::new();
     if let Some(id) = args.anilist_id {
         labels.insert(ANILIST_LEVEL.to_string(), id.to_string());
@@ -149,7 +146,7 @@ fn run_add(args: AddArgs) -> Result<()> {
         };
         let name = file.file_name().unwrap_or_default().to_string_lossy();
         let bar = time_bar(&format!("adding {name}"), duration_of(file));
-        let added = ingest_video(&catalog, &model, &source, &|t| bar.set_position(t as u64));
+        let added = ingest_video(&*catalog, &model, &source, &|t| bar.set_position(t as u64));
         bar.finish_and_clear();
         match added {
             Ok(a) => {
@@ -172,24 +169,22 @@ fn run_add(args: AddArgs) -> Result<()> {
         }
     }
     let live = catalog.stats()?.live;
-    catalog.close()?;
+    close(catalog)?;
     if failed == args.files.len() {
         bail!("none of the {} videos was added", args.files.len());
     }
-    println!("{live} live items in {}", args.catalog.db.display());
+    println!("{live} live items in {db}");
     Ok(())
 }
 
 fn run_search(args: SearchArgs) -> Result<()> {
-    let (catalog, model) = open_with_model(
-        &args.catalog.db,
-        args.catalog.model.as_deref(),
-        Missing::Fail,
-    )?;
+    let db = args.catalog.place.location()?;
+    let (catalog, model) = open_with_model(&db, args.catalog.model.as_deref(), Missing::Fail)?;
+    let catalog = require_embedded(&*catalog, "scene search")?;
     let bytes = std::fs::read(&args.image)
         .with_context(|| format!("cannot read {}", args.image.display()))?;
     let anilist = args.anilist_id.map(|id| id.to_string());
-    let found = search_screenshot(&catalog, &model, &bytes, args.k, anilist.as_deref())
+    let found = search_screenshot(catalog, &model, &bytes, args.k, anilist.as_deref())
         .with_context(|| format!("cannot search with {}", args.image.display()))?;
     if found.scenes.is_empty() {
         println!("no video scenes in the catalogue match");
@@ -215,13 +210,10 @@ fn run_search(args: SearchArgs) -> Result<()> {
 }
 
 fn run_recognise(args: RecogniseArgs) -> Result<()> {
-    let (catalog, model) = open_with_model(
-        &args.catalog.db,
-        args.catalog.model.as_deref(),
-        Missing::Fail,
-    )?;
+    let db = args.catalog.place.location()?;
+    let (catalog, model) = open_with_model(&db, args.catalog.model.as_deref(), Missing::Fail)?;
     let bar = time_bar("recognising", duration_of(&args.file));
-    let recognition = recognise_video(&catalog, &model, &args.file, &|t| {
+    let recognition = recognise_video(&*catalog, &model, &args.file, &|t| {
         bar.set_position(t as u64)
     });
     bar.finish_and_clear();

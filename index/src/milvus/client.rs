@@ -112,16 +112,7 @@ impl Collection {
 
     fn ensure(&self, dim: usize, (m, ef_construction): (usize, usize)) -> Result<()> {
         let name = self.name.clone();
-        let exists = self.run(async {
-            self.client
-                .has_collection(
-                    HasCollectionRequest::builder()
-                        .collection_name(&name)
-                        .build()?,
-                )
-                .await
-        })?;
-        if exists.exists() {
+        if self.has_collection()? {
             return self.load();
         }
         let schema = sdk::CollectionSchema::new()
@@ -191,6 +182,32 @@ impl Collection {
                 )
                 .await
         })
+    }
+
+    /// Whether the server answers and still has the collection (one `has_collection` call).
+    pub(crate) fn check_ready(&self) -> Result<()> {
+        if self.has_collection()? {
+            Ok(())
+        } else {
+            Err(CatalogError::BackendUnavailable {
+                backend: "milvus",
+                setting: "milvus_collection",
+                reason: format!("the server no longer has the collection {}", self.name),
+            })
+        }
+    }
+
+    fn has_collection(&self) -> Result<bool> {
+        let answer = self.run(async {
+            self.client
+                .has_collection(
+                    HasCollectionRequest::builder()
+                        .collection_name(&self.name)
+                        .build()?,
+                )
+                .await
+        })?;
+        Ok(answer.exists())
     }
 
     fn row(id: ItemId, vector: &[f32], item: &Item) -> serde_json::Value {

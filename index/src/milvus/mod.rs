@@ -289,6 +289,16 @@ impl Storage for MilvusStorage {
     fn backend_name(&self) -> &'static str {
         "milvus"
     }
+    fn model_source(&self) -> Result<Option<String>> {
+        self.store.model_source()
+    }
+    fn set_model_source(&self, source: &str) -> Result<()> {
+        let _writer = lock(&self.writer);
+        self.store.set_model_source(source)
+    }
+    fn check_ready(&self) -> Result<()> {
+        self.collection.check_ready()
+    }
 
     fn add_batch(&self, items: Vec<NewItem>) -> Result<Vec<AddOutcome>> {
         let added_at_ms = now_ms();

@@ -48,6 +48,7 @@ use utoipa::{Modify, OpenApi};
         videos::scene_image,
         videos::scene_clip,
         system::healthz,
+        system::readyz,
         system::metrics,
     ),
     modifiers(&ApiKeyScheme)
@@ -86,6 +87,7 @@ async fn no_route() -> Result<HttpResponse, ApiError> {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(system::healthz))
         .route("/healthz", web::head().to(system::healthz))
+        .route("/readyz", web::get().to(system::readyz))
         .route("/metrics", web::get().to(system::metrics))
         .route("/search", web::get().to(tracemoe::search))
         .route("/search", web::post().to(tracemoe::search))
@@ -102,6 +104,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/openapi.json", web::get().to(openapi))
                 .route("/healthz", web::get().to(system::healthz))
                 .route("/healthz", web::head().to(system::healthz))
+                .route("/readyz", web::get().to(system::readyz))
                 .service(classify::classify)
                 .service(search::search_image)
                 .service(search::similar_items)

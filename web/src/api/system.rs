@@ -1,7 +1,11 @@
-//! Operations endpoints: `GET`/`HEAD /healthz` (liveness with catalogue and queue figures) and
-//! `GET /metrics` (Prometheus text: per-route requests and latency, queue depth, catalogue size).
-//! Both read the catalogue's in-memory counts only ([`animelens_index::Catalog::counts`]), never
-//! sled, so they answer at once even while the store is stuck on a full disk.
+//! Operations endpoints: `GET`/`HEAD /healthz` (liveness with catalogue and queue figures),
+//! `GET /readyz` (readiness: whether the storage can serve, i.e. the Milvus server answers and has
+//! the collection) and `GET /metrics` (Prometheus text: per-route requests and latency, queue
+//! depth, catalogue size). Liveness and metrics read the catalogue's in-memory counts only
+//! ([`animelens_index::Catalog::counts`]), never sled or a remote server, so they answer at once
+//! even while the store is stuck on a full disk or Milvus is down; readiness asks the backend, so
+//! an orchestrator stops routing traffic to a replica whose Milvus is unreachable without
+//! restarting it.
 
 use crate::api::types::ErrorBody;
 use crate::error::ApiError;
@@ -36,6 +40,27 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         model: state.catalog.model().fingerprint.clone(),
         queue_depth: state.pool.stats().queued.load(Ordering::Relaxed),
         max_k: state.settings.max_k,
+    }))
+}
+
+/// Answer of `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ready` in a 200 answer.
+    pub status: String,
+    /// The storage backend (`embedded`, `milvus`).
+    pub backend: String,
+}
+
+/// Readiness: 200 when the storage can serve requests, 503 with `Retry-After` when its server
+/// does not answer or lost the collection.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Ready), (status = 503, body = ErrorBody)))]
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state.catalog(|c| c.check_ready()).await?;
+    Ok(HttpResponse::Ok().json(Ready {
+        status: "ready".into(),
+        backend: state.catalog.backend_name().into(),
     }))
 }
 
