@@ -3,7 +3,7 @@
 //! threshold calibrated by `index calibrate-copies`, then an edited copy of a catalogued picture
 //! (mirrored, cropped, letterboxed, re-compressed) and an unrelated picture (a Pokémon sprite)
 //! reviewed by `animelens audit` (JSON and CSV) and by `POST /api/v1/audit` on the real server,
-//! whose threshold its gallery ingest calibrated.
+//! whose threshold its gallery ingest calibrated (on both storage backends).
 
 mod web_support;
 
@@ -138,9 +138,31 @@ fn an_edited_copy_is_found_and_an_unrelated_picture_is_not() {
 
 #[test]
 fn the_service_reviews_uploads_the_same_way() {
+    service_reviews_uploads_on("");
+}
+
+/// The same review with the catalogue (and its copy descriptors) on Milvus.
+#[cfg(feature = "milvus")]
+#[test]
+fn the_service_reviews_uploads_the_same_way_on_milvus() {
+    let Some((milvus, _data)) = web_support::milvus_lite() else {
+        return;
+    };
+    service_reviews_uploads_on(&web_support::milvus_settings(&milvus));
+}
+
+/// `POST /api/v1/audit` on a service whose TOML settings file holds `settings`.
+fn service_reviews_uploads_on(settings: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/holoen");
-    let mut server = Server::start_on(&tmp.path().join("data"), &model, &sample_gallery(), None);
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, settings).unwrap();
+    let mut server = Server::start_on(
+        &tmp.path().join("data"),
+        &model,
+        &sample_gallery(),
+        Some(&config),
+    );
     server.wait_for_log("copy threshold calibrated", Duration::from_secs(1));
     let source = original("gura");
     let copy = std::fs::read(edited_copy(&source, tmp.path())).unwrap();

@@ -1,6 +1,6 @@
 //! The CLI's catalogue commands on both storages through the real binary: one list of commands
 //! (`index add`, `search` by image and by id, `identify`, `similar-characters`, `enroll`,
-//! `index update`, `index remove`, `index stats`) run against a catalogue folder and, in a
+//! `index update`, `index remove`, `audit`, `index stats`) run against a catalogue folder and, in a
 //! `--features milvus` build with milvus-lite installed, against `--db milvus://… --records DIR`,
 //! where the answers must equal the folder's. Commands only the embedded catalogue can do are
 //! refused on Milvus with a message saying so.
@@ -138,6 +138,14 @@ fn commands_on(db: &[&str], f: &Fixture) -> Answers {
     ok_on(&["index", "remove", "2"]);
     let after = ok_on(&["search", "--id", "1", "--json", "-k", "20"]);
     assert!(!hits(&after).iter().any(|(id, _)| *id == 2), "{after}");
+    // Copy review: a catalogued picture is its own exact copy.
+    let audit = ok_on(&["audit", query, "--format", "json"]);
+    let finding = &lines(&audit)[0];
+    assert_eq!(
+        (finding["verdict"].as_str(), finding["edit"][0].as_str()),
+        (Some("copy"), Some("exact")),
+        "{audit}"
+    );
     let stats = ok_on(&["index", "stats"]);
     let live = stats
         .lines()
@@ -186,7 +194,7 @@ fn catalogue_commands_on_milvus_answer_as_on_a_folder() {
 
     for (refused, what) in [
         (vec!["index", "compact"], "`index compact`"),
-        (vec!["audit", "x.png"], "`audit`"),
+        (vec!["index", "rebuild"], "`index rebuild`"),
     ] {
         let args: Vec<&str> = refused.iter().copied().chain(db).collect();
         let out = run(&args);

@@ -4,8 +4,8 @@
 //! refuse the same file twice and bad files clearly; a screenshot of the middle scene (also
 //! mirrored and letterboxed) must find that scene by `video search`, `POST /api/v1/search/scene`
 //! and the trace.moe-compatible `POST /search` (its response parsed into trace.moe's shapes);
-//! `video recognise` must name the three characters in order, and the service must add an
-//! uploaded video.
+//! `video recognise` must name the three characters in order (on a catalogue folder and, with
+//! `--features milvus`, on Milvus), and the service must add an uploaded video.
 
 mod web_support;
 
@@ -98,12 +98,29 @@ fn mirrored_letterboxed(shot: &Path, out: &Path) -> PathBuf {
     out.to_path_buf()
 }
 
-/// A catalogue of a few pictures of each sample character (the recognition needs centroids).
-fn catalogue(tmp: &Path) -> String {
+/// `args` followed by the catalogue's `db` arguments (`--db DIR`, or `--db milvus://… --records DIR`).
+fn on(db: &[String], args: &[&str]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.to_string())
+        .chain(db.iter().cloned())
+        .collect()
+}
+
+fn ok_on(db: &[String], args: &[&str]) -> String {
+    let args = on(db, args);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn fails_on(db: &[String], args: &[&str]) -> String {
+    let args = on(db, args);
+    fails(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// Fills the catalogue at `db` with a few pictures of each sample character (the recognition
+/// needs centroids).
+fn catalogue(tmp: &Path, db: &[String]) {
     let gallery = small_gallery(&tmp.join("gallery"), 20, 3);
-    let db = tmp.join("db").display().to_string();
-    ok(&["index", "--db", &db, "add", gallery.to_str().unwrap()]);
-    db
+    ok_on(db, &["index", "add", gallery.to_str().unwrap()]);
 }
 
 /// Scene times of `video search` lines: `similarity title episode E  FROM–TO s ...`.
@@ -125,39 +142,57 @@ fn near(a: f64, b: f64) -> bool {
 #[test]
 fn a_clip_is_indexed_by_scene_and_a_screenshot_finds_its_time() {
     let tmp = tempfile::tempdir().unwrap();
-    let db = catalogue(tmp.path());
-    let video = clip(tmp.path(), "episode.mp4");
-    let added = ok(&[
-        "video",
-        "add",
-        "--db",
-        &db,
-        "--title",
-        "Sample Show",
-        "--episode",
-        "3",
-        "--anilist-id",
-        "21",
-        video.to_str().unwrap(),
-    ]);
+    let db = tmp.path().join("db").display().to_string();
+    clip_in_catalogue(tmp.path(), &["--db".into(), db.clone()]);
+    reembeds(tmp.path(), &db);
+}
+
+/// The same on a catalogue whose vectors and copy descriptors are in Milvus.
+#[cfg(feature = "milvus")]
+#[test]
+fn a_clip_is_indexed_by_scene_and_a_screenshot_finds_its_time_on_milvus() {
+    let Some((milvus, tmp)) = web_support::milvus_lite() else {
+        return;
+    };
+    let url = format!("{}/video", milvus.uri().replace("http://", "milvus://"));
+    let records = tmp.path().join("records").display().to_string();
+    clip_in_catalogue(
+        tmp.path(),
+        &["--db".into(), url, "--records".into(), records],
+    );
+}
+
+/// Adds a generated clip to the catalogue at `db` and checks scene search and recognition on it.
+fn clip_in_catalogue(tmp: &Path, db: &[String]) {
+    catalogue(tmp, db);
+    let video = clip(tmp, "episode.mp4");
+    let added = ok_on(
+        db,
+        &[
+            "video",
+            "add",
+            "--title",
+            "Sample Show",
+            "--episode",
+            "3",
+            "--anilist-id",
+            "21",
+            video.to_str().unwrap(),
+        ],
+    );
     assert!(added.contains("added episode.mp4: 3 scenes"), "{added}");
 
     // The same file again is refused, and nothing more is added.
-    let again = fails(&["video", "add", "--db", &db, video.to_str().unwrap()]);
+    let again = fails_on(db, &["video", "add", video.to_str().unwrap()]);
     assert!(again.contains("already added (3 scenes)"), "{again}");
 
-    let shot = screenshot(&video, 3.0, &tmp.path().join("shot.png"));
-    let edited = mirrored_letterboxed(&shot, &tmp.path().join("edited.jpg"));
+    let shot = screenshot(&video, 3.0, &tmp.join("shot.png"));
+    let edited = mirrored_letterboxed(&shot, &tmp.join("edited.jpg"));
     for query in [&shot, &edited] {
-        let out = ok(&[
-            "video",
-            "search",
-            "--db",
-            &db,
-            "--k",
-            "3",
-            query.to_str().unwrap(),
-        ]);
+        let out = ok_on(
+            db,
+            &["video", "search", "--k", "3", query.to_str().unwrap()],
+        );
         assert!(out.starts_with(|c: char| c.is_ascii_digit()), "{out}");
         assert!(
             out.lines()
@@ -169,14 +204,14 @@ fn a_clip_is_indexed_by_scene_and_a_screenshot_finds_its_time() {
         let (from, to) = first_scene(&out);
         assert!(near(from, 2.0) && near(to, 4.0), "{out}");
     }
-    let mirrored = ok(&["video", "search", "--db", &db, edited.to_str().unwrap()]);
+    let mirrored = ok_on(db, &["video", "search", edited.to_str().unwrap()]);
     assert!(
         mirrored.lines().next().unwrap().contains("mirrored"),
         "{mirrored}"
     );
 
     // Recognition names the cast in order, and writes subtitles.
-    let out = ok(&["video", "recognise", "--db", &db, video.to_str().unwrap()]);
+    let out = ok_on(db, &["video", "recognise", video.to_str().unwrap()]);
     let timeline: Value = serde_json::from_str(&out).unwrap();
     let named: Vec<&str> = timeline["segments"]
         .as_array()
@@ -186,27 +221,31 @@ fn a_clip_is_indexed_by_scene_and_a_screenshot_finds_its_time() {
         .collect();
     assert_eq!(named, CAST, "{timeline}");
     assert_eq!(timeline["frames"].as_u64(), Some(90), "{timeline}");
-    let vtt = ok(&[
-        "video",
-        "recognise",
-        "--db",
-        &db,
-        "--format",
-        "vtt",
-        video.to_str().unwrap(),
-    ]);
+    let vtt = ok_on(
+        db,
+        &[
+            "video",
+            "recognise",
+            "--format",
+            "vtt",
+            video.to_str().unwrap(),
+        ],
+    );
     assert!(
         vtt.starts_with("WEBVTT\n\n1\n00:00:00.000 --> 00:00:02.0"),
         "{vtt}"
     );
     assert!(vtt.contains("gura ("), "{vtt}");
+}
 
-    // Switching models re-embeds the frames from the video at their times; none is lost.
-    let tiny = web_support::tiny_model(tmp.path());
+/// Switching the folder catalogue `db` to another model re-embeds the frames from the video at
+/// their times; none is lost.
+fn reembeds(tmp: &Path, db: &str) {
+    let tiny = web_support::tiny_model(tmp);
     let out = run(&[
         "index",
         "--db",
-        &db,
+        db,
         "rebuild",
         "--reembed",
         "--model",

@@ -6,7 +6,7 @@
 
 use crate::ann::{Ann, GraphPrecision, HnswParams, MAX_CONNECTIONS};
 use crate::centroids::CentroidTable;
-use crate::copy_index::{CopyIndex, CopyMatch, VIEW_STRIDE};
+use crate::copy_index::{check_query_views, checked_copies, CopyIndex, CopyMatch};
 use crate::copy_verdict::CopyVerdict;
 use crate::dump::{self, DumpTag};
 use crate::error::{CatalogError, Result};
@@ -402,8 +402,8 @@ impl Catalog {
             .map(|r| {
                 limits::check_restored(&r.item)?;
                 Ok(Prepared {
-                    copy_dim: 0,
-                    copies: Vec::new(),
+                    copy_dim: r.copies.first().map_or(0, Vec::len),
+                    copies: self.check_copies(&r.copies)?,
                     vector: self.check_vector(&r.vector)?,
                     store_int8: self.options.store_int8,
                     thumbnail: r.thumbnail,
@@ -705,32 +705,9 @@ impl Catalog {
 
     /// Rebuilds the graph from the store (e.g. after changing HNSW parameters, or to repair).
     /// Returns the number of live items indexed.
-    /// Validates the copy descriptors of a new item: all of one length (the length the catalogue
-    /// already stores, if any), at most [`VIEW_STRIDE`] views, finite. Returns them back to back.
+    /// Validates the copy descriptors of a new item (see [`checked_copies`]).
     fn check_copies(&self, copies: &[Vec<f32>]) -> Result<Vec<f32>> {
-        let Some(first) = copies.first() else {
-            return Ok(Vec::new());
-        };
-        let dim = first.len();
-        let stored = self.copy_dim()?;
-        if dim == 0
-            || copies.len() > VIEW_STRIDE as usize
-            || copies
-                .iter()
-                .any(|c| c.len() != dim || c.iter().any(|v| !v.is_finite()))
-            || stored.is_some_and(|d| d != dim)
-        {
-            return Err(CatalogError::invalid(
-                format!(
-                    "copy descriptors of {} views with lengths {:?} (the catalogue stores {})",
-                    copies.len(),
-                    copies.iter().map(Vec::len).collect::<Vec<_>>(),
-                    stored.map_or("none yet".to_string(), |d| format!("length {d}")),
-                ),
-                format!("give at most {VIEW_STRIDE} finite descriptors of the catalogue's length"),
-            ));
-        }
-        Ok(copies.concat())
+        checked_copies(copies, self.copy_dim()?)
     }
 
     /// Length of the copy descriptors the catalogue stores (`None`: it stores none yet).
@@ -782,16 +759,7 @@ impl Catalog {
         let Some(graph) = self.copy_graph()? else {
             return Ok(Vec::new());
         };
-        if let Some(q) = queries.iter().find(|q| q.len() != graph.dim()) {
-            return Err(CatalogError::invalid(
-                format!(
-                    "a copy descriptor of length {} (the catalogue stores {})",
-                    q.len(),
-                    graph.dim()
-                ),
-                "describe uploads with the model the catalogue was built with",
-            ));
-        }
+        check_query_views(queries, graph.dim())?;
         let matches = {
             let st = self.read_state();
             graph.search(queries, k, self.options.hnsw.ef_search, &st.live)

@@ -14,6 +14,7 @@
 //! the writer's insert adds the same views again, which searches fold into one hit per item.
 
 use crate::ann::{Ann, GraphPrecision, HnswParams};
+use crate::error::{CatalogError, Result};
 use crate::record::ItemId;
 use std::collections::{HashMap, HashSet};
 
@@ -79,43 +80,107 @@ impl CopyIndex {
         live: &HashSet<ItemId>,
     ) -> Vec<CopyMatch> {
         let is_live = |point: &usize| live.contains(&(*point as u64 / VIEW_STRIDE));
-        let wide = k * VIEW_STRIDE as usize;
-        let mut best: HashMap<ItemId, CopyMatch> = HashMap::new();
-        for (query_view, q) in queries
+        let wide = points_for(k);
+        let hits = queries
             .iter()
             .enumerate()
             .filter(|(_, q)| q.len() == self.dim)
-        {
-            for (point, similarity) in self.ann.search(q, wide, ef.max(wide), &is_live, None) {
-                let found = CopyMatch {
-                    id: point / VIEW_STRIDE,
-                    similarity,
-                    view: (point % VIEW_STRIDE) as usize,
-                    query_view,
-                };
-                best.entry(found.id)
-                    .and_modify(|m| {
-                        if similarity > m.similarity {
-                            *m = found;
-                        }
-                    })
-                    .or_insert(found);
-            }
-        }
-        let mut out: Vec<CopyMatch> = best.into_values().collect();
-        out.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(a.id.cmp(&b.id)));
-        out.truncate(k);
-        out
+            .flat_map(|(query_view, q)| {
+                self.ann
+                    .search(q, wide, ef.max(wide), &is_live, None)
+                    .into_iter()
+                    .map(move |(point, similarity)| (query_view, point, similarity))
+            });
+        best_per_item(hits, k)
     }
 }
 
+/// How many view points a search must fetch for `k` distinct items (every view of an item may
+/// come before the next item).
+pub(crate) fn points_for(k: usize) -> usize {
+    k * VIEW_STRIDE as usize
+}
+
+/// Folds `(query view, point id, similarity)` hits of every query view into the `k` best items,
+/// each with its best pair of views, best first (ties by id).
+pub(crate) fn best_per_item(
+    hits: impl IntoIterator<Item = (usize, u64, f32)>,
+    k: usize,
+) -> Vec<CopyMatch> {
+    let mut best: HashMap<ItemId, CopyMatch> = HashMap::new();
+    for (query_view, point, similarity) in hits {
+        let found = CopyMatch {
+            id: point / VIEW_STRIDE,
+            similarity,
+            view: (point % VIEW_STRIDE) as usize,
+            query_view,
+        };
+        best.entry(found.id)
+            .and_modify(|m| {
+                if similarity > m.similarity {
+                    *m = found;
+                }
+            })
+            .or_insert(found);
+    }
+    let mut out: Vec<CopyMatch> = best.into_values().collect();
+    out.sort_by(|a, b| b.similarity.total_cmp(&a.similarity).then(a.id.cmp(&b.id)));
+    out.truncate(k);
+    out
+}
+
+/// Validates the copy descriptors of a new item against the length the catalogue stores
+/// (`stored`, if any): all of one length, at most [`VIEW_STRIDE`] views, finite. Returns them
+/// back to back.
+pub(crate) fn checked_copies(copies: &[Vec<f32>], stored: Option<usize>) -> Result<Vec<f32>> {
+    let Some(first) = copies.first() else {
+        return Ok(Vec::new());
+    };
+    let dim = first.len();
+    if dim == 0
+        || copies.len() > VIEW_STRIDE as usize
+        || copies
+            .iter()
+            .any(|c| c.len() != dim || c.iter().any(|v| !v.is_finite()))
+        || stored.is_some_and(|d| d != dim)
+    {
+        return Err(CatalogError::invalid(
+            format!(
+                "copy descriptors of {} views with lengths {:?} (the catalogue stores {})",
+                copies.len(),
+                copies.iter().map(Vec::len).collect::<Vec<_>>(),
+                stored.map_or("none yet".to_string(), |d| format!("length {d}")),
+            ),
+            format!("give at most {VIEW_STRIDE} finite descriptors of the catalogue's length"),
+        ));
+    }
+    Ok(copies.concat())
+}
+
+/// Refuses query views whose length is not the stored descriptors' `dim`.
+pub(crate) fn check_query_views(views: &[Vec<f32>], dim: usize) -> Result<()> {
+    match views.iter().find(|q| q.len() != dim) {
+        None => Ok(()),
+        Some(q) => Err(CatalogError::invalid(
+            format!(
+                "a copy descriptor of length {} (the catalogue stores {dim})",
+                q.len()
+            ),
+            "describe uploads with the model the catalogue was built with",
+        )),
+    }
+}
+
+/// The point ids of all views an item may have.
+pub(crate) fn view_points(id: ItemId) -> impl Iterator<Item = u64> {
+    (0..VIEW_STRIDE).map(move |view| id * VIEW_STRIDE + view)
+}
+
 /// The graph points of one item's views.
-fn points_of(id: ItemId, copies: &[f32], dim: usize) -> Vec<(Vec<f32>, ItemId)> {
-    copies
-        .chunks_exact(dim.max(1))
-        .take(VIEW_STRIDE as usize)
-        .enumerate()
-        .map(|(view, d)| (d.to_vec(), id * VIEW_STRIDE + view as u64))
+pub(crate) fn points_of(id: ItemId, copies: &[f32], dim: usize) -> Vec<(Vec<f32>, ItemId)> {
+    view_points(id)
+        .zip(copies.chunks_exact(dim.max(1)))
+        .map(|(point, d)| (d.to_vec(), point))
         .collect()
 }
 

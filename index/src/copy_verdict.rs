@@ -4,10 +4,10 @@
 //! k-th best *other* catalogued picture (SSCD's normalisation, with the catalogue as background).
 //! One threshold, chosen for a target precision on labelled scores, then says "copy" or not.
 
-use crate::catalog::Catalog;
 use crate::copy_index::CopyMatch;
 use crate::error::{CatalogError, Result};
 use crate::record::{Item, ItemId};
+use crate::storage::Storage;
 use serde::{Deserialize, Serialize};
 
 /// Which neighbour's similarity is the background (`k`-th best other picture).
@@ -34,87 +34,87 @@ pub struct CopyReview {
     pub matches: Vec<(CopyMatch, Item)>,
 }
 
-impl Catalog {
-    /// Reviews one upload by the copy descriptors of its views: its best matches, the best one's
-    /// normalised score and the verdict at the catalogue's calibrated threshold (or
-    /// [`UNCALIBRATED_THRESHOLD`]). `show` bounds the matches returned.
-    pub fn review_copy(&self, views: &[Vec<f32>], show: usize) -> Result<CopyReview> {
-        let found = self.search_copies(views, BACKGROUND_RANK + 1)?;
-        let score = score_of(&found);
-        let stored = self.copy_verdict()?;
-        let threshold = stored.map_or(UNCALIBRATED_THRESHOLD, |v| v.threshold);
-        let mut matches = found;
-        matches.truncate(show.max(1));
-        Ok(CopyReview {
-            is_copy: !matches.is_empty() && score >= threshold,
-            score,
-            threshold,
-            calibrated: stored.is_some(),
-            matches,
-        })
-    }
+/// Reviews one upload by the copy descriptors of its views: its best matches, the best one's
+/// normalised score and the verdict at the catalogue's calibrated threshold (or
+/// [`UNCALIBRATED_THRESHOLD`]). `show` bounds the matches returned.
+pub(crate) fn review_copy<S: Storage + ?Sized>(
+    catalog: &S,
+    views: &[Vec<f32>],
+    show: usize,
+) -> Result<CopyReview> {
+    let found = catalog.search_copies(views, BACKGROUND_RANK + 1)?;
+    let score = score_of(&found);
+    let stored = catalog.copy_verdict()?;
+    let threshold = stored.map_or(UNCALIBRATED_THRESHOLD, |v| v.threshold);
+    let mut matches = found;
+    matches.truncate(show.max(1));
+    Ok(CopyReview {
+        is_copy: !matches.is_empty() && score >= threshold,
+        score,
+        threshold,
+        calibrated: stored.is_some(),
+        matches,
+    })
 }
 
 /// The views' descriptors of one catalogued picture's calibration uploads: its edited copies,
 /// then the picture itself (see `animelens_models::copies::edits::calibration_uploads`).
 pub type CalibrationViews = Vec<Vec<Vec<f32>>>;
 
-impl Catalog {
-    /// Calibrates the copy verdict on `items` (a sample of live items): `describe` gives, per item,
-    /// the query views' descriptors of its edited copies followed by the item itself (`None`
-    /// when its picture is not available). Each copy's review counts as right when it names the
-    /// item; the item itself is reviewed with itself left out, as a non-copy, weighted like all
-    /// its copies together, so copies and non-copies count equally. Stores and returns the lowest
-    /// threshold reaching `precision`.
-    pub fn calibrate_copies(
-        &self,
-        items: &[Item],
-        precision: f32,
-        mut describe: impl FnMut(&Item) -> Option<CalibrationViews>,
-    ) -> Result<CopyVerdict> {
-        let (mut correct, mut wrong, mut missed) = (Vec::new(), Vec::new(), 0usize);
-        for item in items {
-            let Some(mut uploads) = describe(item) else {
-                continue;
-            };
-            let Some(itself) = uploads.pop() else {
-                continue;
-            };
-            for views in &uploads {
-                let found = self.search_copies(views, BACKGROUND_RANK + 1)?;
-                let score = score_of(&found);
-                match found.first() {
-                    Some((m, _)) if m.id == item.id => correct.push(score),
-                    _ => {
-                        missed += 1;
-                        wrong.push(score);
-                    }
+/// Calibrates the copy verdict on `items` (a sample of live items): `describe` gives, per item,
+/// the query views' descriptors of its edited copies followed by the item itself (`None`
+/// when its picture is not available). Each copy's review counts as right when it names the
+/// item; the item itself is reviewed with itself left out, as a non-copy, weighted like all
+/// its copies together, so copies and non-copies count equally. Stores and returns the lowest
+/// threshold reaching `precision`.
+pub(crate) fn calibrate_copies<S: Storage + ?Sized>(
+    catalog: &S,
+    items: &[Item],
+    precision: f32,
+    describe: &mut dyn FnMut(&Item) -> Option<CalibrationViews>,
+) -> Result<CopyVerdict> {
+    let (mut correct, mut wrong, mut missed) = (Vec::new(), Vec::new(), 0usize);
+    for item in items {
+        let Some(mut uploads) = describe(item) else {
+            continue;
+        };
+        let Some(itself) = uploads.pop() else {
+            continue;
+        };
+        for views in &uploads {
+            let found = catalog.search_copies(views, BACKGROUND_RANK + 1)?;
+            let score = score_of(&found);
+            match found.first() {
+                Some((m, _)) if m.id == item.id => correct.push(score),
+                _ => {
+                    missed += 1;
+                    wrong.push(score);
                 }
             }
-            let others: Vec<(CopyMatch, Item)> = self
-                .search_copies(&itself, BACKGROUND_RANK + 2)?
-                .into_iter()
-                .filter(|(m, _)| m.id != item.id)
-                .collect();
-            if !others.is_empty() {
-                wrong.extend(std::iter::repeat_n(score_of(&others), uploads.len()));
-            }
         }
-        let verdict =
-            threshold_for_precision(&correct, &wrong, missed, precision).ok_or_else(|| {
-                CatalogError::invalid(
-                    format!(
+        let others: Vec<(CopyMatch, Item)> = catalog
+            .search_copies(&itself, BACKGROUND_RANK + 2)?
+            .into_iter()
+            .filter(|(m, _)| m.id != item.id)
+            .collect();
+        if !others.is_empty() {
+            wrong.extend(std::iter::repeat_n(score_of(&others), uploads.len()));
+        }
+    }
+    let verdict =
+        threshold_for_precision(&correct, &wrong, missed, precision).ok_or_else(|| {
+            CatalogError::invalid(
+                format!(
                     "no copy threshold reaches precision {precision} ({} copies found, {} wrong \
                      answers)",
                     correct.len(),
                     wrong.len()
                 ),
-                    "lower the precision or calibrate on more pictures",
-                )
-            })?;
-        self.set_copy_verdict(&verdict)?;
-        Ok(verdict)
-    }
+                "lower the precision or calibrate on more pictures",
+            )
+        })?;
+    catalog.set_copy_verdict(&verdict)?;
+    Ok(verdict)
 }
 
 /// The normalised score of a search's best match against the rest.
@@ -187,54 +187,52 @@ impl CopyFinding {
     }
 }
 
-impl Catalog {
-    /// Reviews one upload: an exact copy by its content hash (the fast path), else by the copy
-    /// descriptors of its views ([`Catalog::review_copy`]); `hint` names the edits a copy's best
-    /// match suggests.
-    pub fn audit_upload(
-        &self,
-        upload: String,
-        content_hash: &str,
-        views: &[Vec<f32>],
-        show: usize,
-        hint: impl Fn(&CopyMatch) -> Vec<String>,
-    ) -> Result<CopyFinding> {
-        let stored = self.copy_verdict()?;
-        if let Some(item) = self
-            .find_by_hash(content_hash)?
-            .and_then(|id| self.get(id).transpose())
-        {
-            return Ok(CopyFinding {
-                upload,
-                verdict: "copy",
-                score: 1.0,
-                threshold: stored.map_or(UNCALIBRATED_THRESHOLD, |v| v.threshold),
-                calibrated: stored.is_some(),
-                edit: vec!["exact".into()],
-                matches: vec![MatchedItem::of(&item?, 1.0)],
-                error: None,
-            });
-        }
-        let review = self.review_copy(views, show)?;
-        let edit = match review.matches.first() {
-            Some((m, _)) if review.is_copy => hint(m),
-            _ => Vec::new(),
-        };
-        Ok(CopyFinding {
+/// Reviews one upload: an exact copy by its content hash (the fast path), else by the copy
+/// descriptors of its views ([`review_copy`]); `hint` names the edits a copy's best match
+/// suggests.
+pub(crate) fn audit_upload<S: Storage + ?Sized>(
+    catalog: &S,
+    upload: String,
+    content_hash: &str,
+    views: &[Vec<f32>],
+    show: usize,
+    hint: &dyn Fn(&CopyMatch) -> Vec<String>,
+) -> Result<CopyFinding> {
+    let stored = catalog.copy_verdict()?;
+    if let Some(item) = catalog
+        .find_by_hash(content_hash)?
+        .and_then(|id| catalog.get(id).transpose())
+    {
+        return Ok(CopyFinding {
             upload,
-            verdict: if review.is_copy { "copy" } else { "not_a_copy" },
-            score: review.score,
-            threshold: review.threshold,
-            calibrated: review.calibrated,
-            edit,
-            matches: review
-                .matches
-                .iter()
-                .map(|(m, item)| MatchedItem::of(item, m.similarity))
-                .collect(),
+            verdict: "copy",
+            score: 1.0,
+            threshold: stored.map_or(UNCALIBRATED_THRESHOLD, |v| v.threshold),
+            calibrated: stored.is_some(),
+            edit: vec!["exact".into()],
+            matches: vec![MatchedItem::of(&item?, 1.0)],
             error: None,
-        })
+        });
     }
+    let review = review_copy(catalog, views, show)?;
+    let edit = match review.matches.first() {
+        Some((m, _)) if review.is_copy => hint(m),
+        _ => Vec::new(),
+    };
+    Ok(CopyFinding {
+        upload,
+        verdict: if review.is_copy { "copy" } else { "not_a_copy" },
+        score: review.score,
+        threshold: review.threshold,
+        calibrated: review.calibrated,
+        edit,
+        matches: review
+            .matches
+            .iter()
+            .map(|(m, item)| MatchedItem::of(item, m.similarity))
+            .collect(),
+        error: None,
+    })
 }
 
 /// The normalised score of a best match with similarity `best`, given the similarities of the

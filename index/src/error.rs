@@ -158,18 +158,6 @@ pub enum CatalogError {
         fix: String,
     },
 
-    /// The storage backend cannot do this (yet).
-    #[error(
-        "{what} needs the embedded catalogue; the {backend} backend does not support it yet: run this \
-         against an embedded catalogue (backend = \"embedded\")"
-    )]
-    Unsupported {
-        /// What was asked for.
-        what: String,
-        /// The backend in use.
-        backend: &'static str,
-    },
-
     /// A remote storage backend (a Milvus server) did not answer or refused the request.
     #[error(
         "the {backend} server is unavailable or refused the request ({reason}); check that it is running \

@@ -68,5 +68,5 @@ pub use record::{
 };
 pub use reembed::{ItemVectors, ReembedItem, ReembedReport};
 pub use scenes::{group_scenes, SceneHit, MERGE_MARGIN, MERGE_SECONDS};
-pub use storage::{require_embedded, Storage};
+pub use storage::Storage;
 pub use vector::{dot, normalise, QuantizedVector, VectorSum};

@@ -1,20 +1,63 @@
 //! The catalogue's logic on top of any [`Storage`]: search by vector or by stored item, characters
 //! (similarity, few-shot enrolment, open-set classification and its calibration),
-//! recommendations and user feeds. Written once here (each family in its own module:
-//! `characters`, `recommend`, `feed`), so the embedded catalogue and the Milvus backend answer
+//! recommendations and user feeds, copy review and video scene search. Written once here (each
+//! family in its own module: `characters`, `recommend`, `feed`, `copy_verdict`, `scenes`), so the embedded catalogue and the Milvus backend answer
 //! alike; implemented for every storage, `dyn Storage` included.
 
 use crate::characters::{self, Calibration, CharacterScore, Classification};
+use crate::copy_index::CopyMatch;
+use crate::copy_verdict::{self, CalibrationViews, CopyFinding, CopyReview, CopyVerdict};
 use crate::error::{CatalogError, Result};
 use crate::feed;
 use crate::filter::Filter;
 use crate::recommend::{self, RecommendQuery};
-use crate::record::{AddOutcome, EventKind, Hit, ItemId, NewItem};
+use crate::record::{AddOutcome, EventKind, Hit, Item, ItemId, NewItem};
+use crate::scenes::{self, SceneHit};
 use crate::storage::Storage;
 use std::collections::HashSet;
 
 /// What callers ask of a catalogue beyond storing and fetching items.
 pub trait CatalogLogic: Storage {
+    /// The `k` video scenes whose frames best match a screenshot's copy-descriptor `views`, among
+    /// the frames `keep` accepts (see `scenes`).
+    fn search_scenes(
+        &self,
+        views: &[Vec<f32>],
+        k: usize,
+        keep: impl Fn(&Item) -> bool,
+    ) -> Result<Vec<SceneHit>> {
+        scenes::search_scenes(self, views, k, &keep)
+    }
+
+    /// Reviews one upload by its views' copy descriptors (see `copy_verdict`).
+    fn review_copy(&self, views: &[Vec<f32>], show: usize) -> Result<CopyReview> {
+        copy_verdict::review_copy(self, views, show)
+    }
+
+    /// Calibrates and stores the copy verdict's threshold for `precision` on edited copies of
+    /// `items` (see `copy_verdict`).
+    fn calibrate_copies(
+        &self,
+        items: &[Item],
+        precision: f32,
+        mut describe: impl FnMut(&Item) -> Option<CalibrationViews>,
+    ) -> Result<CopyVerdict> {
+        copy_verdict::calibrate_copies(self, items, precision, &mut describe)
+    }
+
+    /// Reviews one upload: exact copy by content hash, else by its views' copy descriptors;
+    /// `hint` names the edits a copy's best match suggests.
+    fn audit_upload(
+        &self,
+        upload: String,
+        content_hash: &str,
+        views: &[Vec<f32>],
+        show: usize,
+        hint: impl Fn(&CopyMatch) -> Vec<String>,
+    ) -> Result<CopyFinding> {
+        copy_verdict::audit_upload(self, upload, content_hash, views, show, &hint)
+    }
+
     /// The `k` live items most similar to `vector` among those matching `filter`.
     fn search(&self, vector: &[f32], k: usize, filter: &Filter) -> Result<Vec<Hit>> {
         let q = self.check_vector(vector)?;

@@ -2,11 +2,11 @@
 //! catalogue into Milvus when it outgrows one machine, or Milvus back into a local copy). One
 //! copy over `&dyn Storage`, so every pair of backends migrates the same way.
 //!
-//! What travels: every live item with its id, time of adding, record, vector and thumbnail (ids
-//! are kept so that the ids clients stored stay valid), the enrolled characters' shot sums, every
-//! user's events (likes rebuild the popularity counts) and the open-set threshold. What does not:
-//! removed items, copy descriptors and video scenes (the Milvus backend has none yet; an embedded
-//! destination gets them back with `index rebuild --reembed`).
+//! What travels: every live item with its id, time of adding, record, vector, thumbnail and copy
+//! descriptors (ids are kept so that the ids clients stored stay valid), the enrolled characters'
+//! shot sums, every user's events (likes rebuild the popularity counts), the open-set threshold
+//! and the copy verdict. What does not: removed items and the video scene index (the Milvus
+//! backend has none yet; the frames travel as items).
 //!
 //! Resumable: a copy killed half-way is run again and carries on. Items already in the destination
 //! (same id and content) are skipped; an enrolled character already there is left alone; a user's
@@ -91,7 +91,11 @@ pub fn copy_catalogue(
     );
     for chunk in ids.chunks(BATCH) {
         let mut batch = Vec::with_capacity(chunk.len());
-        for (&id, vector) in chunk.iter().zip(from.vectors(chunk)?) {
+        let stored = chunk
+            .iter()
+            .zip(from.vectors(chunk)?)
+            .zip(from.copies(chunk)?);
+        for ((&id, vector), copies) in stored {
             // An item removed while the copy runs is skipped.
             let (Some(item), Some(vector)) = (from.get(id)?, vector) else {
                 continue;
@@ -101,6 +105,7 @@ pub fn copy_catalogue(
                 item,
                 vector,
                 thumbnail,
+                copies,
             });
         }
         for outcome in to.add_restored(batch)? {
@@ -130,6 +135,11 @@ pub fn copy_catalogue(
             }
             report.users += 1;
             report.events += events.len() - held;
+        }
+    }
+    if let Some(verdict) = from.copy_verdict()? {
+        if to.copy_verdict()? != Some(verdict) {
+            to.set_copy_verdict(&verdict)?;
         }
     }
     if let Some(threshold) = from.stored_threshold()? {

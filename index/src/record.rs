@@ -136,6 +136,8 @@ pub struct RestoredItem {
     pub vector: Vec<f32>,
     /// The thumbnail (empty: none).
     pub thumbnail: Vec<u8>,
+    /// The copy descriptors of its views (empty: none).
+    pub copies: Vec<Vec<f32>>,
 }
 
 /// A change to an item's metadata; `None` fields are left as they are.

@@ -8,9 +8,9 @@
 //! result, as trace.moe merges the hits of its every-frame index; a neighbouring *different* shot
 //! matches worse and stays a result of its own.
 
-use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::record::{Item, ItemId, VideoFrame};
+use crate::storage::Storage;
 
 /// Frame hits of one video at most this far apart (seconds) may be one scene.
 pub const MERGE_SECONDS: f64 = 1.0;
@@ -42,32 +42,30 @@ pub struct SceneHit {
     pub mirrored: bool,
 }
 
-impl Catalog {
-    /// The `k` scenes whose frames best match a screenshot's copy-descriptor `views`, best first,
-    /// among the video frames that `keep` accepts (a label filter, say).
-    pub fn search_scenes(
-        &self,
-        views: &[Vec<f32>],
-        k: usize,
-        keep: impl Fn(&Item) -> bool,
-    ) -> Result<Vec<SceneHit>> {
-        let fetch = (k * FETCH_PER_SCENE).max(MIN_FETCH);
-        let found = self.search_copies(views, fetch)?;
-        let frames = found.into_iter().filter_map(|(m, item)| {
-            let frame = item.frame.clone()?;
-            keep(&item).then_some(SceneHit {
-                item: m.id,
-                frame,
-                source: item.source,
-                labels: item.labels,
-                similarity: m.similarity.clamp(0.0, 1.0),
-                mirrored: m.query_view == 1,
-            })
-        });
-        let mut scenes = group_scenes(frames);
-        scenes.truncate(k);
-        Ok(scenes)
-    }
+/// The `k` scenes whose frames best match a screenshot's copy-descriptor `views`, best first,
+/// among the video frames that `keep` accepts (a label filter, say).
+pub(crate) fn search_scenes<S: Storage + ?Sized>(
+    catalog: &S,
+    views: &[Vec<f32>],
+    k: usize,
+    keep: &dyn Fn(&Item) -> bool,
+) -> Result<Vec<SceneHit>> {
+    let fetch = (k * FETCH_PER_SCENE).max(MIN_FETCH);
+    let found = catalog.search_copies(views, fetch)?;
+    let frames = found.into_iter().filter_map(|(m, item)| {
+        let frame = item.frame.clone()?;
+        keep(&item).then_some(SceneHit {
+            item: m.id,
+            frame,
+            source: item.source,
+            labels: item.labels,
+            similarity: m.similarity.clamp(0.0, 1.0),
+            mirrored: m.query_view == 1,
+        })
+    });
+    let mut scenes = group_scenes(frames);
+    scenes.truncate(k);
+    Ok(scenes)
 }
 
 /// Groups frame hits (any order) into scenes: a hit of the same video within [`MERGE_SECONDS`]

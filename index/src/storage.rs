@@ -7,11 +7,14 @@
 //! queries with exact cosines, keeps per-character centroids up to date as items come and go,
 //! stores few-shot enrolments, the open-set threshold, and users' events. Everything that can be
 //! computed from those (a feed, a recommendation, a verdict) belongs to the logic, not here.
-//! Capabilities only the embedded catalogue has today (copy descriptors, video scenes,
-//! re-embedding, compaction) are reached through [`Storage::embedded`].
+//! It also keeps each item's copy descriptors (several views per picture) searchable for
+//! copyright review and video scene search. Capabilities only the embedded catalogue has today
+//! (re-embedding, compaction, int8 graphs) are reached through [`Storage::embedded`].
 
 use crate::catalog::{Catalog, CatalogCounts, CatalogStats};
-use crate::error::{CatalogError, Result};
+use crate::copy_index::CopyMatch;
+use crate::copy_verdict::CopyVerdict;
+use crate::error::Result;
 use crate::filter::Filter;
 use crate::record::{
     AddOutcome, Event, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, RestoredItem,
@@ -115,6 +118,18 @@ pub trait Storage: Send + Sync {
     /// Distinct users who liked each item.
     fn popularity(&self) -> Result<Vec<(ItemId, u64)>>;
 
+    /// Length of the copy descriptors stored (`None`: no item has any yet).
+    fn copy_dim(&self) -> Result<Option<usize>>;
+    /// The copy descriptors of each of `ids`' views (empty for an item without any).
+    fn copies(&self, ids: &[ItemId]) -> Result<Vec<Vec<Vec<f32>>>>;
+    /// The `k` live items whose copy-descriptor views are most similar to any of the query
+    /// `views`, best first, with their records (copyright review).
+    fn search_copies(&self, views: &[Vec<f32>], k: usize) -> Result<Vec<(CopyMatch, Item)>>;
+    /// The calibrated copy verdict, if one was stored.
+    fn copy_verdict(&self) -> Result<Option<CopyVerdict>>;
+    /// Stores the calibrated copy verdict.
+    fn set_copy_verdict(&self, verdict: &CopyVerdict) -> Result<()>;
+
     /// Makes the writes so far searchable at full speed, after a bulk load (the Milvus backend
     /// seals its growing segment so that the server indexes it; the embedded graph is always
     /// current, so this does nothing there).
@@ -122,7 +137,7 @@ pub trait Storage: Send + Sync {
         Ok(())
     }
 
-    /// The embedded catalogue, for what only it can do yet (copies, scenes, re-embedding).
+    /// The embedded catalogue, for what only it can do yet (re-embedding, compaction).
     fn embedded(&self) -> Option<&Catalog> {
         None
     }
@@ -131,14 +146,6 @@ pub trait Storage: Send + Sync {
     fn check_vector(&self, v: &[f32]) -> Result<Vec<f32>> {
         vector::normalised(v, self.model().dim)
     }
-}
-
-/// The embedded catalogue, or an error that names what needs it.
-pub fn require_embedded<'a>(storage: &'a dyn Storage, what: &str) -> Result<&'a Catalog> {
-    storage.embedded().ok_or_else(|| CatalogError::Unsupported {
-        what: what.to_string(),
-        backend: storage.backend_name(),
-    })
 }
 
 impl Storage for Catalog {
@@ -153,6 +160,21 @@ impl Storage for Catalog {
     }
     fn model_source(&self) -> Result<Option<String>> {
         Catalog::model_source(self)
+    }
+    fn copy_dim(&self) -> Result<Option<usize>> {
+        Catalog::copy_dim(self)
+    }
+    fn copies(&self, ids: &[ItemId]) -> Result<Vec<Vec<Vec<f32>>>> {
+        ids.iter().map(|&id| Catalog::copies(self, id)).collect()
+    }
+    fn search_copies(&self, views: &[Vec<f32>], k: usize) -> Result<Vec<(CopyMatch, Item)>> {
+        Catalog::search_copies(self, views, k)
+    }
+    fn copy_verdict(&self) -> Result<Option<CopyVerdict>> {
+        Catalog::copy_verdict(self)
+    }
+    fn set_copy_verdict(&self, verdict: &CopyVerdict) -> Result<()> {
+        Catalog::set_copy_verdict(self, verdict)
     }
     fn set_model_source(&self, source: &str) -> Result<()> {
         Catalog::set_model_source(self, source)

@@ -1,5 +1,5 @@
 //! The shared backend suite: one list of checks (add, search, filters, delete, update, search by
-//! id, recommendations, feeds, characters, enrolment, the open set, reopening) written once
+//! id, recommendations, feeds, characters, enrolment, the open set, copy review, reopening) written once
 //! against `&dyn Storage` and run on every backend: the embedded sled + hnsw_rs catalogue always,
 //! and, in a build with `--features milvus`, the Milvus backend against a real `milvus-lite
 //! server` that each test starts on a free loopback port (reported skipped when milvus-lite is
@@ -470,11 +470,12 @@ fn survives_a_reopen(fixture: &mut Fixture) {
 
 /// Everything a migration must carry, read back in a comparable form.
 type Contents = (
-    Vec<(animelens_index::Item, Vec<f32>, Vec<u8>)>,
+    Vec<(animelens_index::Item, Vec<f32>, Vec<u8>, Vec<Vec<f32>>)>,
     Vec<(String, Vec<animelens_index::Event>)>,
     Vec<(String, animelens_index::VectorSum)>,
     Option<f32>,
     Vec<(ItemId, u64)>,
+    Option<animelens_index::CopyVerdict>,
 );
 
 fn contents(s: &dyn Storage) -> Contents {
@@ -487,6 +488,7 @@ fn contents(s: &dyn Storage) -> Contents {
                 s.get(id).unwrap().unwrap(),
                 s.vector(id).unwrap().unwrap(),
                 s.thumbnail(id).unwrap().unwrap_or_default(),
+                s.copies(&[id]).unwrap().remove(0),
             )
         })
         .collect();
@@ -507,12 +509,32 @@ fn contents(s: &dyn Storage) -> Contents {
         s.enrolments().unwrap(),
         s.stored_threshold().unwrap(),
         popularity,
+        s.copy_verdict().unwrap(),
     )
 }
 
-/// Fills `s` with items, a removal, likes and views of two users, an enrolment and a threshold.
+/// Fills `s` with items (three with copy descriptors), a removal, likes and views of two users, an
+/// enrolment, a threshold and a copy verdict.
 fn populate(s: &dyn Storage) {
     let (ids, vectors, _) = fill(s);
+    let described: Vec<NewItem> = (0..3u64)
+        .map(|i| NewItem {
+            copies: copy_views(i),
+            ..item(
+                &vectors[i as usize * 5],
+                "c0",
+                &format!("described{i}"),
+                &[],
+            )
+        })
+        .collect();
+    s.add_batch(described).unwrap();
+    s.set_copy_verdict(&animelens_index::CopyVerdict {
+        threshold: 0.25,
+        precision: 0.99,
+        recall: 0.8,
+    })
+    .unwrap();
     s.remove(ids[7]).unwrap();
     s.record_event("alice", ids[1], EventKind::Like, Some(1_000))
         .unwrap();
@@ -529,7 +551,7 @@ fn populate(s: &dyn Storage) {
 /// (a resumed copy) adds nothing.
 fn migrates_exactly_into(from: &dyn Storage, to: &dyn Storage) {
     let report = animelens_index::copy_catalogue(from, to, false).unwrap();
-    assert_eq!((report.items, report.already_there), (59, 0), "{report}");
+    assert_eq!((report.items, report.already_there), (62, 0), "{report}");
     assert_eq!(
         (report.users, report.events, report.enrolments),
         (2, 3, 1),
@@ -540,10 +562,13 @@ fn migrates_exactly_into(from: &dyn Storage, to: &dyn Storage) {
     let again = animelens_index::copy_catalogue(from, to, false).unwrap();
     assert_eq!(
         (again.items, again.already_there, again.events),
-        (0, 59, 0),
+        (0, 62, 0),
         "{again}"
     );
     assert_eq!(contents(to), contents(from));
+    let views = copy_views(1);
+    let found = |s: &dyn Storage| s.search_copies(&views[2..], 1).unwrap()[0].1.source.clone();
+    assert_eq!(found(to), found(from));
     let q = from.vector(from.live_ids().unwrap()[3]).unwrap().unwrap();
     let ids = |s: &dyn Storage| -> Vec<ItemId> {
         s.search(&q, 5, &Filter::any())
@@ -581,17 +606,85 @@ fn migration_through_milvus_round_trips_exactly() {
     migrates_exactly_into(local.storage(), milvus.storage());
     let report = animelens_index::copy_catalogue(milvus.storage(), back.storage(), false).unwrap();
     assert_eq!(
-        report.items, 60,
-        "59 copied plus the one added after the copy"
+        report.items, 63,
+        "62 copied plus the one added after the copy"
     );
-    let (items, users, enrolled, threshold, popularity) = contents(back.storage());
-    let (want_items, want_users, want_enrolled, want_threshold, want_popularity) =
-        contents(milvus.storage());
-    assert_eq!(items, want_items);
+    assert_eq!(contents(back.storage()), contents(milvus.storage()));
+}
+
+/// Three seeded 16-d copy-descriptor views of picture `i`.
+fn copy_views(i: u64) -> Vec<Vec<f32>> {
+    (0..3u64)
+        .map(|view| {
+            let mut state = (i * 8 + view + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let v: Vec<f32> = (0..16)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect();
+            unit(&v)
+        })
+        .collect()
+}
+
+/// Copyright review on the storage: every view of a picture finds it, the verdict is stored, a
+/// removed picture is not found again, and all of it survives a reopen.
+fn copy_review(fixture: &mut Fixture) {
+    let s = fixture.storage();
+    assert_eq!(s.copy_dim().unwrap(), None);
+    assert!(s.search_copies(&copy_views(1), 3).unwrap().is_empty());
+    let (vectors, _) = clustered_vectors(30, DIM, 3, 0.5, 11);
+    let items: Vec<NewItem> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| NewItem {
+            copies: copy_views(i as u64),
+            ..item(v, "c", &format!("copy{i}"), &[])
+        })
+        .collect();
+    let ids: Vec<ItemId> = s.add_batch(items).unwrap().iter().map(|o| o.id).collect();
+    assert_eq!(s.copy_dim().unwrap(), Some(16));
+    // An unrelated view, then the second view of picture 5 as the upload's mirrored view.
+    let upload = [copy_views(99)[0].clone(), copy_views(5)[2].clone()];
+    let found = s.search_copies(&upload, 4).unwrap();
+    assert_eq!(found.len(), 4);
+    assert_eq!(found[0].0.id, ids[5]);
+    assert_eq!((found[0].0.view, found[0].0.query_view), (2, 1));
+    assert!((found[0].0.similarity - 1.0).abs() < 1e-4);
+    assert_eq!(found[0].1.source, "c/copy5.png");
+    let review = s.review_copy(&upload, 2).unwrap();
+    assert!(review.is_copy && !review.calibrated, "{review:?}");
+    let exact = s
+        .audit_upload("up".into(), "copy7", &upload, 1, |_| vec!["edited".into()])
+        .unwrap();
     assert_eq!(
-        (users, enrolled, threshold, popularity),
-        (want_users, want_enrolled, want_threshold, want_popularity)
+        (exact.verdict, exact.edit.clone()),
+        ("copy", vec!["exact".to_string()])
     );
+    assert_eq!(exact.matches[0].id, ids[7]);
+    let err = s.search_copies(&[vec![0.5; 8]], 1).unwrap_err();
+    assert!(err.to_string().contains("length 8"), "{err}");
+    let verdict = animelens_index::CopyVerdict {
+        threshold: 0.2,
+        precision: 0.99,
+        recall: 0.9,
+    };
+    s.set_copy_verdict(&verdict).unwrap();
+    s.remove(ids[5]).unwrap();
+    let after = s.search_copies(&upload, 4).unwrap();
+    assert!(after.iter().all(|(m, _)| m.id != ids[5]));
+
+    fixture.reopen();
+    let s = fixture.storage();
+    assert_eq!(s.copy_dim().unwrap(), Some(16));
+    assert_eq!(s.copy_verdict().unwrap(), Some(verdict));
+    let again = s.search_copies(&copy_views(6)[1..2], 2).unwrap();
+    assert_eq!((again[0].0.id, again[0].0.view), (ids[6], 1));
+    let review = s.review_copy(&copy_views(6)[1..2], 1).unwrap();
+    assert!(review.calibrated && review.threshold == 0.2 && review.is_copy);
 }
 
 /// Runs each check of the list on each backend.
@@ -612,7 +705,7 @@ macro_rules! on_every_backend {
 on_every_backend!(
     add_search_and_duplicates, agrees_with_exact_search, filters, delete, update, search_by_id,
     recommend, feed, characters_and_enrolment, open_set;
-    survives_a_reopen
+    survives_a_reopen, copy_review
 );
 
 /// The Milvus server going away gives `BackendUnavailable` (the service's 503), loses nothing,

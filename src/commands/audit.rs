@@ -6,7 +6,7 @@ use super::embedding::{progress_bar, ImageFile, BATCH};
 use super::location::{CatalogPlace, Location};
 use super::model_choice::{open_with_model, Missing};
 use animelens_index::copy_verdict::DEFAULT_PRECISION;
-use animelens_index::{require_embedded, Catalog, CopyFinding};
+use animelens_index::{CatalogLogic, CopyFinding, Storage};
 use animelens_models::copies::hint::{edit_hint, UploadTraits};
 use animelens_models::data::unlabelled_images;
 use animelens_models::preprocess::{decode, DEFAULT_MAX_PIXELS};
@@ -34,7 +34,7 @@ pub struct AuditArgs {
     /// Images or folders of images (searched recursively) to review.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
-    /// The catalogue (an embedded one: copy review is not on Milvus yet).
+    /// The catalogue (a folder or a milvus:// collection).
     #[command(flatten)]
     place: CatalogPlace,
     /// Checkpoint (default: the catalogue's own model).
@@ -51,14 +51,13 @@ pub struct AuditArgs {
 /// Runs `animelens audit`.
 pub fn run_audit(args: AuditArgs) -> Result<()> {
     let db = args.place.location()?;
-    let dir = db.folder("`audit`")?;
     let (storage, model) = open_with_model(&db, args.model.as_deref(), Missing::Fail)?;
-    let catalog = require_embedded(&*storage, "copy review")?;
+    let catalog = &*storage;
     if catalog.copy_dim()?.is_none() {
         bail!(
-            "the catalogue in {} has no copy descriptors (it was built before copy detection); \
-             run `animelens index rebuild --reembed` to add them",
-            dir.display()
+            "the catalogue {db} has no copy descriptors (it was built before copy detection, or \
+             copied from another storage); run `animelens index rebuild --reembed` on a folder \
+             catalogue, or add its pictures again, to describe them"
         );
     }
     let paths = list_inputs(&args.inputs)?;
@@ -103,7 +102,7 @@ type Described = std::result::Result<(ImageFile, Vec<Vec<f32>>), String>;
 
 /// Reviews one batch of files.
 fn review_files(
-    catalog: &Catalog,
+    catalog: &dyn Storage,
     model: &dyn Embedder,
     paths: &[PathBuf],
     show: usize,
@@ -236,11 +235,10 @@ pub struct CalibrateCopiesArgs {
 /// source files, else their thumbnails) with every targeted edit and stores the threshold that
 /// reaches the precision (see `Catalog::calibrate_copies`).
 pub fn run_calibrate_copies(db: &Location, args: CalibrateCopiesArgs) -> Result<()> {
-    db.folder("`index calibrate-copies`")?;
     let (storage, model) = open_with_model(db, args.model.as_deref(), Missing::Fail)?;
-    let catalog = require_embedded(&*storage, "copy review")?;
+    let catalog = &*storage;
     let bar = progress_bar(
-        args.sample.min(catalog.live_ids().len()),
+        args.sample.min(catalog.counts().live),
         "calibrating the copy threshold",
     );
     let verdict = calibrate_copies(
@@ -257,7 +255,7 @@ pub fn run_calibrate_copies(db: &Location, args: CalibrateCopiesArgs) -> Result<
         verdict.threshold,
         verdict.precision,
         verdict.recall,
-        args.sample.min(catalog.live_ids().len())
+        args.sample.min(catalog.counts().live)
     );
     Ok(())
 }

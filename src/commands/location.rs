@@ -2,9 +2,8 @@
 //! either storage: `--db DIR` is the embedded catalogue in a folder; `--db
 //! milvus://HOST[:PORT]/COLLECTION --records DIR` is a catalogue whose vectors are in a Milvus
 //! collection and whose records are in `DIR` (the service's `data_dir/catalog` when it runs with
-//! `backend = "milvus"`). Commands that only the embedded catalogue can do (compaction, re-embedding,
-//! copy review, video scenes) ask for [`Location::folder`] or the embedded catalogue and say so
-//! when given a Milvus one.
+//! `backend = "milvus"`). Commands that only the embedded catalogue can do (compaction, rebuilding
+//! the graph, re-embedding) ask for [`Location::folder`] and say so when given a Milvus one.
 
 use super::catalog::DEFAULT_DB;
 use animelens_index::{Catalog, CatalogError, ModelTag, OpenOptions, Storage};

@@ -4,7 +4,6 @@
 
 use super::location::{close, CatalogPlace};
 use super::model_choice::{open_with_model, Missing};
-use animelens_index::require_embedded;
 use animelens_web::ingest::{ingest_video, VideoSource};
 use animelens_web::video::timeline::{to_csv, to_webvtt};
 use animelens_web::video::{recognise_video, search_screenshot, ANILIST_LEVEL};
@@ -180,11 +179,10 @@ fn run_add(args: AddArgs) -> Result<()> {
 fn run_search(args: SearchArgs) -> Result<()> {
     let db = args.catalog.place.location()?;
     let (catalog, model) = open_with_model(&db, args.catalog.model.as_deref(), Missing::Fail)?;
-    let catalog = require_embedded(&*catalog, "scene search")?;
     let bytes = std::fs::read(&args.image)
         .with_context(|| format!("cannot read {}", args.image.display()))?;
     let anilist = args.anilist_id.map(|id| id.to_string());
-    let found = search_screenshot(catalog, &model, &bytes, args.k, anilist.as_deref())
+    let found = search_screenshot(&*catalog, &model, &bytes, args.k, anilist.as_deref())
         .with_context(|| format!("cannot search with {}", args.image.display()))?;
     if found.scenes.is_empty() {
         println!("no video scenes in the catalogue match");

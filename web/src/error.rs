@@ -98,7 +98,6 @@ impl ResponseError for ApiError {
                 CatalogError::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
                 CatalogError::StorageUnavailable { .. }
                 | CatalogError::BackendUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-                CatalogError::Unsupported { .. } => StatusCode::NOT_IMPLEMENTED,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -120,7 +119,6 @@ impl ResponseError for ApiError {
                 "the catalogue's {backend} server is unavailable: the request was not completed; \
                  retry in {RETRY_AFTER_SECS} s (the server log has the details)"
             ),
-            ApiError::Catalog(CatalogError::Unsupported { .. }) => self.to_string(),
             ApiError::Catalog(_) if status.is_server_error() => {
                 "the catalogue could not be read or written: the request was not completed; retry \
                  later (the server log has the details)"
@@ -205,10 +203,5 @@ mod tests {
         let body = String::from_utf8(to_bytes(res.into_body()).await.unwrap().to_vec()).unwrap();
         assert!(body.contains("milvus server is unavailable"), "{body}");
         assert!(!body.contains("10.0.0.7"), "{body}");
-        let unsupported = ApiError::from(CatalogError::Unsupported {
-            what: "copy review".into(),
-            backend: "milvus",
-        });
-        assert_eq!(unsupported.status_code(), StatusCode::NOT_IMPLEMENTED);
     }
 }

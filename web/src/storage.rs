@@ -1,7 +1,7 @@
 //! Opens the storage the settings name (`backend`): the embedded sled + hnsw_rs catalogue in the
 //! data folder, or the Milvus backend (vectors on the Milvus server at `milvus_uri`, records
 //! beside them in the data folder). The service receives the opened storage and never asks which
-//! one it is, except for what only the embedded catalogue can do yet (copy review, scenes).
+//! one it is.
 
 use crate::config::{Backend, Settings};
 use animelens_index::{Catalog, CatalogError, ModelTag, OpenOptions, Storage};

@@ -1,7 +1,8 @@
 //! The Milvus side of [`super::MilvusStorage`]: one collection per catalogue (`id` Int64 primary
-//! key, `embedding` FloatVector, `labels` and `tags` JSON for filters), an HNSW index on inner
-//! product (the vectors are normalised, so scores are cosines), and the few calls the storage
-//! needs, made synchronous on a small runtime of their own. Every read is `Strong`: a search sees
+//! key, `embedding` FloatVector, `labels` and `tags` JSON for filters) and, once an item has copy
+//! descriptors, a second one `<collection>_copies` (`id` = point id of one view, `embedding` =
+//! its descriptor), each with an HNSW index on inner product (the vectors are normalised, so
+//! scores are cosines), and the few calls the storage needs, made synchronous on a small runtime of their own. Every read is `Strong`: a search sees
 //! every write this service acknowledged (the catalogue's promise), at the price of waiting for
 //! the server's latest timestamp; `Bounded` would be faster on a busy cluster.
 
@@ -36,12 +37,23 @@ pub struct MilvusConfig {
     pub token: Option<String>,
 }
 
+/// What a collection's rows are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rows {
+    /// One row per item: its embedding, labels and tags (the filters).
+    Items,
+    /// One row per view of an item's copy descriptors: `id` is the point id
+    /// (`item · VIEW_STRIDE + view`), `embedding` the descriptor.
+    CopyViews,
+}
+
 /// A connected client bound to one collection.
 pub(crate) struct Collection {
     /// `None` only while dropping (see `Drop`).
     runtime: Option<tokio::runtime::Runtime>,
     client: ClientV2,
     name: String,
+    rows: Rows,
 }
 
 /// Maps an SDK error to the catalogue's "server unavailable" error.
@@ -54,9 +66,15 @@ fn unavailable(e: impl std::fmt::Display) -> CatalogError {
 }
 
 impl Collection {
-    /// Connects and makes sure the collection exists with vectors of `dim` components, indexed
-    /// and loaded.
-    pub(crate) fn connect(config: &MilvusConfig, dim: usize, hnsw: (usize, usize)) -> Result<Self> {
+    /// Connects and makes sure the collection `name` holding `rows` exists with vectors of `dim`
+    /// components, indexed and loaded.
+    pub(crate) fn connect(
+        config: &MilvusConfig,
+        name: &str,
+        rows: Rows,
+        dim: usize,
+        hnsw: (usize, usize),
+    ) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("milvus-client")
@@ -81,7 +99,8 @@ impl Collection {
         let collection = Collection {
             runtime: Some(runtime),
             client,
-            name: config.collection.clone(),
+            name: name.to_string(),
+            rows,
         };
         collection.ensure(dim, hnsw)?;
         Ok(collection)
@@ -128,23 +147,27 @@ impl Collection {
                     .name(EMBEDDING)
                     .data_type(sdk::DataType::FloatVector)
                     .dimension(dim as u32),
-            )
-            .add_field(
-                sdk::FieldSchema::new()
-                    .name(LABELS)
-                    .data_type(sdk::DataType::Json),
-            )
-            .add_field(
-                sdk::FieldSchema::new()
-                    .name(PRIMARY)
-                    .data_type(sdk::DataType::VarChar)
-                    .max_length(limits::MAX_NAME_BYTES as u32),
-            )
-            .add_field(
-                sdk::FieldSchema::new()
-                    .name(TAGS)
-                    .data_type(sdk::DataType::Json),
             );
+        let schema = match self.rows {
+            Rows::CopyViews => schema,
+            Rows::Items => schema
+                .add_field(
+                    sdk::FieldSchema::new()
+                        .name(LABELS)
+                        .data_type(sdk::DataType::Json),
+                )
+                .add_field(
+                    sdk::FieldSchema::new()
+                        .name(PRIMARY)
+                        .data_type(sdk::DataType::VarChar)
+                        .max_length(limits::MAX_NAME_BYTES as u32),
+                )
+                .add_field(
+                    sdk::FieldSchema::new()
+                        .name(TAGS)
+                        .data_type(sdk::DataType::Json),
+                ),
+        };
         self.run(async {
             self.client
                 .create_collection(
@@ -222,13 +245,26 @@ impl Collection {
 
     /// Inserts (or replaces, with `replace`) rows of (vector, record).
     pub(crate) fn write(&self, rows: &[(&[f32], &Item)], replace: bool) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<serde_json::Value> = rows
+        let rows = rows
             .iter()
             .map(|(v, item)| Self::row(item.id, v, item))
             .collect();
+        self.insert(rows, replace)
+    }
+
+    /// Inserts copy-descriptor rows of (point id, descriptor).
+    pub(crate) fn write_views(&self, points: &[(u64, &[f32])]) -> Result<()> {
+        let rows = points
+            .iter()
+            .map(|(point, v)| serde_json::json!({ ID: *point as i64, EMBEDDING: v }))
+            .collect();
+        self.insert(rows, false)
+    }
+
+    fn insert(&self, rows: Vec<serde_json::Value>, replace: bool) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let insert = InsertRequest::builder()
             .collection_name(&self.name)
             .rows(rows);

@@ -11,7 +11,9 @@
 //! inserted into Milvus; when Milvus fails, the sled records are tombstoned again, so the caller's
 //! error means "nothing was added". A search asks Milvus and keeps only the ids the service holds
 //! live, so a row whose removal did not reach Milvus never comes back. Reads are `Strong` (see
-//! `client`). Copy descriptors, video scenes and re-embedding are not on this backend yet.
+//! `client`). Copy descriptors go to a second collection, one row per view (written after the
+//! item's row, deleted with it); video frames are items like any other, so scene search works
+//! too. Re-embedding and compaction are not on this backend yet.
 
 mod client;
 mod expr;
@@ -24,6 +26,10 @@ pub use lite::MilvusLite;
 use crate::ann::HnswParams;
 use crate::catalog::{lock, CatalogCounts, CatalogStats};
 use crate::centroids::CentroidTable;
+use crate::copy_index::CopyMatch;
+use crate::copy_index::{best_per_item, checked_copies, points_for, points_of, view_points};
+use crate::copy_index::{check_query_views, VIEW_STRIDE};
+use crate::copy_verdict::CopyVerdict;
 use crate::error::{CatalogError, Result};
 use crate::filter::Filter;
 use crate::limits;
@@ -34,11 +40,11 @@ use crate::storage::Storage;
 use crate::store::{Prepared, Store};
 use crate::vector::VectorSum;
 use crate::GraphPrecision;
-use client::{Collection, MAX_LIMIT};
+use client::{Collection, Rows, MAX_LIMIT};
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
 /// The live ids, after removing the items recorded in sled whose Milvus row never arrived (the
 /// process stopped between the two writes of an add, so the caller never heard of success):
@@ -81,6 +87,12 @@ fn reconcile(
     Ok(live)
 }
 
+/// The collection of copy-descriptor views beside `config`'s collection.
+fn connect_copies(config: &MilvusConfig, dim: usize, graph: (usize, usize)) -> Result<Collection> {
+    let name = format!("{}_copies", config.collection);
+    Collection::connect(config, &name, Rows::CopyViews, dim, graph)
+}
+
 /// What the service keeps in memory about the collection.
 struct LiveState {
     live: HashSet<ItemId>,
@@ -91,6 +103,11 @@ struct LiveState {
 pub struct MilvusStorage {
     store: Store,
     collection: Collection,
+    /// The copy descriptors' views, once an item has any (`<collection>_copies`).
+    copies: OnceLock<Collection>,
+    /// What a new copies collection is created with.
+    config: MilvusConfig,
+    hnsw: (usize, usize),
     model: ModelTag,
     ef_search: usize,
     state: RwLock<LiveState>,
@@ -152,16 +169,21 @@ impl MilvusStorage {
                 ))
             }
         }
-        let collection = Collection::connect(
-            config,
-            model.dim,
-            (hnsw.max_nb_connection, hnsw.ef_construction),
-        )?;
+        let graph = (hnsw.max_nb_connection, hnsw.ef_construction);
+        let collection =
+            Collection::connect(config, &config.collection, Rows::Items, model.dim, graph)?;
         let live = reconcile(&store, &collection, config)?;
+        let copies = OnceLock::new();
+        if let Some(dim) = store.copy_dim()? {
+            let _ = copies.set(connect_copies(config, dim, graph)?);
+        }
         let generation = store.generation()?;
         Ok(MilvusStorage {
             store,
             collection,
+            copies,
+            config: config.clone(),
+            hnsw: graph,
             model,
             ef_search: hnsw.ef_search,
             state: RwLock::new(LiveState { live, generation }),
@@ -171,9 +193,12 @@ impl MilvusStorage {
         })
     }
 
-    /// Flushes the collection's growing segment (see [`Storage::settle`]).
+    /// Flushes the collections' growing segments (see [`Storage::settle`]).
     fn seal(&self) -> Result<()> {
         self.collection.flush()?;
+        if let Some(copies) = self.copies.get() {
+            copies.flush()?;
+        }
         self.unsealed.store(0, Ordering::Relaxed);
         Ok(())
     }
@@ -186,28 +211,79 @@ impl MilvusStorage {
         self.live().live.contains(&id)
     }
 
-    /// Writes prepared items (with their normalised `vectors`) to sled, then to Milvus; when
-    /// Milvus fails, the new sled records are tombstoned again and the error returned.
-    fn add_prepared(
+    /// One item ready for [`Self::add_prepared`]: its sled record (which notes the copy
+    /// descriptors' length but not the descriptors: they go to the copies collection only), its
+    /// normalised vector and its views' descriptors back to back (checked against the stored
+    /// length `copy_dim`).
+    fn prepare(
         &self,
-        prepared: Vec<Prepared>,
-        vectors: Vec<Vec<f32>>,
-    ) -> Result<Vec<AddOutcome>> {
-        if prepared.is_empty() {
+        item: Item,
+        thumbnail: Vec<u8>,
+        vector: &[f32],
+        copies: &[Vec<f32>],
+        copy_dim: Option<usize>,
+    ) -> Result<(Prepared, Vec<f32>, Vec<f32>)> {
+        let vector = self.check_vector(vector)?;
+        let views = checked_copies(copies, copy_dim)?;
+        let prepared = Prepared {
+            copy_dim: copies.first().map_or(0, Vec::len),
+            copies: Vec::new(),
+            vector: Vec::new(),
+            store_int8: false,
+            item,
+            thumbnail,
+        };
+        Ok((prepared, vector, views))
+    }
+
+    /// Writes prepared items (see [`Self::prepare`]) to sled, then their rows to Milvus, then
+    /// their views' rows; when Milvus fails, the rows written are deleted again, the new sled
+    /// records tombstoned, and the error returned.
+    fn add_prepared(&self, batch: Vec<(Prepared, Vec<f32>, Vec<f32>)>) -> Result<Vec<AddOutcome>> {
+        if batch.is_empty() {
             return Ok(Vec::new());
         }
+        let mut prepared = Vec::with_capacity(batch.len());
+        let mut vectors = Vec::with_capacity(batch.len());
+        let mut views = Vec::with_capacity(batch.len());
+        for (p, v, c) in batch {
+            prepared.push(p);
+            vectors.push(v);
+            views.push(c);
+        }
         let _writer = lock(&self.writer);
+        let copy_dim = prepared.iter().map(|p| p.copy_dim).find(|&d| d > 0);
+        let copies = match copy_dim {
+            Some(dim) => Some(self.copies_collection(dim)?),
+            None => None,
+        };
         let (written, generation) = self.store.add_items(&prepared)?;
         let mut fresh: Vec<(Item, Vec<f32>)> = Vec::new();
-        for (&(id, duplicate), (p, v)) in written.iter().zip(prepared.into_iter().zip(vectors)) {
+        let mut points: Vec<(Vec<f32>, u64)> = Vec::new();
+        let rows_in = written
+            .iter()
+            .zip(prepared.into_iter().zip(vectors).zip(views));
+        for (&(id, duplicate), ((p, v), copies)) in rows_in {
             if !duplicate {
                 let mut item = p.item;
                 item.id = id;
                 fresh.push((item, v));
+                points.extend(points_of(id, &copies, p.copy_dim));
             }
         }
         let rows: Vec<(&[f32], &Item)> = fresh.iter().map(|(i, v)| (v.as_slice(), i)).collect();
-        if let Err(e) = self.collection.write(&rows, false) {
+        let views: Vec<(u64, &[f32])> = points.iter().map(|(d, p)| (*p, d.as_slice())).collect();
+        let outcome = self.collection.write(&rows, false).and_then(|()| {
+            let written = copies.map_or(Ok(()), |c| c.write_views(&views));
+            if written.is_err() {
+                let ids: Vec<ItemId> = fresh.iter().map(|(i, _)| i.id).collect();
+                if let Err(undo) = self.collection.delete(&ids) {
+                    tracing::error!("could not undo the Milvus rows of {ids:?}: {undo}");
+                }
+            }
+            written
+        });
+        if let Err(e) = outcome {
             for (item, _) in &fresh {
                 if let Err(undo) = self.store.tombstone(item.id) {
                     tracing::error!(
@@ -230,6 +306,16 @@ impl MilvusStorage {
             .into_iter()
             .map(|(id, duplicate)| AddOutcome { id, duplicate })
             .collect())
+    }
+
+    /// The copies collection, connected (and created) with descriptors of `dim` values the
+    /// first time an item brings any. Called under the writer lock.
+    fn copies_collection(&self, dim: usize) -> Result<&Collection> {
+        if let Some(copies) = self.copies.get() {
+            return Ok(copies);
+        }
+        let copies = connect_copies(&self.config, dim, self.hnsw)?;
+        Ok(self.copies.get_or_init(|| copies))
     }
 
     /// Publishes a write: live-set changes, centroid updates, the new generation.
@@ -299,46 +385,83 @@ impl Storage for MilvusStorage {
     fn check_ready(&self) -> Result<()> {
         self.collection.check_ready()
     }
+    fn copy_dim(&self) -> Result<Option<usize>> {
+        self.store.copy_dim()
+    }
+    fn copies(&self, ids: &[ItemId]) -> Result<Vec<Vec<Vec<f32>>>> {
+        let Some(copies) = self.copies.get() else {
+            return Ok(vec![Vec::new(); ids.len()]);
+        };
+        let points: Vec<u64> = ids.iter().flat_map(|&id| view_points(id)).collect();
+        let found = copies.vectors(&points)?;
+        Ok(ids
+            .iter()
+            .map(|&id| {
+                view_points(id)
+                    .map_while(|p| found.get(&p).cloned())
+                    .collect()
+            })
+            .collect())
+    }
+    fn search_copies(&self, views: &[Vec<f32>], k: usize) -> Result<Vec<(CopyMatch, Item)>> {
+        let (Some(copies), Some(dim)) = (self.copies.get(), self.store.copy_dim()?) else {
+            return Ok(Vec::new());
+        };
+        check_query_views(views, dim)?;
+        let wide = points_for(k).min(MAX_LIMIT);
+        let mut hits = Vec::new();
+        for (query_view, q) in views.iter().enumerate() {
+            let found = copies.search(q, wide, String::new(), self.ef_search.max(wide))?;
+            hits.extend(
+                found
+                    .into_iter()
+                    .map(|(point, sim)| (query_view, point, sim)),
+            );
+        }
+        let matches = {
+            let st = self.live();
+            let live_hits = hits
+                .into_iter()
+                .filter(|(_, point, _)| st.live.contains(&(point / VIEW_STRIDE)));
+            best_per_item(live_hits, k)
+        };
+        matches
+            .into_iter()
+            .filter_map(|m| self.store.item(m.id).transpose().map(|i| i.map(|i| (m, i))))
+            .collect()
+    }
+    fn copy_verdict(&self) -> Result<Option<CopyVerdict>> {
+        self.store.copy_verdict()
+    }
+    fn set_copy_verdict(&self, verdict: &CopyVerdict) -> Result<()> {
+        let _writer = lock(&self.writer);
+        self.store.set_copy_verdict(verdict)
+    }
 
     fn add_batch(&self, items: Vec<NewItem>) -> Result<Vec<AddOutcome>> {
         let added_at_ms = now_ms();
         items.iter().try_for_each(limits::check_new_item)?;
-        let mut vectors = Vec::with_capacity(items.len());
+        let copy_dim = self.store.copy_dim()?;
         let prepared = items
             .into_iter()
             .map(|n| {
-                vectors.push(self.check_vector(&n.vector)?);
-                Ok(Prepared {
-                    copy_dim: 0,
-                    copies: Vec::new(),
-                    vector: Vec::new(),
-                    store_int8: false,
-                    item: n.record(added_at_ms),
-                    thumbnail: n.thumbnail,
-                })
+                let item = n.record(added_at_ms);
+                self.prepare(item, n.thumbnail, &n.vector, &n.copies, copy_dim)
             })
             .collect::<Result<Vec<_>>>()?;
-        self.add_prepared(prepared, vectors)
+        self.add_prepared(prepared)
     }
 
     fn add_restored(&self, items: Vec<RestoredItem>) -> Result<Vec<AddOutcome>> {
-        let mut vectors = Vec::with_capacity(items.len());
+        let copy_dim = self.store.copy_dim()?;
         let prepared = items
             .into_iter()
             .map(|r| {
                 limits::check_restored(&r.item)?;
-                vectors.push(self.check_vector(&r.vector)?);
-                Ok(Prepared {
-                    copy_dim: 0,
-                    copies: Vec::new(),
-                    vector: Vec::new(),
-                    store_int8: false,
-                    thumbnail: r.thumbnail,
-                    item: r.item,
-                })
+                self.prepare(r.item, r.thumbnail, &r.vector, &r.copies, copy_dim)
             })
             .collect::<Result<Vec<_>>>()?;
-        self.add_prepared(prepared, vectors)
+        self.add_prepared(prepared)
     }
 
     fn remove(&self, id: ItemId) -> Result<()> {
@@ -349,9 +472,14 @@ impl Storage for MilvusStorage {
         let v = self.collection.vectors(&[id])?.remove(&id);
         let (item, generation) = self.store.tombstone(id)?;
         self.publish(&[], &[(item, v)], generation);
+        // Searches drop ids that are not live, so rows left behind are invisible already.
         if let Err(e) = self.collection.delete(&[id]) {
-            // Searches drop ids that are not live, so the row is invisible already.
             tracing::warn!("item {id} is removed but its Milvus row stays until a retry: {e}");
+        }
+        if let Some(copies) = self.copies.get() {
+            if let Err(e) = copies.delete(&view_points(id).collect::<Vec<_>>()) {
+                tracing::warn!("item {id} is removed but its copy views stay in Milvus: {e}");
+            }
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use crate::video::timeline::{to_csv, to_webvtt};
 use crate::video::{ffmpeg, recognise_video, search_screenshot, Recognition, VideoError};
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use animelens_index::{require_embedded, ItemId, SceneHit};
+use animelens_index::{ItemId, SceneHit};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -367,11 +367,12 @@ pub async fn find_scenes(
     state
         .blocking(move || {
             let anilist = anilist.map(|id| id.to_string());
-            let catalog = require_embedded(&*catalog, "scene search")?;
-            search_screenshot(catalog, &pool, &image, k, anilist.as_deref()).map_err(|e| match e {
-                crate::video::SceneSearchError::Image(e) => ApiError::from_embed(e, 0, 1),
-                crate::video::SceneSearchError::Catalog(c) => ApiError::Catalog(c),
-            })
+            search_screenshot(&*catalog, &pool, &image, k, anilist.as_deref()).map_err(
+                |e| match e {
+                    crate::video::SceneSearchError::Image(e) => ApiError::from_embed(e, 0, 1),
+                    crate::video::SceneSearchError::Catalog(c) => ApiError::Catalog(c),
+                },
+            )
         })
         .await
 }

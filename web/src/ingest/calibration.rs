@@ -1,10 +1,10 @@
 //! The copy verdict's calibration rule, the same for every catalogue: edited copies of a sample of
 //! the catalogue's own pictures (read back from their source files, or their thumbnails when the
 //! files are gone) are reviewed against it, and one threshold is chosen for the precision asked
-//! (`Catalog::calibrate_copies`).
+//! (`CatalogLogic::calibrate_copies`).
 
 use super::embed::EmbedImages;
-use animelens_index::{Catalog, CopyVerdict, Item, Result};
+use animelens_index::{CatalogLogic, CopyVerdict, Item, Result, Storage};
 use animelens_models::copies::edits::calibration_uploads;
 use animelens_models::CopyViews;
 use image::RgbImage;
@@ -18,7 +18,7 @@ pub const COPY_CALIBRATION_SAMPLE: usize = 48;
 /// Calibrates the copy threshold of `catalog` for `precision` on edited copies of `sample`
 /// pictures drawn with `seed`; `progress` is told after each picture.
 pub fn calibrate_copies(
-    catalog: &Catalog,
+    catalog: &dyn Storage,
     embedder: &dyn EmbedImages,
     precision: f32,
     sample: usize,
@@ -26,7 +26,7 @@ pub fn calibrate_copies(
     progress: &dyn Fn(),
 ) -> Result<CopyVerdict> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let ids = catalog.live_ids();
+    let ids = catalog.live_ids()?;
     let items: Vec<Item> = ids
         .choose_multiple(&mut rng, sample)
         .filter_map(|id| catalog.get(*id).transpose())
@@ -48,7 +48,7 @@ pub fn calibrate_copies(
 
 /// A catalogued picture: its source file when it is still there (a video frame's source is its
 /// video, so it has its thumbnail), else its thumbnail.
-fn picture_of(catalog: &Catalog, embedder: &dyn EmbedImages, item: &Item) -> Option<RgbImage> {
+fn picture_of(catalog: &dyn Storage, embedder: &dyn EmbedImages, item: &Item) -> Option<RgbImage> {
     let from_file = match item.frame {
         None => std::fs::read(&item.source).ok(),
         Some(_) => None,

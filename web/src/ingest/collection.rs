@@ -13,8 +13,7 @@ use super::embed::EmbedImages;
 use super::picture::{embed_items, ItemMeta, Picture};
 use animelens_index::copy_verdict::DEFAULT_PRECISION;
 use animelens_index::{
-    require_embedded, Calibration, CatalogLogic, CopyVerdict, NewItem, Result, Storage,
-    PRIMARY_LEVEL,
+    Calibration, CatalogLogic, CopyVerdict, NewItem, Result, Storage, PRIMARY_LEVEL,
 };
 use animelens_models::data::{Dataset, Sample, Split};
 use animelens_models::preprocess::content_hash;
@@ -116,18 +115,15 @@ pub fn ingest_collection(
         }
     }
     if summary.added > 0 {
-        summary.copies = require_embedded(catalog, "copy review")
-            .and_then(|catalog| {
-                calibrate_copies(
-                    catalog,
-                    embedder,
-                    DEFAULT_PRECISION,
-                    COPY_CALIBRATION_SAMPLE,
-                    COPY_CALIBRATION_SEED,
-                    &|| {},
-                )
-            })
-            .map_err(|e| e.to_string());
+        summary.copies = calibrate_copies(
+            catalog,
+            embedder,
+            DEFAULT_PRECISION,
+            COPY_CALIBRATION_SAMPLE,
+            COPY_CALIBRATION_SEED,
+            &|| {},
+        )
+        .map_err(|e| e.to_string());
     }
     Ok(summary)
 }

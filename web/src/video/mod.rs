@@ -2,7 +2,7 @@
 //! ([`scenes`]), turning a video into scenes embedded in batches while it decodes ([`sampling`]), finding the scene a screenshot comes from ([`scene_search`]),
 //! and the character timeline of a video ([`recognise`], [`timeline`]). Ingesting a video's
 //! scenes into the catalogue is the ingest pipeline's job (`crate::ingest::ingest_video`); scene
-//! search is the catalogue's (`Catalog::search_scenes`).
+//! search is the catalogue's (`CatalogLogic::search_scenes`).
 
 pub mod ffmpeg;
 pub mod recognise;

@@ -1,11 +1,11 @@
 //! "Where is this screenshot from?" from an encoded screenshot: decode it once, describe it as it
 //! came and mirrored (borders trimmed, as the copy descriptor's query views are), and ask the
-//! catalogue for the best scenes (`Catalog::search_scenes`), optionally only of one AniList id.
+//! catalogue for the best scenes (`CatalogLogic::search_scenes`), optionally only of one AniList id.
 //! One function, so that the CLI, `POST /api/v1/search/scene` and the trace.moe-compatible
 //! `/search` answer alike.
 
 use crate::ingest::EmbedImages;
-use animelens_index::{Catalog, CatalogError, SceneHit};
+use animelens_index::{CatalogError, CatalogLogic, SceneHit, Storage};
 use animelens_models::{CopyViews, EmbedError};
 
 /// The label level trace.moe's `anilistID` filters on.
@@ -33,7 +33,7 @@ pub struct SceneSearch {
 
 /// The `k` best scenes for the screenshot `bytes`, only of AniList id `anilist` when given.
 pub fn search_screenshot(
-    catalog: &Catalog,
+    catalog: &dyn Storage,
     embedder: &dyn EmbedImages,
     bytes: &[u8],
     k: usize,
@@ -51,6 +51,6 @@ pub fn search_screenshot(
     })?;
     Ok(SceneSearch {
         scenes,
-        searched: catalog.live_ids().len(),
+        searched: catalog.counts().live,
     })
 }
