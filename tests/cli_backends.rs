@@ -1,6 +1,7 @@
 //! The CLI's catalogue commands on both storages through the real binary: one list of commands
 //! (`index add`, `search` by image and by id, `identify`, `similar-characters`, `enroll`,
-//! `index update`, `index remove`, `audit`, `index stats`) run against a catalogue folder and, in a
+//! `index update`, `index remove`, `audit`, `index stats`, then `index export --reembed-with`
+//! into a new catalogue) run against a catalogue folder and, in a
 //! `--features milvus` build with milvus-lite installed, against `--db milvus://… --records DIR`,
 //! where the answers must equal the folder's. Commands only the embedded catalogue can do are
 //! refused on Milvus with a message saying so.
@@ -160,11 +161,43 @@ fn commands_on(db: &[&str], f: &Fixture) -> Answers {
     }
 }
 
+/// `index export --reembed-with` from the catalogue at `from` into a new one (`to`: the export's
+/// destination arguments, `to_db`: the same catalogue as `--db` arguments) with another tiny
+/// model: every item arrives, and a search there uses the new model by default.
+fn reembeds(from: &[&str], to: &[&str], to_db: &[&str], dir: &Path, f: &Fixture) {
+    let next = dir.join("next-model");
+    std::fs::create_dir_all(&next).unwrap();
+    let next = tiny_model(&next);
+    let mut args = vec!["index"];
+    args.extend(from);
+    args.extend(["export", "--reembed-with", next.to_str().unwrap()]);
+    args.extend(to);
+    let out = ok(&args);
+    assert!(out.contains("copied 13 items"), "{out}");
+    assert!(out.contains("re-embedded with model"), "{out}");
+    let mut search = vec!["search", "--image", f.query.as_str(), "--json", "-k", "1"];
+    search.extend(to_db);
+    let found = ok(&search);
+    assert!(
+        lines(&found)[0]["score"].as_f64().unwrap() > 0.999,
+        "{found}"
+    );
+}
+
 #[test]
 fn catalogue_commands_on_a_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("db");
-    commands_on(&["--db", db.to_str().unwrap()], &fixture(tmp.path()));
+    let f = fixture(tmp.path());
+    commands_on(&["--db", db.to_str().unwrap()], &f);
+    let next = tmp.path().join("next").display().to_string();
+    reembeds(
+        &["--db", db.to_str().unwrap()],
+        &["--to", &next],
+        &["--db", &next],
+        tmp.path(),
+        &f,
+    );
     // A catalogue that was never created is an error with the command that creates one.
     let none = run(&[
         "search",
@@ -205,6 +238,15 @@ fn catalogue_commands_on_milvus_answer_as_on_a_folder() {
             "{err}"
         );
     }
+    let next = format!("{url}_next");
+    let next_records = tmp.path().join("next-records").display().to_string();
+    reembeds(
+        &db,
+        &["--to", &next, "--to-records", &next_records],
+        &["--db", &next, "--records", &next_records],
+        tmp.path(),
+        &f,
+    );
     let no_records = run(&["index", "--db", &url, "stats"]);
     assert!(String::from_utf8_lossy(&no_records.stderr).contains("needs --records DIR"));
 }

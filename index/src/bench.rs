@@ -225,6 +225,25 @@ fn gaussian(rng: &mut StdRng) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
 }
 
+/// Three seeded, normalised 16-d copy-descriptor views of picture `i` (the whole picture first),
+/// for tests of copy review on any storage.
+pub fn copy_views(i: u64) -> Vec<Vec<f32>> {
+    (0..3u64)
+        .map(|view| {
+            let mut state = (i * 8 + view + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let v: Vec<f32> = (0..16)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect();
+            crate::vector::normalise(&v).expect("a non-zero vector")
+        })
+        .collect()
+}
+
 /// `n` normalised vectors around `clusters` random centres (noise of norm ≈ `spread`), with the
 /// cluster index of each. Deterministic in `seed`.
 pub fn clustered_vectors(

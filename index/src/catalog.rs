@@ -7,13 +7,12 @@
 use crate::ann::{Ann, GraphPrecision, HnswParams, MAX_CONNECTIONS};
 use crate::centroids::CentroidTable;
 use crate::copy_index::{check_query_views, checked_copies, CopyIndex, CopyMatch};
-use crate::copy_verdict::CopyVerdict;
 use crate::dump::{self, DumpTag};
 use crate::error::{CatalogError, Result};
 use crate::filter::{Filter, Postings};
 use crate::limits;
 use crate::record::{
-    now_ms, AddOutcome, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, RestoredItem,
+    now_ms, AddOutcome, CopyVerdict, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, RestoredItem,
 };
 use crate::store::{Prepared, Store};
 use crate::vector::{self, QuantizedVector};

@@ -2,7 +2,7 @@
 //! exact fallback, dump reload (current, stale, damaged), open errors, characters, recommendations,
 //! feeds, concurrency, and a property test against exact search.
 
-use crate::bench::clustered_vectors;
+use crate::bench::{clustered_vectors, copy_views};
 use crate::*;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashSet};
@@ -745,24 +745,6 @@ fn the_write_after_a_storage_failure_reopens_the_store_and_indexes_a_write_that_
     drop(cat);
     let reopened = open(dir.path());
     assert_eq!(reopened.counts().live, 22);
-}
-
-/// Copy descriptors of item `i`: three views of a 16-d vector (the whole picture first).
-fn copy_views(i: u64) -> Vec<Vec<f32>> {
-    (0..3u64)
-        .map(|view| {
-            let mut state = (i * 8 + view + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let v: Vec<f32> = (0..16)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1);
-                    (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-                })
-                .collect();
-            normalise(&v).unwrap()
-        })
-        .collect()
 }
 
 #[test]

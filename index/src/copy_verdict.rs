@@ -6,9 +6,9 @@
 
 use crate::copy_index::CopyMatch;
 use crate::error::{CatalogError, Result};
-use crate::record::{Item, ItemId};
+use crate::record::{CopyVerdict, Item, ItemId};
 use crate::storage::Storage;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Which neighbour's similarity is the background (`k`-th best other picture).
 pub const BACKGROUND_RANK: usize = 10;
@@ -245,24 +245,6 @@ pub fn normalised_score(best: f32, others: &[f32]) -> f32 {
         .copied()
         .unwrap_or(0.0);
     best - background
-}
-
-/// The catalogue's calibrated copy verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct CopyVerdict {
-    /// Normalised scores at or above this are copies.
-    pub threshold: f32,
-    /// The precision the threshold was chosen for.
-    pub precision: f32,
-    /// The recall the calibration measured at that threshold.
-    pub recall: f32,
-}
-
-impl CopyVerdict {
-    /// Whether a normalised score is a copy.
-    pub fn is_copy(&self, score: f32) -> bool {
-        score >= self.threshold
-    }
 }
 
 /// The lowest threshold whose predictions (`score ≥ t`) reach `precision`, over `correct` (scores

@@ -53,20 +53,20 @@ pub use characters::{
     open_set_threshold, Calibration, CharacterScore, Classification, DEFAULT_OPEN_SET_THRESHOLD,
 };
 pub use copy_index::{CopyMatch, VIEW_STRIDE};
-pub use copy_verdict::{CalibrationViews, CopyFinding, CopyReview, CopyVerdict, MatchedItem};
+pub use copy_verdict::{CalibrationViews, CopyFinding, CopyReview, MatchedItem};
 pub use error::{CatalogError, Result};
 pub use feed::mmr;
 pub use filter::Filter;
 pub use logic::CatalogLogic;
-pub use migrate::{copy_catalogue, CopyReport};
+pub use migrate::{copy_catalogue, reembed_catalogue, CopyReport, Embed};
 #[cfg(feature = "milvus")]
 pub use milvus::{MilvusConfig, MilvusLite, MilvusStorage};
 pub use recommend::{best_score, RecommendQuery, RecommendStrategy};
 pub use record::{
-    AddOutcome, Event, EventKind, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, RestoredItem,
-    VideoFrame, PRIMARY_LEVEL,
+    AddOutcome, CopyVerdict, Event, EventKind, Hit, Item, ItemId, ItemUpdate, ItemVectors,
+    ModelTag, NewItem, RestoredItem, VideoFrame, PRIMARY_LEVEL,
 };
-pub use reembed::{ItemVectors, ReembedItem, ReembedReport};
+pub use reembed::{ReembedItem, ReembedReport};
 pub use scenes::{group_scenes, SceneHit, MERGE_MARGIN, MERGE_SECONDS};
 pub use storage::Storage;
 pub use vector::{dot, normalise, QuantizedVector, VectorSum};

@@ -6,12 +6,12 @@
 
 use crate::characters::{self, Calibration, CharacterScore, Classification};
 use crate::copy_index::CopyMatch;
-use crate::copy_verdict::{self, CalibrationViews, CopyFinding, CopyReview, CopyVerdict};
+use crate::copy_verdict::{self, CalibrationViews, CopyFinding, CopyReview};
 use crate::error::{CatalogError, Result};
 use crate::feed;
 use crate::filter::Filter;
 use crate::recommend::{self, RecommendQuery};
-use crate::record::{AddOutcome, EventKind, Hit, Item, ItemId, NewItem};
+use crate::record::{AddOutcome, CopyVerdict, EventKind, Hit, Item, ItemId, NewItem};
 use crate::scenes::{self, SceneHit};
 use crate::storage::Storage;
 use std::collections::HashSet;

@@ -15,16 +15,20 @@
 //! items under the same ids is refused.
 
 use crate::error::{CatalogError, Result};
-use crate::record::RestoredItem;
+use crate::record::ItemVectors;
+use crate::record::{ItemId, RestoredItem};
+use crate::reembed::ReembedItem;
 use crate::storage::Storage;
 use std::collections::HashSet;
 
 /// Items read and written per batch.
 const BATCH: usize = 256;
 
-/// What [`copy_catalogue`] did.
+/// What [`copy_catalogue`] or [`reembed_catalogue`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CopyReport {
+    /// Items a re-embedding copy could not embed (left out), with the reason.
+    pub not_reembedded: Vec<(ItemId, String)>,
     /// Items written.
     pub items: usize,
     /// Items the destination held already (a resumed copy).
@@ -54,9 +58,22 @@ impl std::fmt::Display for CopyReport {
             } else {
                 ""
             }
-        )
+        )?;
+        if !self.not_reembedded.is_empty() {
+            write!(
+                f,
+                "; {} items could not be re-embedded and were left out",
+                self.not_reembedded.len()
+            )?;
+        }
+        Ok(())
     }
 }
+
+/// Computes an item's vectors with a new model: called with batches of items (with their
+/// thumbnails, a fallback for a missing source), returns one result per item, in order.
+pub type Embed<'a> =
+    &'a mut dyn FnMut(&[ReembedItem]) -> Vec<std::result::Result<ItemVectors, String>>;
 
 /// Copies everything `from` holds into `to` (see the module documentation).
 pub fn copy_catalogue(
@@ -64,7 +81,32 @@ pub fn copy_catalogue(
     to: &dyn Storage,
     show_progress: bool,
 ) -> Result<CopyReport> {
-    if from.model() != to.model() {
+    copy(from, to, show_progress, None)
+}
+
+/// Copies `from` into `to`, a new catalogue of another model, with every item's vectors computed
+/// again by `embed`: how a catalogue on any storage is re-embedded without touching the one in
+/// use (a Milvus-backed one into a new collection, which the service is then pointed at). Ids,
+/// records, thumbnails and users' events travel; enrolments (vector sums of the old model), the
+/// open-set threshold and the copy verdict do not, as they belong to the old model (calibrate
+/// again). Items `embed` cannot compute are left out and listed in the report. Resumable like
+/// the plain copy; items already in `to` are not embedded again.
+pub fn reembed_catalogue(
+    from: &dyn Storage,
+    to: &dyn Storage,
+    show_progress: bool,
+    embed: Embed<'_>,
+) -> Result<CopyReport> {
+    copy(from, to, show_progress, Some(embed))
+}
+
+fn copy(
+    from: &dyn Storage,
+    to: &dyn Storage,
+    show_progress: bool,
+    mut embed: Option<Embed<'_>>,
+) -> Result<CopyReport> {
+    if embed.is_none() && from.model() != to.model() {
         return Err(CatalogError::invalid(
             format!(
                 "the destination holds embeddings of model {} ({}-d), the source of {} ({}-d)",
@@ -100,6 +142,10 @@ pub fn copy_catalogue(
             let (Some(item), Some(vector)) = (from.get(id)?, vector) else {
                 continue;
             };
+            if embed.is_some() && to.get(id)?.is_some() {
+                report.already_there += 1;
+                continue;
+            }
             let thumbnail = from.thumbnail(id)?.unwrap_or_default();
             batch.push(RestoredItem {
                 item,
@@ -107,6 +153,9 @@ pub fn copy_catalogue(
                 thumbnail,
                 copies,
             });
+        }
+        if let Some(embed) = embed.as_mut() {
+            batch = reembedded(batch, embed, &mut report)?;
         }
         for outcome in to.add_restored(batch)? {
             if outcome.duplicate {
@@ -120,7 +169,8 @@ pub fn copy_catalogue(
     bar.finish_and_clear();
     to.settle()?;
     let enrolled: HashSet<String> = to.enrolments()?.into_iter().map(|(name, _)| name).collect();
-    for (name, shots) in from.enrolments()? {
+    let of_this_model = embed.is_none();
+    for (name, shots) in from.enrolments()?.into_iter().filter(|_| of_this_model) {
         if !enrolled.contains(&name) {
             to.store_enrolment(&name, &shots)?;
             report.enrolments += 1;
@@ -137,16 +187,55 @@ pub fn copy_catalogue(
             report.events += events.len() - held;
         }
     }
-    if let Some(verdict) = from.copy_verdict()? {
+    if let Some(verdict) = from.copy_verdict()?.filter(|_| of_this_model) {
         if to.copy_verdict()? != Some(verdict) {
             to.set_copy_verdict(&verdict)?;
         }
     }
-    if let Some(threshold) = from.stored_threshold()? {
+    if let Some(threshold) = from.stored_threshold()?.filter(|_| of_this_model) {
         if to.stored_threshold()? != Some(threshold) {
             to.store_threshold(threshold)?;
             report.threshold = true;
         }
     }
     Ok(report)
+}
+
+/// `batch` with each item's vector and copy descriptors computed by `embed`; items it cannot
+/// embed are left out and recorded in `report`.
+fn reembedded(
+    batch: Vec<RestoredItem>,
+    embed: &mut Embed<'_>,
+    report: &mut CopyReport,
+) -> Result<Vec<RestoredItem>> {
+    let inputs: Vec<ReembedItem> = batch
+        .iter()
+        .map(|r| ReembedItem {
+            item: r.item.clone(),
+            thumbnail: (!r.thumbnail.is_empty()).then(|| r.thumbnail.clone()),
+        })
+        .collect();
+    let results = embed(&inputs);
+    if results.len() != batch.len() {
+        return Err(CatalogError::invalid(
+            format!(
+                "the embedding callback returned {} results for {} items",
+                results.len(),
+                batch.len()
+            ),
+            "return exactly one result per item, in order",
+        ));
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    for (mut restored, result) in batch.into_iter().zip(results) {
+        match result {
+            Ok(vectors) => {
+                restored.vector = vectors.vector;
+                restored.copies = vectors.copies;
+                out.push(restored);
+            }
+            Err(reason) => report.not_reembedded.push((restored.item.id, reason)),
+        }
+    }
+    Ok(out)
 }

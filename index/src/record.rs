@@ -1,4 +1,5 @@
-//! The typed records the catalogue stores and returns: items, hits, events, the model tag.
+//! The typed records the catalogue stores and returns: items, hits, events, the model tag, an
+//! item's vectors as a model computes them, the calibrated copy verdict.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -188,4 +189,40 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The catalogue's calibrated copy verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CopyVerdict {
+    /// Normalised scores at or above this are copies.
+    pub threshold: f32,
+    /// The precision the threshold was chosen for.
+    pub precision: f32,
+    /// The recall the calibration measured at that threshold.
+    pub recall: f32,
+}
+
+impl CopyVerdict {
+    /// Whether a normalised score is a copy.
+    pub fn is_copy(&self, score: f32) -> bool {
+        score >= self.threshold
+    }
+}
+
+/// An item's vectors as a model computes them: the embedding and the copy descriptors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ItemVectors {
+    /// The new embedding.
+    pub vector: Vec<f32>,
+    /// The new copy descriptors of its views (empty: none).
+    pub copies: Vec<Vec<f32>>,
+}
+
+impl From<Vec<f32>> for ItemVectors {
+    fn from(vector: Vec<f32>) -> Self {
+        Self {
+            vector,
+            copies: Vec::new(),
+        }
+    }
 }

@@ -8,7 +8,7 @@
 
 use crate::catalog::Catalog;
 use crate::error::{CatalogError, Result};
-use crate::record::{Item, ItemId, ModelTag};
+use crate::record::{Item, ItemId, ItemVectors, ModelTag};
 use crate::store::Store;
 use crate::vector;
 use std::path::Path;
@@ -20,24 +20,6 @@ pub struct ReembedItem {
     pub item: Item,
     /// The stored JPEG thumbnail, if any (a lower-resolution fallback for a missing source).
     pub thumbnail: Option<Vec<u8>>,
-}
-
-/// An item's vectors as a model computes them: the embedding and the copy descriptors.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ItemVectors {
-    /// The new embedding.
-    pub vector: Vec<f32>,
-    /// The new copy descriptors of its views (empty: none).
-    pub copies: Vec<Vec<f32>>,
-}
-
-impl From<Vec<f32>> for ItemVectors {
-    fn from(vector: Vec<f32>) -> Self {
-        Self {
-            vector,
-            copies: Vec::new(),
-        }
-    }
 }
 
 /// What [`Catalog::reembed`] did.

@@ -13,11 +13,10 @@
 
 use crate::catalog::{Catalog, CatalogCounts, CatalogStats};
 use crate::copy_index::CopyMatch;
-use crate::copy_verdict::CopyVerdict;
 use crate::error::Result;
 use crate::filter::Filter;
 use crate::record::{
-    AddOutcome, Event, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, RestoredItem,
+    AddOutcome, CopyVerdict, Event, Hit, Item, ItemId, ItemUpdate, ModelTag, NewItem, RestoredItem,
 };
 use crate::vector;
 use crate::vector::VectorSum;

@@ -19,11 +19,11 @@
 //! write with the same error until the database is opened again. [`Store::has_failed`] says so, and
 //! the catalogue reopens the store before its next write (see `Catalog::begin_write`).
 
-use crate::copy_verdict::CopyVerdict;
 use crate::error::{CatalogError, Result};
 use crate::limits::MAX_EVENTS_PER_USER;
-use crate::record::{now_ms, Event, EventKind, Item, ItemId, ItemUpdate, ModelTag};
-use crate::reembed::ItemVectors;
+use crate::record::{
+    now_ms, CopyVerdict, Event, EventKind, Item, ItemId, ItemUpdate, ItemVectors, ModelTag,
+};
 use crate::vector::{self, QuantizedVector, VectorSum};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{

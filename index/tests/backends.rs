@@ -6,7 +6,7 @@
 //! not installed; `.ci/run` installs it). Milvus-only behaviour (the server going away
 //! mid-request and coming back) is tested at the end.
 
-use animelens_index::bench::clustered_vectors;
+use animelens_index::bench::{clustered_vectors, copy_views};
 use animelens_index::{
     Catalog, CatalogError, CatalogLogic, EventKind, Filter, ItemId, ItemUpdate, ModelTag, NewItem,
     OpenOptions, RecommendQuery, RecommendStrategy, Storage,
@@ -72,6 +72,14 @@ impl Fixture {
 
     fn storage(&self) -> &dyn Storage {
         self.storage.as_deref().unwrap()
+    }
+
+    #[cfg(feature = "milvus")]
+    fn server_uri(&self) -> String {
+        match &self.backend {
+            Backend::Milvus(server) => server.uri(),
+            Backend::Embedded => unreachable!("an embedded fixture has no server"),
+        }
     }
 
     /// Closes the backend and opens it again from what it stored.
@@ -612,22 +620,100 @@ fn migration_through_milvus_round_trips_exactly() {
     assert_eq!(contents(back.storage()), contents(milvus.storage()));
 }
 
-/// Three seeded 16-d copy-descriptor views of picture `i`.
-fn copy_views(i: u64) -> Vec<Vec<f32>> {
-    (0..3u64)
-        .map(|view| {
-            let mut state = (i * 8 + view + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let v: Vec<f32> = (0..16)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6_364_136_223_846_793_005)
-                        .wrapping_add(1);
-                    (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+/// The model a re-embedding copy switches to.
+fn next_model() -> ModelTag {
+    ModelTag {
+        fingerprint: "fp-next".into(),
+        dim: 16,
+    }
+}
+
+/// A re-embedding copy of a populated `from` into `to` (a new catalogue of [`next_model`]): the
+/// "new model" keeps the first 16 components reversed and gives one copy view; the item whose
+/// source is `c0/h4.png` cannot be embedded. Ids, records and events travel; what belonged to
+/// the old model does not; a second run adds nothing.
+fn reembeds_into(from: &dyn Storage, to: &dyn Storage) {
+    let mut embed = |items: &[animelens_index::ReembedItem]| {
+        items
+            .iter()
+            .map(|r| {
+                if r.item.source.ends_with("/h4.png") {
+                    return Err("no source".to_string());
+                }
+                let v = from.vector(r.item.id).unwrap().unwrap();
+                let next: Vec<f32> = v[..16].iter().rev().copied().collect();
+                Ok(animelens_index::ItemVectors {
+                    copies: vec![unit(&next)],
+                    vector: next,
                 })
-                .collect();
-            unit(&v)
-        })
-        .collect()
+            })
+            .collect()
+    };
+    let report = animelens_index::reembed_catalogue(from, to, false, &mut embed).unwrap();
+    let live = from.live_ids().unwrap();
+    assert_eq!(
+        (report.items, report.not_reembedded.len()),
+        (live.len() - 1, 1)
+    );
+    assert_eq!(to.model(), &next_model());
+    let (users, events) = (report.users, report.events);
+    assert_eq!(
+        (users, events, report.enrolments, report.threshold),
+        (2, 3, 0, false)
+    );
+    for &id in &live {
+        let Some(item) = to.get(id).unwrap() else {
+            assert!(from.get(id).unwrap().unwrap().source.ends_with("/h4.png"));
+            continue;
+        };
+        assert_eq!(item, from.get(id).unwrap().unwrap());
+        let old = from.vector(id).unwrap().unwrap();
+        let want = unit(&old[..16].iter().rev().copied().collect::<Vec<_>>());
+        let got = to.vector(id).unwrap().unwrap();
+        assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
+        assert_eq!(to.copies(&[id]).unwrap()[0].len(), 1);
+    }
+    assert_eq!(
+        to.user_events("alice").unwrap(),
+        from.user_events("alice").unwrap()
+    );
+    assert!(to.enrolments().unwrap().is_empty());
+    assert_eq!(to.stored_threshold().unwrap(), None);
+    assert_eq!(to.copy_verdict().unwrap(), None);
+    let again = animelens_index::reembed_catalogue(from, to, false, &mut embed).unwrap();
+    assert_eq!((again.items, again.already_there), (0, live.len() - 1));
+}
+
+#[test]
+fn reembedding_into_a_new_embedded_catalogue() {
+    let (from, to) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let from = Catalog::open(from.path(), OpenOptions::new(model())).unwrap();
+    let to = Catalog::open(to.path(), OpenOptions::new(next_model())).unwrap();
+    populate(&from);
+    reembeds_into(&from, &to);
+}
+
+#[cfg(feature = "milvus")]
+#[test]
+fn reembedding_into_a_new_milvus_collection() {
+    let Some(milvus) = Fixture::milvus() else {
+        return;
+    };
+    populate(milvus.storage());
+    let config = animelens_index::MilvusConfig {
+        uri: milvus.server_uri(),
+        collection: "suite_next".into(),
+        token: None,
+    };
+    let records = milvus.dir.path().join("next");
+    let next = animelens_index::MilvusStorage::open(
+        &records,
+        &config,
+        Some(next_model()),
+        &Default::default(),
+    )
+    .unwrap();
+    reembeds_into(milvus.storage(), &next);
 }
 
 /// Copyright review on the storage: every view of a picture finds it, the verdict is stored, a

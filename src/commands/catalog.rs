@@ -13,9 +13,6 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
-/// Catalogue folder used when `--db` is not given.
-pub const DEFAULT_DB: &str = "animelens-data/catalog";
-
 /// Catalogue subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum CatalogCommand {
@@ -158,11 +155,17 @@ pub fn run(place: &CatalogPlace, cmd: CatalogCommand) -> anyhow::Result<()> {
             model: Some(model),
             source_root,
             ..
-        } => super::reembed::run_reembed(
-            db.folder("`index rebuild --reembed`")?,
-            &model,
-            &source_root,
-        )?,
+        } => match &db {
+            Location::Folder(dir) => super::reembed::run_reembed(dir, &model, &source_root)?,
+            Location::Milvus { .. } => bail!(
+                "`index rebuild --reembed` re-embeds a catalogue folder in place; a catalogue on \
+                 Milvus changes model by a re-embedding copy into a new collection: `animelens \
+                 index --db {} export --to milvus://HOST:PORT/NEW_COLLECTION --to-records NEW_DIR \
+                 --reembed-with {}`, then point the service at it",
+                db.arguments(),
+                model.display()
+            ),
+        },
         CatalogCommand::Export(args) => super::export::run(place, args)?,
         CatalogCommand::Stats => println!("{}", db.open(None)?.stats()?),
         CatalogCommand::Update {

@@ -5,11 +5,13 @@
 //! `backend = "milvus"`). Commands that only the embedded catalogue can do (compaction, rebuilding
 //! the graph, re-embedding) ask for [`Location::folder`] and say so when given a Milvus one.
 
-use super::catalog::DEFAULT_DB;
 use animelens_index::{Catalog, CatalogError, ModelTag, OpenOptions, Storage};
 use anyhow::{anyhow, bail, Context, Result};
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+/// Catalogue folder used when `--db` is not given.
+pub const DEFAULT_DB: &str = "animelens-data/catalog";
 
 const NEEDS_RECORDS: &str = "a milvus:// catalogue needs --records DIR: the folder of the records \
      kept beside the collection (the service's data_dir/catalog with backend = \"milvus\")";

@@ -68,6 +68,22 @@ fn picture(
     Ok((image, CopyViews::Frame))
 }
 
+/// The new vectors of a batch of items, from their sources under `root` (else their thumbnails,
+/// counted in `from_thumbnail`): one result per item, in order. Also what `index export
+/// --reembed` computes.
+pub fn embed_batch(
+    model: &dyn Embedder,
+    items: &[ReembedItem],
+    root: &Path,
+    from_thumbnail: &AtomicUsize,
+) -> Vec<Result<ItemVectors, String>> {
+    let pictures: Vec<Result<(RgbImage, CopyViews), String>> = items
+        .par_iter()
+        .map(|i| picture(model, i, root, from_thumbnail))
+        .collect();
+    embed_items(model, pictures)
+}
+
 /// Embeds one batch of items: pictures and frames each with their copy views; one result per
 /// item, in order.
 fn embed_items(
@@ -116,12 +132,8 @@ pub fn run_reembed(db: &Path, model_path: &Path, source_root: &Path) -> Result<(
     );
     let from_thumbnail = AtomicUsize::new(0);
     let report = Catalog::reembed(db, &tag, BATCH, |items| {
-        let pictures: Vec<Result<(RgbImage, CopyViews), String>> = items
-            .par_iter()
-            .map(|i| picture(&model, i, source_root, &from_thumbnail))
-            .collect();
         bar.inc(items.len() as u64);
-        embed_items(&model, pictures)
+        embed_batch(&model, items, source_root, &from_thumbnail)
     })?;
     bar.finish_and_clear();
     for (item, reason) in &report.removed {

@@ -29,12 +29,12 @@ use crate::centroids::CentroidTable;
 use crate::copy_index::CopyMatch;
 use crate::copy_index::{best_per_item, checked_copies, points_for, points_of, view_points};
 use crate::copy_index::{check_query_views, VIEW_STRIDE};
-use crate::copy_verdict::CopyVerdict;
 use crate::error::{CatalogError, Result};
 use crate::filter::Filter;
 use crate::limits;
 use crate::record::{
-    now_ms, AddOutcome, Event, Item, ItemId, ItemUpdate, ModelTag, NewItem, RestoredItem,
+    now_ms, AddOutcome, CopyVerdict, Event, Item, ItemId, ItemUpdate, ModelTag, NewItem,
+    RestoredItem,
 };
 use crate::storage::Storage;
 use crate::store::{Prepared, Store};
@@ -243,14 +243,8 @@ impl MilvusStorage {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut prepared = Vec::with_capacity(batch.len());
-        let mut vectors = Vec::with_capacity(batch.len());
-        let mut views = Vec::with_capacity(batch.len());
-        for (p, v, c) in batch {
-            prepared.push(p);
-            vectors.push(v);
-            views.push(c);
-        }
+        let (prepared, vectors): (Vec<Prepared>, Vec<_>) =
+            batch.into_iter().map(|(p, v, c)| (p, (v, c))).unzip();
         let _writer = lock(&self.writer);
         let copy_dim = prepared.iter().map(|p| p.copy_dim).find(|&d| d > 0);
         let copies = match copy_dim {
@@ -260,10 +254,9 @@ impl MilvusStorage {
         let (written, generation) = self.store.add_items(&prepared)?;
         let mut fresh: Vec<(Item, Vec<f32>)> = Vec::new();
         let mut points: Vec<(Vec<f32>, u64)> = Vec::new();
-        let rows_in = written
-            .iter()
-            .zip(prepared.into_iter().zip(vectors).zip(views));
-        for (&(id, duplicate), ((p, v), copies)) in rows_in {
+        for (&(id, duplicate), (p, (v, copies))) in
+            written.iter().zip(prepared.into_iter().zip(vectors))
+        {
             if !duplicate {
                 let mut item = p.item;
                 item.id = id;
