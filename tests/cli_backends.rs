@@ -1,6 +1,6 @@
 //! The CLI's catalogue commands on both storages through the real binary: one list of commands
 //! (`index add`, `search` by image and by id, `identify`, `similar-characters`, `enroll`,
-//! `index update`, `index remove`, `audit`, `index stats`, then `index export --reembed-with`
+//! `index update`, `index remove`, `index compact`, `audit`, `index stats`, then `index export --reembed-with`
 //! into a new catalogue) run against a catalogue folder and, in a
 //! `--features milvus` build with milvus-lite installed, against `--db milvus://… --records DIR`,
 //! where the answers must equal the folder's. Commands only the embedded catalogue can do are
@@ -137,6 +137,11 @@ fn commands_on(db: &[&str], f: &Fixture) -> Answers {
     let tagged = ok_on(&["search", "--id", "1", "--json", "--tag", "favourite"]);
     assert_eq!(hits(&tagged).iter().map(|h| h.0).collect::<Vec<_>>(), [3]);
     ok_on(&["index", "remove", "2"]);
+    let compacted = ok_on(&["index", "compact"]);
+    assert!(
+        compacted.contains("purged 1 removed items; 13 live items"),
+        "{compacted}"
+    );
     let after = ok_on(&["search", "--id", "1", "--json", "-k", "20"]);
     assert!(!hits(&after).iter().any(|(id, _)| *id == 2), "{after}");
     // Copy review: a catalogued picture is its own exact copy.
@@ -226,17 +231,20 @@ fn catalogue_commands_on_milvus_answer_as_on_a_folder() {
     assert_eq!(on_milvus, embedded);
 
     for (refused, what) in [
-        (vec!["index", "compact"], "`index compact`"),
-        (vec!["index", "rebuild"], "`index rebuild`"),
+        (
+            vec!["index", "rebuild"],
+            "`index rebuild` works on an embedded catalogue folder",
+        ),
+        (
+            vec!["index", "rebuild", "--reembed", "--model", "next"],
+            "`index rebuild --reembed` re-embeds a catalogue folder in place",
+        ),
     ] {
         let args: Vec<&str> = refused.iter().copied().chain(db).collect();
         let out = run(&args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
-        assert!(
-            err.contains(&format!("{what} works on an embedded catalogue folder")),
-            "{err}"
-        );
+        assert!(err.contains(what), "{err}");
     }
     let next = format!("{url}_next");
     let next_records = tmp.path().join("next-records").display().to_string();

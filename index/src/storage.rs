@@ -9,9 +9,9 @@
 //! computed from those (a feed, a recommendation, a verdict) belongs to the logic, not here.
 //! It also keeps each item's copy descriptors (several views per picture) searchable for
 //! copyright review and video scene search. Capabilities only the embedded catalogue has today
-//! (re-embedding, compaction, int8 graphs) are reached through [`Storage::embedded`].
+//! (in-place re-embedding, int8 graphs) are reached through [`Storage::embedded`].
 
-use crate::catalog::{Catalog, CatalogCounts, CatalogStats};
+use crate::catalog::{Catalog, CatalogCounts, CatalogStats, CompactReport};
 use crate::copy_index::CopyMatch;
 use crate::error::Result;
 use crate::filter::Filter;
@@ -129,6 +129,10 @@ pub trait Storage: Send + Sync {
     /// Stores the calibrated copy verdict.
     fn set_copy_verdict(&self, verdict: &CopyVerdict) -> Result<()>;
 
+    /// Deletes removed items' records for good (and, on a vector engine, any of their rows a
+    /// failed delete left behind).
+    fn compact(&self) -> Result<CompactReport>;
+
     /// Makes the writes so far searchable at full speed, after a bulk load (the Milvus backend
     /// seals its growing segment so that the server indexes it; the embedded graph is always
     /// current, so this does nothing there).
@@ -162,6 +166,9 @@ impl Storage for Catalog {
     }
     fn copy_dim(&self) -> Result<Option<usize>> {
         Catalog::copy_dim(self)
+    }
+    fn compact(&self) -> Result<CompactReport> {
+        Catalog::compact(self)
     }
     fn copies(&self, ids: &[ItemId]) -> Result<Vec<Vec<Vec<f32>>>> {
         ids.iter().map(|&id| Catalog::copies(self, id)).collect()

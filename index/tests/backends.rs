@@ -266,6 +266,22 @@ fn delete(s: &dyn Storage) {
     );
 }
 
+/// Compaction deletes removed items' records for good and keeps everything else answering.
+fn compaction(s: &dyn Storage) {
+    let (ids, vectors, _) = fill(s);
+    s.remove(ids[4]).unwrap();
+    s.remove(ids[9]).unwrap();
+    assert_eq!(s.stats().unwrap().tombstoned, 2);
+    let report = s.compact().unwrap();
+    assert_eq!((report.purged, report.live), (2, 58));
+    assert_eq!(s.stats().unwrap().tombstoned, 0);
+    assert_eq!(s.get(ids[4]).unwrap(), None);
+    let hits = s.search(&vectors[5], 60, &Filter::any()).unwrap();
+    assert_eq!(hits.len(), 58);
+    assert_eq!(hits[0].id, ids[5]);
+    assert_eq!(s.compact().unwrap().purged, 0);
+}
+
 fn update(s: &dyn Storage) {
     let (ids, vectors, labels) = fill(s);
     let id = ids[0];
@@ -789,7 +805,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
-    add_search_and_duplicates, agrees_with_exact_search, filters, delete, update, search_by_id,
+    add_search_and_duplicates, agrees_with_exact_search, filters, delete, compaction, update, search_by_id,
     recommend, feed, characters_and_enrolment, open_set;
     survives_a_reopen, copy_review
 );

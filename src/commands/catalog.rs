@@ -196,7 +196,9 @@ pub fn run(place: &CatalogPlace, cmd: CatalogCommand) -> anyhow::Result<()> {
             println!("removed {id}");
         }
         CatalogCommand::Compact => {
-            let report = open_folder(&db, "`index compact`")?.compact()?;
+            let catalog = db.open(None)?;
+            let report = catalog.compact()?;
+            close(catalog)?;
             println!(
                 "purged {} removed items; {} live items indexed",
                 report.purged, report.live

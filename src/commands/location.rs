@@ -2,8 +2,8 @@
 //! either storage: `--db DIR` is the embedded catalogue in a folder; `--db
 //! milvus://HOST[:PORT]/COLLECTION --records DIR` is a catalogue whose vectors are in a Milvus
 //! collection and whose records are in `DIR` (the service's `data_dir/catalog` when it runs with
-//! `backend = "milvus"`). Commands that only the embedded catalogue can do (compaction, rebuilding
-//! the graph, re-embedding) ask for [`Location::folder`] and say so when given a Milvus one.
+//! `backend = "milvus"`). Commands that only the embedded catalogue can do (rebuilding its graph,
+//! re-embedding in place) ask for [`Location::folder`] and say so when given a Milvus one.
 
 use animelens_index::{Catalog, CatalogError, ModelTag, OpenOptions, Storage};
 use anyhow::{anyhow, bail, Context, Result};
@@ -252,9 +252,9 @@ mod tests {
     fn a_milvus_catalogue_is_refused_where_a_folder_is_needed_and_named_as_typed() {
         let milvus = Location::parse("milvus://h:1/c", Some(Path::new("recs"))).unwrap();
         assert_eq!(milvus.arguments(), "milvus://h:1/c --records recs");
-        let refusal = milvus.folder("`index compact`").unwrap_err().to_string();
+        let refusal = milvus.folder("`index rebuild`").unwrap_err().to_string();
         assert!(
-            refusal.contains("`index compact` works on an embedded"),
+            refusal.contains("`index rebuild` works on an embedded"),
             "{refusal}"
         );
         assert!(refusal.contains("--db milvus://h:1/c --records recs export --to DIR"));
@@ -273,6 +273,6 @@ mod tests {
         );
         assert!(!no_records.exists());
         let folder = Location::parse("x/y", None).unwrap();
-        assert_eq!(folder.folder("compact").unwrap(), Path::new("x/y"));
+        assert_eq!(folder.folder("rebuild").unwrap(), Path::new("x/y"));
     }
 }

@@ -280,23 +280,23 @@ impl Collection {
         })
     }
 
-    /// Deletes rows by id.
+    /// Deletes rows by id (a literal `id in [..]` of at most [`IDS_PER_QUERY`] ids a call).
     pub(crate) fn delete(&self, ids: &[ItemId]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
+        for chunk in ids.chunks(IDS_PER_QUERY) {
+            let filter = format!("{ID} in {}", id_list(chunk.iter().copied()));
+            self.run(async {
+                self.client
+                    .delete(
+                        DeleteRequest::builder()
+                            .collection_name(&self.name)
+                            .filter(filter)
+                            .build()?,
+                    )
+                    .await
+                    .map(drop)
+            })?;
         }
-        let filter = format!("{ID} in {}", id_list(ids.iter().copied()));
-        self.run(async {
-            self.client
-                .delete(
-                    DeleteRequest::builder()
-                        .collection_name(&self.name)
-                        .filter(filter)
-                        .build()?,
-                )
-                .await
-                .map(drop)
-        })
+        Ok(())
     }
 
     /// The stored vectors of `ids` (absent ids are left out).

@@ -13,7 +13,8 @@
 //! live, so a row whose removal did not reach Milvus never comes back. Reads are `Strong` (see
 //! `client`). Copy descriptors go to a second collection, one row per view (written after the
 //! item's row, deleted with it); video frames are items like any other, so scene search works
-//! too. Re-embedding and compaction are not on this backend yet.
+//! too. Re-embedding is a copy into a new collection (`migrate::reembed_catalogue`); compaction
+//! purges removed items' records and any rows of theirs a failed delete left behind.
 
 mod client;
 mod expr;
@@ -24,7 +25,7 @@ pub use client::MilvusConfig;
 pub use lite::MilvusLite;
 
 use crate::ann::HnswParams;
-use crate::catalog::{lock, CatalogCounts, CatalogStats};
+use crate::catalog::{lock, CatalogCounts, CatalogStats, CompactReport};
 use crate::centroids::CentroidTable;
 use crate::copy_index::CopyMatch;
 use crate::copy_index::{best_per_item, checked_copies, points_for, points_of, view_points};
@@ -380,6 +381,26 @@ impl Storage for MilvusStorage {
     }
     fn copy_dim(&self) -> Result<Option<usize>> {
         self.store.copy_dim()
+    }
+    fn compact(&self) -> Result<CompactReport> {
+        let _writer = lock(&self.writer);
+        let ids = self.store.tombstoned_ids()?;
+        // Rows whose delete failed at removal time go now, before their records do.
+        self.collection.delete(&ids)?;
+        if let Some(copies) = self.copies.get() {
+            let points: Vec<u64> = ids.iter().flat_map(|&id| view_points(id)).collect();
+            copies.delete(&points)?;
+        }
+        let (purged, generation) = self.store.purge_tombstoned()?;
+        self.state
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generation = generation;
+        self.seal()?;
+        Ok(CompactReport {
+            purged,
+            live: self.live().live.len(),
+        })
     }
     fn copies(&self, ids: &[ItemId]) -> Result<Vec<Vec<Vec<f32>>>> {
         let Some(copies) = self.copies.get() else {
