@@ -17,7 +17,7 @@
 use crate::error::{CatalogError, Result};
 use crate::record::ItemVectors;
 use crate::record::{ItemId, RestoredItem};
-use crate::reembed::ReembedItem;
+use crate::reembed::{check_one_result_per_item, ReembedItem};
 use crate::storage::Storage;
 use std::collections::HashSet;
 
@@ -216,16 +216,7 @@ fn reembedded(
         })
         .collect();
     let results = embed(&inputs);
-    if results.len() != batch.len() {
-        return Err(CatalogError::invalid(
-            format!(
-                "the embedding callback returned {} results for {} items",
-                results.len(),
-                batch.len()
-            ),
-            "return exactly one result per item, in order",
-        ));
-    }
+    check_one_result_per_item(results.len(), batch.len())?;
     let mut out = Vec::with_capacity(batch.len());
     for (mut restored, result) in batch.into_iter().zip(results) {
         match result {

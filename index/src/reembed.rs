@@ -22,6 +22,17 @@ pub struct ReembedItem {
     pub thumbnail: Option<Vec<u8>>,
 }
 
+/// Refuses an embedding callback's answer that is not one result per item.
+pub(crate) fn check_one_result_per_item(results: usize, items: usize) -> Result<()> {
+    if results == items {
+        return Ok(());
+    }
+    Err(CatalogError::invalid(
+        format!("the embedding callback returned {results} results for {items} items"),
+        "return exactly one result per item, in order",
+    ))
+}
+
 /// What [`Catalog::reembed`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReembedReport {
@@ -80,16 +91,7 @@ impl Catalog {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let results = embed(&inputs);
-            if results.len() != chunk.len() {
-                return Err(CatalogError::invalid(
-                    format!(
-                        "the embedding callback returned {} results for {} items",
-                        results.len(),
-                        chunk.len()
-                    ),
-                    "return exactly one result per item, in order",
-                ));
-            }
+            check_one_result_per_item(results.len(), chunk.len())?;
             let mut ok: Vec<(ItemId, ItemVectors)> = Vec::with_capacity(chunk.len());
             for (item, result) in chunk.iter().zip(results) {
                 match result.and_then(|r| {

@@ -8,6 +8,7 @@
 
 use super::embedding::{load_model, model_tag};
 use super::location::{CatalogPlace, Location};
+use super::model_choice::absolute;
 use super::reembed::embed_batch;
 use animelens_index::{copy_catalogue, reembed_catalogue, ReembedItem};
 use animelens_models::Embedder;
@@ -77,7 +78,7 @@ pub fn run(place: &CatalogPlace, args: ExportArgs) -> anyhow::Result<()> {
     let mut embed =
         |items: &[ReembedItem]| embed_batch(&model, items, &args.source_root, &from_thumbnail);
     let report = reembed_catalogue(&*source, &*destination, true, &mut embed)?;
-    destination.set_model_source(&std::path::absolute(checkpoint)?.display().to_string())?;
+    destination.set_model_source(&absolute(checkpoint))?;
     super::location::close(destination)?;
     for (id, reason) in &report.not_reembedded {
         eprintln!("left out item {id}: cannot re-embed it: {reason}");

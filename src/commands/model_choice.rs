@@ -77,8 +77,9 @@ fn default_for(catalog: &dyn Storage, db: &Location) -> Result<Classifier> {
     Ok(demo)
 }
 
-/// `path` made absolute against the working folder, so that the record holds from anywhere.
-fn absolute(path: &Path) -> String {
+/// `path` made absolute against the working folder, so that the record holds from anywhere (what
+/// [`Storage::set_model_source`] is given).
+pub fn absolute(path: &Path) -> String {
     std::path::absolute(path)
         .unwrap_or_else(|_| path.to_path_buf())
         .display()

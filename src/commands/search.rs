@@ -1,4 +1,4 @@
-//! `animelens search` (on either storage: [`super::location`]; items most similar to an image or to an item, with label and tag filters)
+//! `animelens search` (items most similar to an image or to an item, with label and tag filters)
 //! and `animelens similar-characters` (characters ranked by centroid cosine).
 
 use super::embedding::{embed, ImageFile};

@@ -54,6 +54,8 @@ pub(crate) struct Collection {
     client: ClientV2,
     name: String,
     rows: Rows,
+    /// Components of the vectors it holds.
+    dim: usize,
 }
 
 /// Maps an SDK error to the catalogue's "server unavailable" error.
@@ -101,6 +103,7 @@ impl Collection {
             client,
             name: name.to_string(),
             rows,
+            dim,
         };
         collection.ensure(dim, hnsw)?;
         Ok(collection)
@@ -205,6 +208,11 @@ impl Collection {
                 )
                 .await
         })
+    }
+
+    /// Components of the vectors the collection holds.
+    pub(crate) fn dim(&self) -> usize {
+        self.dim
     }
 
     /// Whether the server answers and still has the collection (one `has_collection` call).

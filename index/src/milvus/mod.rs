@@ -418,10 +418,10 @@ impl Storage for MilvusStorage {
             .collect())
     }
     fn search_copies(&self, views: &[Vec<f32>], k: usize) -> Result<Vec<(CopyMatch, Item)>> {
-        let (Some(copies), Some(dim)) = (self.copies.get(), self.store.copy_dim()?) else {
+        let Some(copies) = self.copies.get() else {
             return Ok(Vec::new());
         };
-        check_query_views(views, dim)?;
+        check_query_views(views, copies.dim())?;
         let wide = points_for(k).min(MAX_LIMIT);
         let mut hits = Vec::new();
         for (query_view, q) in views.iter().enumerate() {
