@@ -142,6 +142,59 @@ fn train_eval_classify_embed_on_the_sample() {
     assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (2, 1024)"));
     assert_eq!(bytes.len(), 10 + header_len + 2 * 1024 * 4);
 
+    // The unseen-character protocols with the palette fused in, recorded in the card by
+    // --calibrate: the model's character vectors then carry the 144 palette bins.
+    let unseen_dir = dir.path().join("unseen");
+    let o = animelens(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--unseen",
+        "--unseen-characters",
+        "gura,kronii",
+        "--shots",
+        "1,3",
+        "--episodes",
+        "2",
+        "--palette-weight",
+        "0.5",
+        "--calibrate",
+        "--out",
+        unseen_dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(unseen_dir.join("report.json")).unwrap()).unwrap();
+    let shots = report["generalisation"]["few_shot"].as_array().unwrap();
+    assert_eq!(shots.len(), 2);
+    assert!(unseen_dir.join("cosine-histograms.png").is_file());
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(card["palette"]["weight"], 0.5);
+    let o = animelens(&[
+        "embed",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        npy.to_str().unwrap(),
+        image.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("dimension 1168"), "{}", text(&o));
+    let o = animelens(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--palette-weight",
+        "1.5",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("between 0 and 1"), "{}", text(&o));
+
     // A corrupt image is reported by name; the command fails without a panic.
     let corrupt = dir.path().join("corrupt.jpg");
     std::fs::write(&corrupt, b"\xff\xd8\xff garbage").unwrap();

@@ -9,6 +9,7 @@ use crate::architecture::{self, UnknownArchitecture, GOOGLENET};
 use crate::generalisation::ScoreCalibration;
 use crate::head::HeadKind;
 use crate::network::{HeadSpec, Network};
+use crate::palette::PaletteFusion;
 use crate::preprocess::Preprocessing;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -54,6 +55,10 @@ pub struct ModelCard {
     /// Map from embedding cosine to P(same character), fitted by `animelens eval --calibrate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub similarity: Option<ScoreCalibration>,
+    /// Whether the character vector fuses the palette descriptor with the embedding
+    /// (`animelens eval --palette-weight W --calibrate` records it; see [`crate::palette`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub palette: Option<PaletteFusion>,
 }
 
 impl ModelCard {
@@ -351,6 +356,7 @@ mod tests {
             metrics: BTreeMap::new(),
             fingerprint: String::new(),
             similarity: None,
+            palette: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! A trained checkpoint as an [`Embedder`]: decode, preprocess, batch through the network in
-//! eval mode, softmax per head, top-k labels, L2-normalised embedding.
+//! eval mode, softmax per head, top-k labels, L2-normalised embedding (fused with the picture's
+//! palette when the card says so, see [`crate::palette`]).
 
 use crate::architecture::Architecture;
 use crate::checkpoint::{self, CheckpointError, ModelCard};
@@ -10,6 +11,7 @@ use crate::embedder::{CopyViews, EmbedError, Embedder, HeadPrediction, LabelScor
 use crate::folded::FoldedNetwork;
 use crate::generalisation::ScoreCalibration;
 use crate::metrics::top_k;
+use crate::palette::character_vectors;
 use crate::preprocess::{batch_tensor, decode, DEFAULT_MAX_PIXELS};
 use candle_core::{Device, Result, D};
 use image::RgbImage;
@@ -82,6 +84,7 @@ impl Classifier {
         let x = batch_tensor(images, &self.card.preprocessing, &Device::Cpu)?;
         let out = self.net.forward(&x)?;
         let embeddings = out.embedding.to_vec2::<f32>()?;
+        let embeddings = character_vectors(self.card.palette, embeddings, images);
         let mut heads_per_image: Vec<Vec<HeadPrediction>> = vec![Vec::new(); images.len()];
         for (head, logits) in self.card.heads.iter().zip(&out.logits) {
             let probs = candle_nn::ops::softmax(logits, D::Minus1)?.to_vec2::<f32>()?;
@@ -139,11 +142,13 @@ fn inference_failed(error: candle_core::Error) -> EmbedError {
 
 impl Embedder for Classifier {
     fn dim(&self) -> usize {
-        self.net.architecture().embedding_dim
+        let dim = self.net.architecture().embedding_dim;
+        self.card.palette.map_or(dim, |fusion| fusion.dim(dim))
     }
 
     fn fingerprint(&self) -> String {
-        self.card.fingerprint.clone()
+        let tag = self.card.palette.map(|f| f.fingerprint_tag());
+        format!("{}{}", self.card.fingerprint, tag.unwrap_or_default())
     }
 
     fn heads(&self) -> Vec<String> {

@@ -26,6 +26,7 @@ pub mod npy;
 pub mod onnx;
 pub mod ops;
 pub mod optimiser;
+pub mod palette;
 pub mod plots;
 pub mod preprocess;
 pub mod prune;

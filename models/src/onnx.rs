@@ -437,6 +437,7 @@ mod tests {
             metrics: BTreeMap::new(),
             fingerprint: "f".into(),
             similarity: None,
+            palette: None,
         }
     }
 

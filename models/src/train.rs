@@ -255,6 +255,7 @@ fn card_for(dataset: &Dataset, cfg: &TrainConfig) -> ModelCard {
         metrics: Default::default(),
         fingerprint: String::new(),
         similarity: None,
+        palette: None,
     }
 }
 

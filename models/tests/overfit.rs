@@ -42,6 +42,7 @@ fn overfits_a_few_real_images() -> anyhow::Result<()> {
         metrics: Default::default(),
         fingerprint: String::new(),
         similarity: None,
+        palette: None,
     };
     let model = build(&card)?;
     let mut opt = adamw(&model.varmap, &[], 1e-3, 0.0)?;

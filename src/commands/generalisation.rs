@@ -11,6 +11,7 @@ use animelens_models::generalisation::{
     training_centroids, FewShotReport, OpenSetReport, ProtocolSet, ScoreCalibration,
 };
 use animelens_models::metrics::run_set;
+use animelens_models::palette::{character_vectors, PaletteFusion};
 use animelens_models::plots::{line_chart, Series};
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -29,6 +30,8 @@ pub struct GeneralisationArgs<'a> {
     pub episodes: usize,
     /// Record the fitted calibration in the model card at this checkpoint path.
     pub calibrate: Option<&'a Path>,
+    /// The palette fusion of the character vector (recorded with the calibration).
+    pub palette: Option<PaletteFusion>,
     /// Folder for the histogram PNG.
     pub out: &'a Path,
 }
@@ -71,7 +74,11 @@ pub struct GeneralisationReport {
     pub extra_unknown: usize,
 }
 
-fn embed(model: &LoadedModel, samples: &[Sample]) -> Result<(Vec<Vec<f32>>, Vec<Sample>)> {
+fn embed(
+    model: &LoadedModel,
+    palette: Option<PaletteFusion>,
+    samples: &[Sample],
+) -> Result<(Vec<Vec<f32>>, Vec<Sample>)> {
     let pre = &model.card.preprocessing;
     let (set, failures) = decode_all(samples, pre.input_size, true);
     for (path, reason) in &failures {
@@ -84,7 +91,8 @@ fn embed(model: &LoadedModel, samples: &[Sample]) -> Result<(Vec<Vec<f32>>, Vec<
         .cloned()
         .collect();
     let set = Arc::new(set);
-    Ok((run_set(&model.net, &set, pre, 32)?.embeddings, kept))
+    let embeddings = run_set(&model.net, &set, pre, 32)?.embeddings;
+    Ok((character_vectors(palette, embeddings, &set.images), kept))
 }
 
 /// Runs the protocols on every image of `dataset`.
@@ -100,7 +108,7 @@ pub fn run(
     if args.unseen.is_empty() || args.unseen.len() == names.len() {
         bail!("the protocols need some unseen and some seen characters: pass --unseen-characters or evaluate a model trained with --hold-out");
     }
-    let (embeddings, samples) = embed(model, &dataset.samples)?;
+    let (embeddings, samples) = embed(model, args.palette, &dataset.samples)?;
     let set = ProtocolSet {
         character: samples.iter().map(|s| s.labels[0] as usize).collect(),
         train_split: samples.iter().map(|s| s.split == Split::Train).collect(),
@@ -126,7 +134,7 @@ pub fn run(
                 split: Split::Test,
             })
             .collect();
-        extra.extend(embed(model, &samples)?.0);
+        extra.extend(embed(model, args.palette, &samples)?.0);
     }
     let open_set_with_extra =
         (!extra.is_empty()).then(|| open_set_report(&open_set_scores(&set, &extra)));
@@ -174,6 +182,7 @@ pub fn run(
     if let (Some(path), Some(c)) = (args.calibrate, calibration) {
         let mut card = model.card.clone();
         card.similarity = Some(c);
+        card.palette = args.palette;
         write_card(path, &card)?;
         tracing::info!(
             "calibration a = {:.3}, b = {:.3} written to the model card",

@@ -1,10 +1,11 @@
 //! `train`, `eval`, `classify`, `embed`: the model's life cycle on the command line.
 
 use super::generalisation::{self, GeneralisationArgs, GeneralisationReport};
-use animelens_models::checkpoint::read_card;
 use animelens_models::data::{decode_all, unlabelled_images, Dataset, LabelColumn, Split};
+use animelens_models::instance_views::ViewConfig;
 use animelens_models::metric_loss::Margin;
 use animelens_models::metrics::{head_report, retrieval, run_set, HeadReport, RetrievalReport};
+use animelens_models::palette::{character_vectors, PaletteFusion};
 use animelens_models::plots::confusion_matrix;
 use animelens_models::preprocess::ColorSpace;
 use animelens_models::prune::{zero_weights, PruneMask, PruneRule};
@@ -165,6 +166,11 @@ pub struct TrainArgs {
     /// InfoNCE temperature.
     #[arg(long, default_value_t = 0.1)]
     temperature: f64,
+    /// How the instance term's two views differ: `copy` (colour jitter and greyscale, as copy
+    /// detection needs) or `colour` (crops, mirror, blur and JPEG, colours kept: for a
+    /// character embedding).
+    #[arg(long, value_enum, default_value = "copy")]
+    views: ViewsArg,
     /// Characters to leave out of training entirely (the unseen-character protocol of `eval`).
     #[arg(long, value_delimiter = ',')]
     hold_out: Vec<String>,
@@ -210,6 +216,15 @@ pub enum LossArg {
     Cosface,
     /// ArcFace: s·cos(θ + m) on the target (default m 0.5).
     Arcface,
+}
+
+/// Instance-view preset on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ViewsArg {
+    /// Copy-detection views: colour jitter, hue, greyscale.
+    Copy,
+    /// Colour-preserving views.
+    Colour,
 }
 
 /// Colour space choice on the command line.
@@ -263,7 +278,10 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         pairs: args.instance_pairs,
         weight: args.instance_weight,
         temperature: args.temperature,
-        ..InstanceTerm::default()
+        views: match args.views {
+            ViewsArg::Copy => ViewConfig::default(),
+            ViewsArg::Colour => ViewConfig::colour_preserving(),
+        },
     });
     let cfg = TrainConfig {
         input_size: args.input_size,
@@ -354,9 +372,14 @@ pub struct EvalArgs {
     /// Random enrolment draws per size.
     #[arg(long, default_value_t = 20)]
     episodes: usize,
-    /// Record the fitted cosine → confidence calibration in the model's card (with --unseen).
+    /// Record the fitted cosine → confidence calibration in the model's card (with --unseen),
+    /// together with the palette weight it was fitted for.
     #[arg(long)]
     calibrate: bool,
+    /// Evaluate the character vector with the palette fused at this weight (0 turns it off)
+    /// instead of the card's choice; with --calibrate the card records it.
+    #[arg(long)]
+    palette_weight: Option<f32>,
 }
 
 /// Everything `eval` measured.
@@ -385,6 +408,11 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     };
     let model = animelens_models::checkpoint::load(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
+    let palette = match args.palette_weight {
+        Some(0.0) => None,
+        Some(w) => Some(PaletteFusion::new(w)?),
+        None => model.card.palette,
+    };
     let full = args.data.load()?;
     let unseen = if args.unseen_characters.is_empty() {
         // A model trained on several datasets holds out characters of each: keep this data's.
@@ -479,7 +507,8 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         ));
     }
     let primary: Vec<u32> = set.labels.iter().map(|l| l[0]).collect();
-    let retrieval = retrieval(&outputs.embeddings, &primary)?;
+    let vectors = character_vectors(palette, outputs.embeddings, &set.images);
+    let retrieval = retrieval(&vectors, &primary)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     for (h, report) in heads.iter().enumerate() {
@@ -513,6 +542,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
                 shots: &args.shots,
                 episodes: args.episodes,
                 calibrate: args.calibrate.then_some(args.model.as_path()),
+                palette,
                 out: &args.out,
             },
         )?)
@@ -837,7 +867,7 @@ pub struct EmbedArgs {
 pub fn run_embed(args: EmbedArgs) -> Result<()> {
     let model = Classifier::load(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    let card = read_card(&args.model)?;
+    let fingerprint = model.fingerprint();
     let bytes = read_images(&args.images)?;
     let refs: Vec<&[u8]> = bytes.iter().map(|b| b.as_slice()).collect();
     let mut rows = Vec::new();
@@ -854,7 +884,7 @@ pub fn run_embed(args: EmbedArgs) -> Result<()> {
             writeln!(
                 f,
                 "{}",
-                serde_json::json!({ "image": path, "model": card.fingerprint, "embedding": v })
+                serde_json::json!({ "image": path, "model": fingerprint, "embedding": v })
             )?;
         }
         f.flush()

@@ -65,6 +65,7 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
         metrics: BTreeMap::new(),
         fingerprint: String::new(),
         similarity: None,
+        palette: None,
     };
     let model = checkpoint::build(&card).unwrap();
     let path = dir.join("tiny");
