@@ -123,16 +123,19 @@ pub fn confusion_matrix(
     let show_names = n <= 60;
     let margin = if show_names { 120 } else { 40 };
     render(path, side + margin + 20, side + margin + 50, |root| {
+        // Segmented axes: one segment per class, its name at the segment's centre. The first
+        // true class is drawn as the top row, so row names are looked up from the top.
+        let axis = || (0..n - 1).into_segmented();
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(if show_names { margin - 10 } else { 20 })
             .y_label_area_size(if show_names { margin - 10 } else { 20 })
-            .build_cartesian_2d(0..n, 0..n)
+            .build_cartesian_2d(axis(), axis())
             .map_err(|e| e.to_string())?;
-        let name = |i: &usize| {
+        let row = |value: &SegmentValue<usize>| {
             if show_names {
-                labels.get(*i).cloned().unwrap_or_default()
+                row_name(labels, value)
             } else {
                 String::new()
             }
@@ -142,34 +145,67 @@ pub fn confusion_matrix(
             .disable_mesh()
             .x_labels(n)
             .y_labels(n)
-            .x_label_formatter(&name)
-            .y_label_formatter(&name)
-            .x_label_style(
-                ("sans-serif", 11)
-                    .into_font()
-                    .transform(FontTransform::Rotate90),
-            )
+            .x_label_formatter(&|_| String::new())
+            .y_label_formatter(&row)
             .y_label_style(("sans-serif", 11))
+            .axis_desc_style(("sans-serif", 12))
             .x_desc("predicted")
             .y_desc("true")
             .draw()
             .map_err(|e| e.to_string())?;
+        let edge = |i: usize| {
+            if i < n {
+                SegmentValue::Exact(i)
+            } else {
+                SegmentValue::Last
+            }
+        };
         let cells = counts.iter().enumerate().flat_map(|(t, row)| {
             let total: u32 = row.iter().sum::<u32>().max(1);
             row.iter().enumerate().map(move |(p, &c)| {
                 let v = c as f64 / total as f64;
                 let shade = (255.0 * (1.0 - v)) as u8;
-                // Row 0 at the top.
                 let y = n - 1 - t;
                 Rectangle::new(
-                    [(p, y), (p + 1, y + 1)],
+                    [(edge(p), edge(y)), (edge(p + 1), edge(y + 1))],
                     RGBColor(shade, shade, 255).filled(),
                 )
             })
         });
         chart.draw_series(cells).map_err(|e| e.to_string())?;
+        // Column names written downwards from the axis by hand: plotters centres rotated tick
+        // labels on the tick, which pushes long names out of the label area.
+        if show_names {
+            let font = ("sans-serif", 11)
+                .into_font()
+                .transform(FontTransform::Rotate90);
+            let (_, axis_y) = chart.backend_coord(&(edge(0), edge(0)));
+            for (i, label) in labels.iter().enumerate() {
+                let (x, _) = chart.backend_coord(&(SegmentValue::CenterOf(i), edge(0)));
+                root.draw(&Text::new(
+                    label.as_str(),
+                    (x + 5, axis_y + 6),
+                    font.clone(),
+                ))
+                .map_err(|e| e.to_string())?;
+            }
+        }
         Ok(())
     })
+}
+
+/// The class named at a position of the row axis: segment centres only; the axis counts from
+/// the bottom and the first class is the top row.
+fn row_name(labels: &[String], value: &SegmentValue<usize>) -> String {
+    let SegmentValue::CenterOf(i) = *value else {
+        return String::new();
+    };
+    labels
+        .len()
+        .checked_sub(1 + i)
+        .and_then(|c| labels.get(c))
+        .cloned()
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -188,10 +224,54 @@ mod tests {
         let cm = dir.path().join("m.png");
         let labels = vec!["a".to_string(), "b".to_string()];
         confusion_matrix(&cm, "confusion", &labels, &[vec![3, 1], vec![0, 4]]).unwrap();
+        let single = dir.path().join("one.png");
+        confusion_matrix(&single, "one class", &labels[..1], &[vec![2]]).unwrap();
         for p in [curve, cm] {
             let img = image::open(&p).unwrap();
             assert!(img.width() > 100);
         }
+    }
+
+    /// Centre of the fully saturated (count = whole row) cells of a drawn 3×3 matrix with a
+    /// single non-empty row `t`, all of it predicted as `p`.
+    fn dark_centre(t: usize, p: usize) -> (f64, f64) {
+        let mut counts = vec![vec![0u32; 3]; 3];
+        counts[t][p] = 5;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.png");
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        confusion_matrix(&path, "confusion", &labels, &counts).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let dark: Vec<(u32, u32)> = img
+            .enumerate_pixels()
+            .filter(|(_, _, p)| p.0 == [0, 0, 255])
+            .map(|(x, y, _)| (x, y))
+            .collect();
+        assert!(!dark.is_empty());
+        let mean = |f: fn(&(u32, u32)) -> u32| {
+            dark.iter().map(|p| f(p) as f64).sum::<f64>() / dark.len() as f64
+        };
+        (mean(|p| p.0), mean(|p| p.1))
+    }
+
+    #[test]
+    fn row_names_sit_at_segment_centres_the_first_class_on_top() {
+        let labels: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let at = |v| row_name(&labels, &v);
+        assert_eq!(at(SegmentValue::CenterOf(0)), "c");
+        assert_eq!(at(SegmentValue::CenterOf(2)), "a");
+        assert_eq!(at(SegmentValue::CenterOf(3)), "");
+        assert_eq!(at(SegmentValue::Exact(1)), "");
+        assert_eq!(at(SegmentValue::Last), "");
+    }
+
+    #[test]
+    fn the_first_true_class_is_the_top_row_and_the_first_prediction_the_left_column() {
+        let top_left = dark_centre(0, 0);
+        let top_right = dark_centre(0, 2);
+        let bottom_left = dark_centre(2, 0);
+        assert!(top_left.0 < top_right.0 && (top_left.1 - top_right.1).abs() < 1.0);
+        assert!(top_left.1 < bottom_left.1 && (top_left.0 - bottom_left.0).abs() < 1.0);
     }
 
     #[test]
