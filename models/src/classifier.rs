@@ -1,5 +1,6 @@
 //! A trained checkpoint as an [`Embedder`]: decode, preprocess, batch through the network in
-//! eval mode, softmax per head, top-k labels, L2-normalised embedding (fused with the picture's
+//! eval mode, softmax per head, top-k labels (never an exemplar class, see
+//! [`crate::data::Dataset::exemplars`]), L2-normalised embedding (fused with the picture's
 //! palette when the card says so, see [`crate::palette`]).
 
 use crate::architecture::Architecture;
@@ -7,6 +8,7 @@ use crate::checkpoint::{self, CheckpointError, ModelCard};
 use crate::copies::views::{catalogue_views, frame_view, query_views};
 use crate::copies::whitening::Whitening;
 use crate::copies::{CopyDescriber, CopyDescriptorSpec};
+use crate::data::EXEMPLAR_PREFIX;
 use crate::embedder::{CopyViews, EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
 use crate::folded::FoldedNetwork;
 use crate::generalisation::ScoreCalibration;
@@ -89,8 +91,11 @@ impl Classifier {
         for (head, logits) in self.card.heads.iter().zip(&out.logits) {
             let probs = candle_nn::ops::softmax(logits, D::Minus1)?.to_vec2::<f32>()?;
             for (i, p) in probs.iter().enumerate() {
-                let top = top_k(p, k)
+                // Exemplar classes (`train --exemplars`) are training proxies, not characters.
+                let top = top_k(p, p.len())
                     .into_iter()
+                    .filter(|&c| !head.labels[c].starts_with(EXEMPLAR_PREFIX))
+                    .take(k)
                     .map(|c| LabelScore {
                         label: head.labels[c].clone(),
                         probability: p[c],
@@ -181,5 +186,47 @@ impl Embedder for Classifier {
 
     fn decode(&self, bytes: &[u8]) -> std::result::Result<RgbImage, EmbedError> {
         decode(bytes, self.max_pixels).map_err(EmbedError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::{HeadCard, ARCHITECTURE};
+    use crate::preprocess::Preprocessing;
+    use image::Rgb;
+
+    #[test]
+    fn exemplar_classes_are_never_named_as_characters() {
+        let labels = ["ame", "exemplar:a.jpg", "exemplar:b.jpg", "gura"];
+        let card = ModelCard {
+            architecture: ARCHITECTURE.into(),
+            preprocessing: Preprocessing::new(64),
+            heads: vec![HeadCard {
+                level: "character".into(),
+                labels: labels.iter().map(|l| l.to_string()).collect(),
+            }],
+            head: Default::default(),
+            dropout: 0.0,
+            epochs_trained: 0,
+            training: serde_json::Value::Null,
+            metrics: Default::default(),
+            fingerprint: String::new(),
+            similarity: None,
+            palette: None,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m");
+        let model = checkpoint::build(&card).unwrap();
+        checkpoint::save(&model.varmap, &path, &card, candle_core::DType::F32).unwrap();
+        let classifier = Classifier::load(&path).unwrap();
+        let images: Vec<RgbImage> = (0..3u8)
+            .map(|i| RgbImage::from_pixel(64, 64, Rgb([80 * i, 200 - 50 * i, 30])))
+            .collect();
+        for p in classifier.predict_images(&images, 4, None).unwrap() {
+            let names: Vec<&str> = p.heads[0].top.iter().map(|l| l.label.as_str()).collect();
+            assert_eq!(names.len(), 2, "{names:?}");
+            assert!(names.iter().all(|n| !n.starts_with(EXEMPLAR_PREFIX)));
+        }
     }
 }

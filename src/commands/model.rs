@@ -148,6 +148,12 @@ pub struct TrainArgs {
     /// one in ten is held out of training (see `eval --unknown`).
     #[arg(long, value_delimiter = ',')]
     unlabelled: Vec<PathBuf>,
+    /// Unlabelled pictures trained as one class each (exemplar classes, in the joint label space
+    /// of the primary level), e.g. one portrait per character: every labelled class then meets
+    /// thousands of negatives. Folders or manifests with a `path` column; the same tenth as
+    /// --unlabelled's is held out. Needs a one-level label space.
+    #[arg(long, value_delimiter = ',')]
+    exemplars: Vec<PathBuf>,
     /// Classification loss: softmax (linear heads) or an additive margin on cosine heads.
     #[arg(long, value_enum, default_value = "softmax")]
     loss: LossArg,
@@ -241,6 +247,17 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     let mut parts = vec![args.data.load()?];
     for extra in &args.also_data {
         parts.push(args.data.load_from(extra)?);
+    }
+    for source in &args.exemplars {
+        let pictures = unlabelled_images(source)?.train;
+        tracing::info!("{}: {} exemplar classes", source.display(), pictures.len());
+        if parts[0].levels.len() != 1 {
+            bail!(
+                "--exemplars adds classes at the primary level only; train with one label level (--labels {}=COLUMN)",
+                parts[0].levels[0]
+            );
+        }
+        parts.push(Dataset::exemplars(&parts[0].levels[0], &pictures)?);
     }
     let dataset = if parts.len() == 1 {
         parts.remove(0)

@@ -151,6 +151,9 @@ pub enum DataError {
     UnknownCharacter(String),
 }
 
+/// The start of an exemplar class's name (see [`Dataset::exemplars`]).
+pub const EXEMPLAR_PREFIX: &str = "exemplar:";
+
 /// A labelled image collection with one or more label levels.
 #[derive(Debug, Clone)]
 pub struct Dataset {
@@ -380,6 +383,32 @@ impl Dataset {
         Ok(Self::from_rows(levels, rows))
     }
 
+    /// Exemplar classes: every picture its own class at the one level `level`, all in the
+    /// training split. Unlabelled pictures (one portrait per character, say) become identities for
+    /// a margin loss, each picture's augmented versions its only members, so a few thousand
+    /// pictures without labels act as a few thousand negatives of every labelled class. Classes
+    /// are named [`EXEMPLAR_PREFIX`] and the file name, numbered when two files share one.
+    pub fn exemplars(level: &str, pictures: &[PathBuf]) -> Result<Self, DataError> {
+        if pictures.is_empty() {
+            return Err(DataError::Empty(PathBuf::new()));
+        }
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let rows = pictures
+            .iter()
+            .map(|path| {
+                let file = path.file_name().unwrap_or_default().to_string_lossy();
+                let n = seen.entry(file.to_string()).or_default();
+                *n += 1;
+                let name = match *n {
+                    1 => format!("{EXEMPLAR_PREFIX}{file}"),
+                    n => format!("{EXEMPLAR_PREFIX}{file}#{n}"),
+                };
+                (path.clone(), vec![name], Some(Split::Train))
+            })
+            .collect();
+        Ok(Self::from_rows(vec![level.to_string()], rows))
+    }
+
     /// Samples of one split.
     /// One dataset over the samples of all `parts`, with a joint label space per level (labels
     /// with the same name are one class). The parts must have the same levels.
@@ -457,6 +486,33 @@ mod tests {
     fn touch(path: &Path) {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, b"x").unwrap();
+    }
+
+    #[test]
+    fn exemplars_are_one_training_class_per_picture_with_distinct_names() {
+        let pictures: Vec<PathBuf> = ["a/1.jpg", "b/1.jpg", "a/2.png"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let ds = Dataset::exemplars("character", &pictures).unwrap();
+        assert_eq!(ds.levels, vec!["character"]);
+        assert_eq!(
+            ds.classes[0],
+            vec!["exemplar:1.jpg", "exemplar:1.jpg#2", "exemplar:2.png"]
+        );
+        assert_eq!(ds.split(Split::Train).len(), 3);
+        let labels: Vec<u32> = ds.samples.iter().map(|s| s.labels[0]).collect();
+        assert_eq!(labels, vec![0, 1, 2]);
+        // Joined to a labelled set, they add classes and keep everyone's labels.
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            touch(&dir.path().join(format!("zed/{i}.jpg")));
+        }
+        let labelled = Dataset::from_folders(dir.path()).unwrap();
+        let joint = Dataset::union(vec![labelled, ds]).unwrap();
+        assert_eq!(joint.classes[0].len(), 4);
+        assert_eq!(joint.classes[0][3], "zed");
+        assert!(Dataset::exemplars("character", &[]).is_err());
     }
 
     #[test]

@@ -6,6 +6,8 @@ mod dataset;
 mod loader;
 mod unlabelled;
 
-pub use dataset::{DataError, Dataset, LabelColumn, Sample, Split, IMAGE_EXTENSIONS};
+pub use dataset::{
+    DataError, Dataset, LabelColumn, Sample, Split, EXEMPLAR_PREFIX, IMAGE_EXTENSIONS,
+};
 pub use loader::{decode_all, Batch, BatchLoader, DecodedSet, LoaderConfig};
 pub use unlabelled::{unlabelled_images, Unlabelled};
