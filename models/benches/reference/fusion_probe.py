@@ -1,0 +1,130 @@
+"""Which features generalise to characters a model never saw? A research probe (BENCHMARKS,
+"Which layer generalises"), not the product's evaluation (that is `animelens eval --unseen`).
+
+It re-states the unseen-character protocols of `models/src/generalisation.rs` in numpy (k-shot
+nearest-centroid enrolment over all characters, 20 draws; open-set AUROC of the best training
+centroid's cosine and the unknown-rejection rate at 5% known rejected) so that any weighted
+concatenation of unit vectors, `[sqrt(w1) f1, sqrt(w2) f2, ...]`, can be scored without building
+it into the model first. Features: the network embedding and pooled Inception blocks written by
+the `pooled_blocks` example, and `pal`, the 144-bin palette of `models/src/palette.rs`
+recomputed here (Pillow's resize differs slightly from the image crate's: within 0.01 of
+`eval --palette-weight 1`).
+
+    python fusion_probe.py list ../shared/data/holoen > /tmp/holoen.list
+    cargo run --release -p animelens-models --example pooled_blocks -- MODEL /tmp/holoen.list /tmp/f inception4b
+    python fusion_probe.py score ../shared/data/holoen biboo,gura,kronii,raora /tmp/f 64 \
+        emb:1 emb:0.5+pal:0.5 emb:0.25+inception4b:0.25+pal:0.5
+
+Needs numpy and Pillow.
+"""
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+
+def holoen_style_images(root):
+    """(path, character, is_training) for a `split/character/file` folder, sorted."""
+    rows = []
+    for split in ("train", "val", "test"):
+        base = os.path.join(root, split)
+        if not os.path.isdir(base):
+            continue
+        for character in sorted(os.listdir(base)):
+            for f in sorted(os.listdir(os.path.join(base, character))):
+                rows.append((os.path.join(base, character, f), character, split == "train"))
+    return rows
+
+
+def palette(path, input_size):
+    """models/src/palette.rs: two bands of 8x3x3 HSV bins, Hellinger, unit length."""
+    im = Image.open(path)
+    if im.mode in ("RGBA", "LA", "P"):
+        im = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+    im = im.convert("RGB").resize((input_size, input_size), Image.BILINEAR)
+    a = np.asarray(im.resize((64, 64), Image.BILINEAR)).astype(np.float32) / 255
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]
+    mx, mn = a.max(-1), a.min(-1)
+    c = mx - mn
+    cc = np.maximum(c, 1e-9)
+    s = np.where(mx > 0, c / np.maximum(mx, 1e-9), 0)
+    h = np.where(
+        c == 0,
+        0,
+        np.where(mx == r, np.mod((g - b) / cc, 6) / 6,
+                 np.where(mx == g, ((b - r) / cc + 2) / 6, ((r - g) / cc + 4) / 6)),
+    )
+    bins = lambda v, n: np.minimum((v * n).astype(int), n - 1)
+    idx = (bins(h, 8) * 3 + bins(s, 3)) * 3 + bins(mx, 3)
+    hist = np.zeros(144)
+    for band in range(2):
+        counts = np.bincount(idx[band * 32:(band + 1) * 32].ravel(), minlength=72).astype(float)
+        hist[band * 72:(band + 1) * 72] = np.sqrt(counts / counts.sum())
+    return hist / np.linalg.norm(hist)
+
+
+def unit(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def few_shot(E, y, train, unseen, k, episodes=20, seed=0):
+    rng = np.random.default_rng(seed)
+    accuracies = []
+    for _ in range(episodes):
+        centroids = np.zeros((len(unseen), E.shape[1]))
+        enrolled = {}
+        for c in range(len(unseen)):
+            pool = np.where((y == c) & (train | unseen[c]))[0]
+            pick = rng.choice(pool, size=min(k, len(pool)), replace=False)
+            enrolled[c] = set(pick.tolist())
+            centroids[c] = E[pick].sum(0)
+        queries = np.array([i for i in range(len(y)) if unseen[y[i]] and i not in enrolled[y[i]]])
+        predicted = (E[queries] @ unit(centroids).T).argmax(1)
+        accuracies.append((predicted == y[queries]).mean())
+    return float(np.mean(accuracies))
+
+
+def open_set(E, y, train, unseen):
+    seen = [c for c in range(len(unseen)) if not unseen[c]]
+    centroids = unit(np.stack([E[(y == c) & train].sum(0) for c in seen]))
+    best = (E @ centroids.T).max(1)
+    known, unknown = best[(~unseen[y]) & (~train)], best[unseen[y]]
+    ranks = np.concatenate([known, unknown]).argsort().argsort() + 1
+    auroc = (ranks[: len(known)].sum() - len(known) * (len(known) + 1) / 2) / (len(known) * len(unknown))
+    return auroc, float((unknown < np.quantile(known, 0.05)).mean())
+
+
+def score(root, unseen_names, prefix, input_size, specs):
+    rows = holoen_style_images(root)
+    classes = sorted({r[1] for r in rows})
+    y = np.array([classes.index(r[1]) for r in rows])
+    train = np.array([r[2] for r in rows])
+    unseen = np.array([c in unseen_names for c in classes])
+    features = {}
+
+    def feature(name):
+        if name not in features:
+            if name == "pal":
+                features[name] = np.stack([palette(r[0], input_size) for r in rows])
+            else:
+                features[name] = unit(np.load(f"{prefix}-{name}.npy").astype(np.float64))
+        return features[name]
+
+    print("| vector | 1-shot | 5-shot | AUROC | rejected at 5% known |\n|---|---|---|---|---|")
+    for spec in specs:
+        parts = [p.split(":") for p in spec.split("+")]
+        E = np.hstack([np.sqrt(float(w)) * feature(name) for name, w in parts])
+        auroc, rejected = open_set(E, y, train, unseen)
+        print(f"| {spec} | {few_shot(E, y, train, unseen, 1):.3f} | {few_shot(E, y, train, unseen, 5):.3f} "
+              f"| {auroc:.3f} | {rejected:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "list":
+        print("\n".join(r[0] for r in holoen_style_images(sys.argv[2])))
+    elif len(sys.argv) >= 7 and sys.argv[1] == "score":
+        score(sys.argv[2], set(sys.argv[3].split(",")), sys.argv[4], int(sys.argv[5]), sys.argv[6:])
+    else:
+        sys.exit(__doc__)
