@@ -62,6 +62,24 @@ pub struct ModelCard {
 }
 
 impl ModelCard {
+    /// The card of a freshly built GoogLeNet with `heads` (linear, no dropout, nothing trained
+    /// or measured yet): what tests and tools start from before [`build`].
+    pub fn untrained(preprocessing: Preprocessing, heads: Vec<HeadCard>) -> Self {
+        Self {
+            architecture: ARCHITECTURE.into(),
+            preprocessing,
+            heads,
+            head: HeadKind::default(),
+            dropout: 0.0,
+            epochs_trained: 0,
+            training: serde_json::Value::Null,
+            metrics: BTreeMap::new(),
+            fingerprint: String::new(),
+            similarity: None,
+            palette: None,
+        }
+    }
+
     /// The characters the model was trained without (`train --hold-out`), from its training
     /// configuration; empty for cards that record none.
     pub fn held_out(&self) -> Vec<String> {

@@ -192,29 +192,20 @@ impl Embedder for Classifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::{HeadCard, ARCHITECTURE};
+    use crate::checkpoint::HeadCard;
     use crate::preprocess::Preprocessing;
     use image::Rgb;
 
     #[test]
     fn exemplar_classes_are_never_named_as_characters() {
         let labels = ["ame", "exemplar:a.jpg", "exemplar:b.jpg", "gura"];
-        let card = ModelCard {
-            architecture: ARCHITECTURE.into(),
-            preprocessing: Preprocessing::new(64),
-            heads: vec![HeadCard {
+        let card = ModelCard::untrained(
+            Preprocessing::new(64),
+            vec![HeadCard {
                 level: "character".into(),
                 labels: labels.iter().map(|l| l.to_string()).collect(),
             }],
-            head: Default::default(),
-            dropout: 0.0,
-            epochs_trained: 0,
-            training: serde_json::Value::Null,
-            metrics: Default::default(),
-            fingerprint: String::new(),
-            similarity: None,
-            palette: None,
-        };
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m");
         let model = checkpoint::build(&card).unwrap();

@@ -1,7 +1,7 @@
 //! A GoogLeNet at 64 px learns a handful of real sample images by heart: the loss falls and
 //! eval-mode accuracy on those images reaches 100%.
 
-use animelens_models::checkpoint::{build, HeadCard, ModelCard, ARCHITECTURE};
+use animelens_models::checkpoint::{build, HeadCard, ModelCard};
 use animelens_models::data::{decode_all, Dataset, Split};
 use animelens_models::loss::{smoothed_targets, soft_cross_entropy};
 use animelens_models::metrics::top_k_accuracy;
@@ -28,22 +28,13 @@ fn overfits_a_few_real_images() -> anyhow::Result<()> {
     let pre = Preprocessing::new(64);
     let x = batch_tensor(&set.images, &pre, &Device::Cpu)?;
     let labels: Vec<u32> = set.labels.iter().map(|l| l[0]).collect();
-    let card = ModelCard {
-        architecture: ARCHITECTURE.into(),
-        preprocessing: pre,
-        heads: vec![HeadCard {
+    let card = ModelCard::untrained(
+        pre,
+        vec![HeadCard {
             level: "character".into(),
             labels: dataset.classes[0][..4].to_vec(),
         }],
-        head: Default::default(),
-        dropout: 0.0,
-        epochs_trained: 0,
-        training: serde_json::Value::Null,
-        metrics: Default::default(),
-        fingerprint: String::new(),
-        similarity: None,
-        palette: None,
-    };
+    );
     let model = build(&card)?;
     let mut opt = adamw(&model.varmap, &[], 1e-3, 0.0)?;
     let targets = smoothed_targets(&labels, 4, 0.0, &Device::Cpu)?;

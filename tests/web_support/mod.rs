@@ -5,9 +5,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use animelens_models::checkpoint::{self, HeadCard, ModelCard, ARCHITECTURE};
+use animelens_models::checkpoint::{self, HeadCard, ModelCard};
 use animelens_models::preprocess::Preprocessing;
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -51,22 +50,13 @@ pub fn tiny_model(dir: &Path) -> PathBuf {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     labels.sort();
-    let card = ModelCard {
-        architecture: ARCHITECTURE.into(),
-        preprocessing: Preprocessing::new(64),
-        heads: vec![HeadCard {
+    let card = ModelCard::untrained(
+        Preprocessing::new(64),
+        vec![HeadCard {
             level: "character".into(),
             labels,
         }],
-        head: Default::default(),
-        dropout: 0.0,
-        epochs_trained: 0,
-        training: serde_json::Value::Null,
-        metrics: BTreeMap::new(),
-        fingerprint: String::new(),
-        similarity: None,
-        palette: None,
-    };
+    );
     let model = checkpoint::build(&card).unwrap();
     let path = dir.join("tiny");
     checkpoint::save(&model.varmap, &path, &card, candle_core::DType::F16).unwrap();
