@@ -360,21 +360,13 @@ mod tests {
     use super::*;
 
     fn card(classes: usize) -> ModelCard {
+        let heads = vec![HeadCard {
+            level: "character".into(),
+            labels: (0..classes).map(|i| format!("c{i}")).collect(),
+        }];
         ModelCard {
-            architecture: ARCHITECTURE.into(),
-            preprocessing: Preprocessing::new(64),
-            heads: vec![HeadCard {
-                level: "character".into(),
-                labels: (0..classes).map(|i| format!("c{i}")).collect(),
-            }],
-            head: HeadKind::Linear,
             dropout: 0.5,
-            epochs_trained: 0,
-            training: serde_json::Value::Null,
-            metrics: BTreeMap::new(),
-            fingerprint: String::new(),
-            similarity: None,
-            palette: None,
+            ..ModelCard::untrained(Preprocessing::new(64), heads)
         }
     }
 

@@ -419,25 +419,19 @@ mod tests {
     use crate::checkpoint::{build, HeadCard};
     use crate::head::HeadKind;
     use crate::preprocess::Preprocessing;
-    use std::collections::{BTreeMap, HashMap};
+    use std::collections::HashMap;
 
     fn card(kind: HeadKind) -> ModelCard {
         let head = |level: &str, classes: usize| HeadCard {
             level: level.into(),
             labels: (0..classes).map(|i| format!("{level}{i}")).collect(),
         };
+        let heads = vec![head("character", 5), head("work", 2)];
         ModelCard {
-            architecture: GOOGLENET.name.into(),
-            preprocessing: Preprocessing::new(64),
-            heads: vec![head("character", 5), head("work", 2)],
             head: kind,
             dropout: 0.5,
-            epochs_trained: 0,
-            training: serde_json::Value::Null,
-            metrics: BTreeMap::new(),
             fingerprint: "f".into(),
-            similarity: None,
-            palette: None,
+            ..ModelCard::untrained(Preprocessing::new(64), heads)
         }
     }
 
