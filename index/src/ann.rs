@@ -236,12 +236,21 @@ impl Ann {
 }
 
 /// Inserts `points` into `hnsw` in parallel (rayon), whatever its point type.
+///
+/// Into an empty graph the first point goes in alone: hnsw_rs stores a point that finds no entry
+/// point as the entry candidate without linking it, so two threads starting on an empty graph
+/// each store one unlinked point, and the one that does not become the entry point is never
+/// reached again (seen as a catalogue item its own vector could not find after a rebuild).
 fn parallel_insert<T, D>(hnsw: &Hnsw<'static, T, D>, points: &[(Vec<T>, ItemId)])
 where
     T: Clone + Send + Sync,
     D: Distance<T> + Send + Sync,
 {
-    let refs: Vec<(&Vec<T>, usize)> = points.iter().map(|(v, id)| (v, *id as usize)).collect();
+    let mut refs: Vec<(&Vec<T>, usize)> = points.iter().map(|(v, id)| (v, *id as usize)).collect();
+    if hnsw.get_nb_point() == 0 && !refs.is_empty() {
+        let (first, id) = refs.remove(0);
+        hnsw.insert_slice((first, id));
+    }
     hnsw.parallel_insert(&refs);
 }
 
