@@ -142,8 +142,9 @@ fn train_eval_classify_embed_on_the_sample() {
     assert!(String::from_utf8_lossy(&bytes[10..10 + header_len]).contains("'shape': (2, 1024)"));
     assert_eq!(bytes.len(), 10 + header_len + 2 * 1024 * 4);
 
-    // The unseen-character protocols with the palette fused in, recorded in the card by
-    // --calibrate: the model's character vectors then carry the 144 palette bins.
+    // The unseen-character protocols with the palette and inception4b fused in, recorded in the
+    // card by --calibrate: the model's character vectors then carry inception4b's 512 pooled
+    // channels and the 144 palette bins.
     let unseen_dir = dir.path().join("unseen");
     let o = animelens(&[
         "eval",
@@ -160,6 +161,8 @@ fn train_eval_classify_embed_on_the_sample() {
         "2",
         "--palette-weight",
         "0.5",
+        "--block-weight",
+        "0.2",
         "--calibrate",
         "--out",
         unseen_dir.to_str().unwrap(),
@@ -173,6 +176,8 @@ fn train_eval_classify_embed_on_the_sample() {
     let card: serde_json::Value =
         serde_json::from_slice(&std::fs::read(model.with_extension("json")).unwrap()).unwrap();
     assert_eq!(card["palette"]["weight"], 0.5);
+    assert_eq!(card["block"]["block"], "inception4b");
+    assert!((card["block"]["weight"].as_f64().unwrap() - 0.2).abs() < 1e-6);
     let o = animelens(&[
         "embed",
         "--model",
@@ -182,7 +187,7 @@ fn train_eval_classify_embed_on_the_sample() {
         image.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("dimension 1168"), "{}", text(&o));
+    assert!(text(&o).contains("dimension 1680"), "{}", text(&o));
     let o = animelens(&[
         "eval",
         "--model",
@@ -194,6 +199,28 @@ fn train_eval_classify_embed_on_the_sample() {
     ]);
     assert!(!o.status.success());
     assert!(text(&o).contains("between 0 and 1"), "{}", text(&o));
+    for (weights, complaint) in [
+        (["--block-weight", "0.6"], "sum to at most 1"),
+        (
+            ["--block", "inception9z"],
+            "no Inception block named \"inception9z\"",
+        ),
+    ] {
+        let mut args = vec![
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ];
+        args.extend(weights);
+        if weights[0] == "--block" {
+            args.extend(["--block-weight", "0.1"]);
+        }
+        let o = animelens(&args);
+        assert!(!o.status.success());
+        assert!(text(&o).contains(complaint), "{}", text(&o));
+    }
 
     // A corrupt image is reported by name; the command fails without a panic.
     let corrupt = dir.path().join("corrupt.jpg");

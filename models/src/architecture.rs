@@ -190,6 +190,20 @@ impl Architecture {
             .map(|s| s.name)
             .collect()
     }
+
+    /// The Inception block named `name`: how many blocks have run after it (1 = the first) and
+    /// its output channels.
+    pub fn inception_block(&self, name: &str) -> Option<(usize, usize)> {
+        self.stages
+            .iter()
+            .filter_map(|s| match s.op {
+                Op::Inception(spec) => Some((s.name, spec.c_out())),
+                _ => None,
+            })
+            .enumerate()
+            .find(|(_, (n, _))| *n == name)
+            .map(|(i, (_, channels))| (i + 1, channels))
+    }
 }
 
 /// No architecture has the name a model card gives.

@@ -6,6 +6,7 @@
 //! never leaves a half-written checkpoint behind.
 
 use crate::architecture::{self, UnknownArchitecture, GOOGLENET};
+use crate::fusion::{BlockFusion, Fusion, FusionError};
 use crate::generalisation::ScoreCalibration;
 use crate::head::HeadKind;
 use crate::network::{HeadSpec, Network};
@@ -59,6 +60,10 @@ pub struct ModelCard {
     /// (`animelens eval --palette-weight W --calibrate` records it; see [`crate::palette`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub palette: Option<PaletteFusion>,
+    /// Whether the character vector fuses a mid-level block's pooled activation
+    /// (`animelens eval --block-weight W --calibrate` records it; see [`crate::fusion`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<BlockFusion>,
 }
 
 impl ModelCard {
@@ -77,7 +82,18 @@ impl ModelCard {
             fingerprint: String::new(),
             similarity: None,
             palette: None,
+            block: None,
         }
+    }
+
+    /// How the character vector fuses the embedding with the palette and a block, checked
+    /// against the card's architecture.
+    pub fn fusion(&self) -> Result<Fusion, FusionError> {
+        let fusion = Fusion::new(self.palette, self.block.clone())?;
+        if let Ok(architecture) = architecture::by_name(&self.architecture) {
+            fusion.tap(architecture)?;
+        }
+        Ok(fusion)
     }
 
     /// The characters the model was trained without (`train --hold-out`), from its training
@@ -227,10 +243,15 @@ pub fn write_card(path: &Path, card: &ModelCard) -> Result<(), CheckpointError> 
 pub fn read_card(path: &Path) -> Result<ModelCard, CheckpointError> {
     let (_, card_path) = checkpoint_paths(path);
     let text = std::fs::read(&card_path).map_err(read_error(&card_path))?;
-    serde_json::from_slice(&text).map_err(|e| CheckpointError::Card {
+    let card: ModelCard = serde_json::from_slice(&text).map_err(|e| CheckpointError::Card {
+        path: card_path.clone(),
+        message: e.to_string(),
+    })?;
+    card.fusion().map_err(|e| CheckpointError::Card {
         path: card_path,
         message: e.to_string(),
-    })
+    })?;
+    Ok(card)
 }
 
 /// A network with its weights and card, ready for training or inference.

@@ -1,7 +1,8 @@
 //! A trained checkpoint as an [`Embedder`]: decode, preprocess, batch through the network in
 //! eval mode, softmax per head, top-k labels (never an exemplar class, see
 //! [`crate::data::Dataset::exemplars`]), L2-normalised embedding (fused with the picture's
-//! palette when the card says so, see [`crate::palette`]).
+//! palette and a mid-level block, from the same pass, when the card says so: see
+//! [`crate::fusion`]).
 
 use crate::architecture::Architecture;
 use crate::checkpoint::{self, CheckpointError, ModelCard};
@@ -11,9 +12,9 @@ use crate::copies::{CopyDescriber, CopyDescriptorSpec};
 use crate::data::EXEMPLAR_PREFIX;
 use crate::embedder::{CopyViews, EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
 use crate::folded::FoldedNetwork;
+use crate::fusion::{BlockTap, Fusion};
 use crate::generalisation::ScoreCalibration;
 use crate::metrics::top_k;
-use crate::palette::character_vectors;
 use crate::preprocess::{batch_tensor, decode, DEFAULT_MAX_PIXELS};
 use candle_core::{Device, Result, D};
 use image::RgbImage;
@@ -27,6 +28,9 @@ pub struct Classifier {
     card: ModelCard,
     max_pixels: u64,
     copy: CopyDescriber,
+    /// The card's fusion, and where its block is tapped.
+    fusion: Fusion,
+    tap: Option<BlockTap>,
 }
 
 impl Classifier {
@@ -39,11 +43,19 @@ impl Classifier {
         if whitening.exists() {
             copy = copy.with_whitening(Whitening::load(&whitening)?);
         }
+        let invalid = |e: crate::fusion::FusionError| CheckpointError::Card {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let fusion = model.card.fusion().map_err(invalid)?;
+        let tap = fusion.tap(model.net.architecture()).map_err(invalid)?;
         Ok(Self {
             net: FoldedNetwork::new(&model.net)?,
             card: model.card,
             max_pixels: DEFAULT_MAX_PIXELS,
             copy,
+            fusion,
+            tap,
         })
     }
 
@@ -84,9 +96,11 @@ impl Classifier {
             return Ok(Vec::new());
         }
         let x = batch_tensor(images, &self.card.preprocessing, &Device::Cpu)?;
-        let out = self.net.forward(&x)?;
+        let (out, blocks) = self.net.forward_tapped(&x, self.tap.map(|t| t.blocks))?;
         let embeddings = out.embedding.to_vec2::<f32>()?;
-        let embeddings = character_vectors(self.card.palette, embeddings, images);
+        let embeddings = self
+            .fusion
+            .vectors(embeddings, blocks.unwrap_or_default(), images);
         let mut heads_per_image: Vec<Vec<HeadPrediction>> = vec![Vec::new(); images.len()];
         for (head, logits) in self.card.heads.iter().zip(&out.logits) {
             let probs = candle_nn::ops::softmax(logits, D::Minus1)?.to_vec2::<f32>()?;
@@ -147,13 +161,11 @@ fn inference_failed(error: candle_core::Error) -> EmbedError {
 
 impl Embedder for Classifier {
     fn dim(&self) -> usize {
-        let dim = self.net.architecture().embedding_dim;
-        self.card.palette.map_or(dim, |fusion| fusion.dim(dim))
+        self.fusion.dim(self.net.architecture())
     }
 
     fn fingerprint(&self) -> String {
-        let tag = self.card.palette.map(|f| f.fingerprint_tag());
-        format!("{}{}", self.card.fingerprint, tag.unwrap_or_default())
+        format!("{}{}", self.card.fingerprint, self.fusion.fingerprint_tag())
     }
 
     fn heads(&self) -> Vec<String> {

@@ -332,37 +332,54 @@ impl FoldedNetwork {
 
     /// Runs `(N, 3, S, S)` normalised images; same output as `Network::forward_t(x, false)`.
     pub fn forward(&self, x: &Tensor) -> Result<Output> {
+        Ok(self.forward_tapped(x, None)?.0)
+    }
+
+    /// [`FoldedNetwork::forward`], also returning, when `tap` is `Some(b)`, the globally
+    /// average-pooled activation after the first `b` Inception blocks (one row per image) from
+    /// the same pass: what a block fusion ([`crate::fusion`]) joins to the embedding.
+    pub fn forward_tapped(
+        &self,
+        x: &Tensor,
+        tap: Option<usize>,
+    ) -> Result<(Output, Option<Vec<Vec<f32>>>)> {
         let (n, c, h, w) = x.dims4()?;
         let input = channel_major(x)?;
-        let pooled =
-            self.with_workspace(|ws| self.pooled_features(&input, Activation { c, n, h, w }, ws));
+        let (pooled, tapped) = self.with_workspace(|ws| {
+            self.pooled_features(&input, Activation { c, n, h, w }, tap, ws)
+        })?;
         let dim = self.architecture.embedding_dim;
-        let pooled = Tensor::from_vec(pooled?, (n, dim), &Device::Cpu)?;
+        let pooled = Tensor::from_vec(pooled, (n, dim), &Device::Cpu)?;
         let logits = self
             .heads
             .iter()
             .map(|head| head.forward(&pooled))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Output {
+        let output = Output {
             logits,
             embedding: l2_normalise(&pooled)?,
-        })
+        };
+        Ok((output, tapped))
     }
 
     /// Runs the stages on `input` until the global average pool (not run) or until `blocks`
     /// Inception blocks have run, whichever comes first, leaving the activation in
-    /// `ws.current`.
+    /// `ws.current`. With `tap = Some(b)`, also returns the average-pooled activation after the
+    /// `b`-th block, `(N, C)` row-major.
     fn run_stages(
         &self,
         input: &[f32],
         x: Activation,
         blocks: usize,
+        tap: Option<usize>,
         ws: &mut Workspace,
-    ) -> Result<Activation> {
+    ) -> Result<(Activation, Option<Vec<f32>>)> {
         let mut a = x;
         let mut blocks_run = 0;
+        let mut tapped = None;
         for (i, stage) in self.stages.iter().enumerate() {
             let source = if i == 0 { input } else { &ws.current[..] };
+            let mut block_ended = false;
             a = match stage {
                 FoldedStage::Conv(conv) => {
                     let y = conv.output(a);
@@ -372,16 +389,20 @@ impl FoldedNetwork {
                 FoldedStage::MaxPool(pool) => max_pool(*pool, source, a, &mut ws.next)?,
                 FoldedStage::Inception(block) => {
                     blocks_run += 1;
+                    block_ended = true;
                     block.run(source, a, &mut ws.branch, &mut ws.next)?
                 }
                 FoldedStage::GlobalAveragePool => break,
             };
             ws.advance();
+            if block_ended && tap == Some(blocks_run) {
+                tapped = Some(average_pool(a, &ws.current));
+            }
             if blocks_run == blocks {
                 break;
             }
         }
-        Ok(a)
+        Ok((a, tapped))
     }
 
     /// Borrows a workspace from the pool, runs `f` on the rayon pool, returns the workspace.
@@ -410,7 +431,8 @@ impl FoldedNetwork {
         let (n, c, h, w) = x.dims4()?;
         let input = channel_major(x)?;
         self.with_workspace(|ws| {
-            let a = self.run_stages(&input, Activation { c, n, h, w }, blocks.max(1), ws)?;
+            let (a, _) =
+                self.run_stages(&input, Activation { c, n, h, w }, blocks.max(1), None, ws)?;
             Ok(FeatureMap {
                 values: ws.current[..a.len()].to_vec(),
                 channels: a.c,
@@ -421,32 +443,46 @@ impl FoldedNetwork {
         })
     }
 
-    /// The pooled features, `(N, embedding_dim)` row-major.
+    /// The pooled features, `(N, embedding_dim)` row-major, and the tapped block's (see
+    /// [`FoldedNetwork::forward_tapped`]) as rows.
     fn pooled_features(
         &self,
         input: &[f32],
         x: Activation,
+        tap: Option<usize>,
         ws: &mut Workspace,
-    ) -> Result<Vec<f32>> {
-        let a = self.run_stages(input, x, usize::MAX, ws)?;
+    ) -> Result<(Vec<f32>, Option<Vec<Vec<f32>>>)> {
+        let (a, tapped) = self.run_stages(input, x, usize::MAX, tap, ws)?;
         let dim = self.architecture.embedding_dim;
         if a.c != dim {
             candle_core::bail!("folded network ends with {} channels, expected {dim}", a.c);
         }
-        // Global average pool: channel-major (C, N, h·w) → (N, C).
-        let area = a.h * a.w;
-        let mut pooled = vec![0f32; a.n * a.c];
-        pooled
-            .par_chunks_mut(a.c)
-            .enumerate()
-            .for_each(|(sample, row)| {
-                for (channel, v) in row.iter_mut().enumerate() {
-                    let start = (channel * a.n + sample) * area;
-                    *v = ws.current[start..start + area].iter().sum::<f32>() / area as f32;
-                }
-            });
-        Ok(pooled)
+        if tap.is_some() && tapped.is_none() {
+            candle_core::bail!("the network has no Inception block {tap:?} to tap");
+        }
+        let rows = tapped.map(|t| {
+            let channels = t.len() / a.n.max(1);
+            t.chunks(channels.max(1)).map(<[f32]>::to_vec).collect()
+        });
+        Ok((average_pool(a, &ws.current), rows))
     }
+}
+
+/// Global average pool of activation `a` held channel-major in `values`: `(C, N, h·w)` →
+/// `(N, C)` row-major.
+fn average_pool(a: Activation, values: &[f32]) -> Vec<f32> {
+    let area = a.h * a.w;
+    let mut pooled = vec![0f32; a.n * a.c];
+    pooled
+        .par_chunks_mut(a.c)
+        .enumerate()
+        .for_each(|(sample, row)| {
+            for (channel, v) in row.iter_mut().enumerate() {
+                let start = (channel * a.n + sample) * area;
+                *v = values[start..start + area].iter().sum::<f32>() / area as f32;
+            }
+        });
+    pooled
 }
 
 #[cfg(test)]
@@ -539,6 +575,30 @@ mod tests {
             (map.channels, map.batch, map.height, map.width),
             (832, 2, 4, 4)
         );
+        Ok(())
+    }
+
+    /// A tapped pass gives the same output as a plain one, plus the tapped block's average
+    /// pool, which equals pooling that block's own feature map.
+    #[test]
+    fn a_tapped_pass_pools_the_block_it_names() -> Result<()> {
+        let net = trained_looking_net(HeadKind::Linear)?;
+        let folded = FoldedNetwork::new(&net)?;
+        let x = Tensor::randn(0f32, 1., (3, 3, 64, 64), &Device::Cpu)?;
+        let (blocks, channels) = GOOGLENET.inception_block("inception4b").unwrap();
+        let (out, tapped) = folded.forward_tapped(&x, Some(blocks))?;
+        let tapped = tapped.expect("tapped rows");
+        let plain = folded.forward(&x)?;
+        assert!(max_abs_diff(&out.embedding, &plain.embedding) < 1e-6);
+        let expected = crate::copies::descriptor::gem(&folded.feature_map(&x, blocks)?, 1.0);
+        assert_eq!((tapped.len(), tapped[0].len()), (3, channels));
+        for (row, want) in tapped.iter().zip(&expected) {
+            for (a, b) in row.iter().zip(want) {
+                assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+            }
+        }
+        assert!(folded.forward_tapped(&x, None)?.1.is_none());
+        assert!(folded.forward_tapped(&x, Some(99)).is_err());
         Ok(())
     }
 }

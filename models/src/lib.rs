@@ -14,6 +14,7 @@ pub mod copies;
 pub mod data;
 pub mod embedder;
 pub mod folded;
+pub mod fusion;
 pub mod generalisation;
 pub mod head;
 pub mod instance_views;

@@ -16,14 +16,19 @@ pub struct SetOutputs {
     pub logits: Vec<Vec<Vec<f32>>>,
     /// L2-normalised embeddings, one per image.
     pub embeddings: Vec<Vec<f32>>,
+    /// The tapped block's pooled activations, one per image (empty without a tap).
+    pub blocks: Vec<Vec<f32>>,
 }
 
-/// Runs the network in eval mode (BatchNorm folded) over `set` (no augmentation), `batch_size` images at a time.
+/// Runs the network in eval mode (BatchNorm folded) over `set` (no augmentation), `batch_size`
+/// images at a time, pooling the block after `tap` Inception blocks too when asked (see
+/// [`FoldedNetwork::forward_tapped`]).
 pub fn run_set(
     net: &Network,
     set: &Arc<DecodedSet>,
     pre: &Preprocessing,
     batch_size: usize,
+    tap: Option<usize>,
 ) -> Result<SetOutputs> {
     let cfg = LoaderConfig {
         batch_size,
@@ -38,7 +43,8 @@ pub fn run_set(
     let net = FoldedNetwork::new(net)?;
     let mut out = SetOutputs::default();
     for batch in BatchLoader::start(set.clone(), cfg, 0) {
-        let o = net.forward(&batch.images)?;
+        let (o, blocks) = net.forward_tapped(&batch.images, tap)?;
+        out.blocks.extend(blocks.unwrap_or_default());
         if out.logits.is_empty() {
             out.logits = vec![Vec::new(); o.logits.len()];
         }

@@ -7,8 +7,7 @@
 //! training it names them 5-shot better than any embedding we trained on the other fourteen
 //! (BENCHMARKS, "Generalisation"). The two fail differently (the histogram cannot tell two
 //! blondes apart, the network cannot place a stranger), so the product's character vector
-//! is both: `[√(1−w)·embedding, √w·palette]`, L2-normalised, whose cosine is
-//! `(1−w)·cos(embedding) + w·cos(palette)` for vectors of unit length.
+//! fuses both (see [`crate::fusion`]).
 //!
 //! The histogram: the picture resized to 64×64, hue–saturation–value in 8×3×3 bins, for its top
 //! and bottom halves separately (hair above, face and clothes below): 144 bins, each half's
@@ -17,7 +16,6 @@
 
 use image::imageops::{self, FilterType};
 use image::RgbImage;
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Side of the square the picture is resized to before counting.
@@ -66,39 +64,6 @@ impl PaletteFusion {
             Err(PaletteWeightError(weight))
         }
     }
-
-    /// Length of the fused vector for an embedding of `embedding_dim`.
-    pub fn dim(&self, embedding_dim: usize) -> usize {
-        embedding_dim + PALETTE_DIM
-    }
-
-    /// The fused character vectors of `pictures` from their (unit) embeddings, in order.
-    pub fn fuse_set(&self, embeddings: Vec<Vec<f32>>, pictures: &[RgbImage]) -> Vec<Vec<f32>> {
-        embeddings
-            .into_par_iter()
-            .zip(pictures)
-            .map(|(e, picture)| fuse(&e, &palette(picture), self.weight))
-            .collect()
-    }
-
-    /// A tag that changes whenever the fused vectors would: appended to the weights'
-    /// fingerprint, so a catalogue built without (or with another) fusion asks for re-indexing.
-    pub fn fingerprint_tag(&self) -> String {
-        format!("+palette{PALETTE_DIM}w{:.3}", self.weight)
-    }
-}
-
-/// The character vectors of `pictures` from their network embeddings: fused with the palette
-/// when the model has a fusion, the embeddings themselves otherwise.
-pub fn character_vectors(
-    fusion: Option<PaletteFusion>,
-    embeddings: Vec<Vec<f32>>,
-    pictures: &[RgbImage],
-) -> Vec<Vec<f32>> {
-    match fusion {
-        Some(fusion) => fusion.fuse_set(embeddings, pictures),
-        None => embeddings,
-    }
 }
 
 /// The palette descriptor of a picture (length [`PALETTE_DIM`], unit L2 norm).
@@ -119,27 +84,7 @@ pub fn palette(picture: &RgbImage) -> Vec<f32> {
         band.iter_mut()
             .for_each(|c| *c = (*c / total.max(1.0)).sqrt());
     }
-    normalised(hist)
-}
-
-/// `[√(1−w)·embedding, √w·palette]`, L2-normalised.
-pub fn fuse(embedding: &[f32], palette: &[f32], weight: f32) -> Vec<f32> {
-    let (a, b) = ((1.0 - weight).sqrt(), weight.sqrt());
-    normalised(
-        embedding
-            .iter()
-            .map(|e| e * a)
-            .chain(palette.iter().map(|p| p * b))
-            .collect(),
-    )
-}
-
-fn normalised(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-    v
+    crate::fusion::normalised(hist)
 }
 
 /// Hue (turns), saturation and value, each in `[0, 1]`; hue 0 for greys.
@@ -220,26 +165,12 @@ mod tests {
     }
 
     #[test]
-    fn fusion_weights_the_two_cosines() {
-        // Unit embeddings at cosine 0.6 and palettes at cosine 0: the fused cosine is (1−w)·0.6.
-        let e1 = [1.0, 0.0];
-        let e2 = [0.6, 0.8];
-        let p1 = [1.0, 0.0];
-        let p2 = [0.0, 1.0];
-        for w in [0.0, 0.3, 0.5] {
-            let (a, b) = (fuse(&e1, &p1, w), fuse(&e2, &p2, w));
-            assert!((cosine(&a, &a) - 1.0).abs() < 1e-6);
-            assert!((cosine(&a, &b) - (1.0 - w) * 0.6).abs() < 1e-6, "w {w}");
-        }
+    fn a_weight_outside_the_unit_range_is_refused() {
         assert!(PaletteFusion::new(1.01).is_err() && PaletteFusion::new(-0.1).is_err());
         let card_value: Result<PaletteFusion, _> = serde_json::from_str(r#"{"weight": 5.0}"#);
         assert!(card_value
             .unwrap_err()
             .to_string()
             .contains("between 0 and 1"));
-        assert_eq!(
-            PaletteFusion::new(0.3).unwrap().dim(1024),
-            1024 + PALETTE_DIM
-        );
     }
 }

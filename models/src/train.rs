@@ -256,6 +256,7 @@ fn card_for(dataset: &Dataset, cfg: &TrainConfig) -> ModelCard {
         fingerprint: String::new(),
         similarity: None,
         palette: None,
+        block: None,
     }
 }
 
@@ -600,7 +601,13 @@ pub fn train(
         }
         bar.finish_and_clear();
         let train_img_s = images as f64 / started.elapsed().as_secs_f64();
-        let outputs = run_set(&net, &val_set, &card.preprocessing, cfg.batch_size.max(32))?;
+        let outputs = run_set(
+            &net,
+            &val_set,
+            &card.preprocessing,
+            cfg.batch_size.max(32),
+            None,
+        )?;
         let labels_of = |h: usize| val_set.labels.iter().map(|l| l[h]).collect::<Vec<u32>>();
         let val_top1: Vec<f64> = (0..levels.len())
             .map(|h| top_k_accuracy(&outputs.logits[h], &labels_of(h), 1))

@@ -6,12 +6,12 @@
 use animelens_index::open_set_threshold;
 use animelens_models::checkpoint::{write_card, LoadedModel};
 use animelens_models::data::{decode_all, unlabelled_images, Dataset, Sample, Split};
+use animelens_models::fusion::Fusion;
 use animelens_models::generalisation::{
     few_shot, fit_calibration, histogram, median, open_set_report, open_set_scores, pair_cosines,
     training_centroids, FewShotReport, OpenSetReport, ProtocolSet, ScoreCalibration,
 };
 use animelens_models::metrics::run_set;
-use animelens_models::palette::{character_vectors, PaletteFusion};
 use animelens_models::plots::{line_chart, Series};
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -30,8 +30,8 @@ pub struct GeneralisationArgs<'a> {
     pub episodes: usize,
     /// Record the fitted calibration in the model card at this checkpoint path.
     pub calibrate: Option<&'a Path>,
-    /// The palette fusion of the character vector (recorded with the calibration).
-    pub palette: Option<PaletteFusion>,
+    /// The fusion of the character vector (recorded with the calibration).
+    pub fusion: &'a Fusion,
     /// Folder for the histogram PNG.
     pub out: &'a Path,
 }
@@ -76,7 +76,7 @@ pub struct GeneralisationReport {
 
 fn embed(
     model: &LoadedModel,
-    palette: Option<PaletteFusion>,
+    fusion: &Fusion,
     samples: &[Sample],
 ) -> Result<(Vec<Vec<f32>>, Vec<Sample>)> {
     let pre = &model.card.preprocessing;
@@ -91,8 +91,10 @@ fn embed(
         .cloned()
         .collect();
     let set = Arc::new(set);
-    let embeddings = run_set(&model.net, &set, pre, 32)?.embeddings;
-    Ok((character_vectors(palette, embeddings, &set.images), kept))
+    let tap = fusion.tap(model.net.architecture())?.map(|t| t.blocks);
+    let outputs = run_set(&model.net, &set, pre, 32, tap)?;
+    let vectors = fusion.vectors(outputs.embeddings, outputs.blocks, &set.images);
+    Ok((vectors, kept))
 }
 
 /// Runs the protocols on every image of `dataset`.
@@ -108,7 +110,7 @@ pub fn run(
     if args.unseen.is_empty() || args.unseen.len() == names.len() {
         bail!("the protocols need some unseen and some seen characters: pass --unseen-characters or evaluate a model trained with --hold-out");
     }
-    let (embeddings, samples) = embed(model, args.palette, &dataset.samples)?;
+    let (embeddings, samples) = embed(model, args.fusion, &dataset.samples)?;
     let set = ProtocolSet {
         character: samples.iter().map(|s| s.labels[0] as usize).collect(),
         train_split: samples.iter().map(|s| s.split == Split::Train).collect(),
@@ -134,7 +136,7 @@ pub fn run(
                 split: Split::Test,
             })
             .collect();
-        extra.extend(embed(model, args.palette, &samples)?.0);
+        extra.extend(embed(model, args.fusion, &samples)?.0);
     }
     let open_set_with_extra =
         (!extra.is_empty()).then(|| open_set_report(&open_set_scores(&set, &extra)));
@@ -182,7 +184,8 @@ pub fn run(
     if let (Some(path), Some(c)) = (args.calibrate, calibration) {
         let mut card = model.card.clone();
         card.similarity = Some(c);
-        card.palette = args.palette;
+        card.palette = args.fusion.palette;
+        card.block = args.fusion.block.clone();
         write_card(path, &card)?;
         tracing::info!(
             "calibration a = {:.3}, b = {:.3} written to the model card",

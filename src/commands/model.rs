@@ -2,10 +2,11 @@
 
 use super::generalisation::{self, GeneralisationArgs, GeneralisationReport};
 use animelens_models::data::{decode_all, unlabelled_images, Dataset, LabelColumn, Split};
+use animelens_models::fusion::{BlockFusion, Fusion, DEFAULT_BLOCK};
 use animelens_models::instance_views::ViewConfig;
 use animelens_models::metric_loss::Margin;
 use animelens_models::metrics::{head_report, retrieval, run_set, HeadReport, RetrievalReport};
-use animelens_models::palette::{character_vectors, PaletteFusion};
+use animelens_models::palette::PaletteFusion;
 use animelens_models::plots::confusion_matrix;
 use animelens_models::preprocess::ColorSpace;
 use animelens_models::prune::{zero_weights, PruneMask, PruneRule};
@@ -390,13 +391,20 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 20)]
     episodes: usize,
     /// Record the fitted cosine → confidence calibration in the model's card (with --unseen),
-    /// together with the palette weight it was fitted for.
+    /// together with the palette and block weights it was fitted for.
     #[arg(long)]
     calibrate: bool,
     /// Evaluate the character vector with the palette fused at this weight (0 turns it off)
     /// instead of the card's choice; with --calibrate the card records it.
     #[arg(long)]
     palette_weight: Option<f32>,
+    /// Evaluate the character vector with a mid-level block's pooled activation fused at this
+    /// weight (0 turns it off) instead of the card's choice; with --calibrate the card records it.
+    #[arg(long)]
+    block_weight: Option<f32>,
+    /// The Inception block --block-weight fuses.
+    #[arg(long, default_value = DEFAULT_BLOCK)]
+    block: String,
 }
 
 /// Everything `eval` measured.
@@ -426,10 +434,18 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let model = animelens_models::checkpoint::load(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
     let palette = match args.palette_weight {
-        Some(0.0) => None,
         Some(w) => Some(PaletteFusion::new(w)?),
         None => model.card.palette,
     };
+    let block = match args.block_weight {
+        Some(weight) => Some(BlockFusion {
+            block: args.block.clone(),
+            weight,
+        }),
+        None => model.card.block.clone(),
+    };
+    let fusion = Fusion::new(palette, block)?;
+    let tap = fusion.tap(model.net.architecture())?;
     let full = args.data.load()?;
     let unseen = if args.unseen_characters.is_empty() {
         // A model trained on several datasets holds out characters of each: keep this data's.
@@ -492,7 +508,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         );
     }
     let set = Arc::new(set);
-    let outputs = run_set(&model.net, &set, pre, 32)?;
+    let outputs = run_set(&model.net, &set, pre, 32, tap.map(|t| t.blocks))?;
     let mut heads = Vec::new();
     for (h, head) in model.card.heads.iter().enumerate() {
         // Map dataset class indices to the model's label order by name.
@@ -524,7 +540,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         ));
     }
     let primary: Vec<u32> = set.labels.iter().map(|l| l[0]).collect();
-    let vectors = character_vectors(palette, outputs.embeddings, &set.images);
+    let vectors = fusion.vectors(outputs.embeddings, outputs.blocks, &set.images);
     let retrieval = retrieval(&vectors, &primary)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -559,7 +575,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
                 shots: &args.shots,
                 episodes: args.episodes,
                 calibrate: args.calibrate.then_some(args.model.as_path()),
-                palette,
+                fusion: &fusion,
                 out: &args.out,
             },
         )?)
