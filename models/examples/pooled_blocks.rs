@@ -1,8 +1,8 @@
 //! Research probe behind BENCHMARKS' "Which layer generalises": for a list of images, writes the
 //! model's embedding and the global-average-pooled output of chosen Inception blocks as `.npy`
 //! matrices (one row per image, in list order), for `benches/reference/fusion_probe.py` to score
-//! on the unseen-character protocols. Not part of the product: the product's character vector
-//! is the card's (embedding, optionally fused with the palette).
+//! on the unseen-character protocols, for any weights and blocks at once. The product's character
+//! vector is the card's fusion (`animelens_models::fusion`), which this probe chose.
 //!
 //! `cargo run --release -p animelens-models --example pooled_blocks -- MODEL LIST OUT_PREFIX inception4b,inception4e`
 
