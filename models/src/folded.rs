@@ -273,6 +273,9 @@ impl Workspace {
     }
 }
 
+/// A tapped block's pooled activation, one row per image.
+pub type TappedRows = Vec<Vec<f32>>;
+
 /// The network for inference only, with folded BatchNorm and reused buffers.
 ///
 /// Build it from a trained [`Network`] (a snapshot: later changes to that network's weights
@@ -342,7 +345,7 @@ impl FoldedNetwork {
         &self,
         x: &Tensor,
         tap: Option<usize>,
-    ) -> Result<(Output, Option<Vec<Vec<f32>>>)> {
+    ) -> Result<(Output, Option<TappedRows>)> {
         let (n, c, h, w) = x.dims4()?;
         let input = channel_major(x)?;
         let (pooled, tapped) = self.with_workspace(|ws| {
@@ -451,7 +454,7 @@ impl FoldedNetwork {
         x: Activation,
         tap: Option<usize>,
         ws: &mut Workspace,
-    ) -> Result<(Vec<f32>, Option<Vec<Vec<f32>>>)> {
+    ) -> Result<(Vec<f32>, Option<TappedRows>)> {
         let (a, tapped) = self.run_stages(input, x, usize::MAX, tap, ws)?;
         let dim = self.architecture.embedding_dim;
         if a.c != dim {
