@@ -5,7 +5,7 @@
 //! catalogues remember. Files are written to a temporary name and renamed, so a killed process
 //! never leaves a half-written checkpoint behind.
 
-use crate::architecture::{self, UnknownArchitecture, GOOGLENET};
+use crate::architecture::{self, Architecture, UnknownArchitecture, GOOGLENET};
 use crate::fusion::{BlockFusion, Fusion, FusionError};
 use crate::generalisation::ScoreCalibration;
 use crate::head::HeadKind;
@@ -86,14 +86,10 @@ impl ModelCard {
         }
     }
 
-    /// How the character vector fuses the embedding with the palette and a block, checked
-    /// against the card's architecture.
-    pub fn fusion(&self) -> Result<Fusion, FusionError> {
-        let fusion = Fusion::new(self.palette, self.block.clone())?;
-        if let Ok(architecture) = architecture::by_name(&self.architecture) {
-            fusion.tap(architecture)?;
-        }
-        Ok(fusion)
+    /// How the character vector fuses the embedding with the palette and a block, for the
+    /// card's `architecture` (checked when the card is read, see [`read_card`]).
+    pub fn fusion(&self, architecture: &Architecture) -> Result<Fusion, FusionError> {
+        Fusion::new(self.palette, self.block.clone(), architecture)
     }
 
     /// The characters the model was trained without (`train --hold-out`), from its training
@@ -243,14 +239,16 @@ pub fn write_card(path: &Path, card: &ModelCard) -> Result<(), CheckpointError> 
 pub fn read_card(path: &Path) -> Result<ModelCard, CheckpointError> {
     let (_, card_path) = checkpoint_paths(path);
     let text = std::fs::read(&card_path).map_err(read_error(&card_path))?;
-    let card: ModelCard = serde_json::from_slice(&text).map_err(|e| CheckpointError::Card {
+    let invalid = |message: String| CheckpointError::Card {
         path: card_path.clone(),
-        message: e.to_string(),
-    })?;
-    card.fusion().map_err(|e| CheckpointError::Card {
-        path: card_path,
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let card: ModelCard = serde_json::from_slice(&text).map_err(|e| invalid(e.to_string()))?;
+    // An unknown architecture is reported when the network is built.
+    if let Ok(architecture) = architecture::by_name(&card.architecture) {
+        card.fusion(architecture)
+            .map_err(|e| invalid(e.to_string()))?;
+    }
     Ok(card)
 }
 

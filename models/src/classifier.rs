@@ -12,7 +12,7 @@ use crate::copies::{CopyDescriber, CopyDescriptorSpec};
 use crate::data::EXEMPLAR_PREFIX;
 use crate::embedder::{CopyViews, EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
 use crate::folded::FoldedNetwork;
-use crate::fusion::{BlockTap, Fusion};
+use crate::fusion::Fusion;
 use crate::generalisation::ScoreCalibration;
 use crate::metrics::top_k;
 use crate::preprocess::{batch_tensor, decode, DEFAULT_MAX_PIXELS};
@@ -28,9 +28,8 @@ pub struct Classifier {
     card: ModelCard,
     max_pixels: u64,
     copy: CopyDescriber,
-    /// The card's fusion, and where its block is tapped.
+    /// The card's fusion (checked when the card was read).
     fusion: Fusion,
-    tap: Option<BlockTap>,
 }
 
 impl Classifier {
@@ -43,19 +42,20 @@ impl Classifier {
         if whitening.exists() {
             copy = copy.with_whitening(Whitening::load(&whitening)?);
         }
-        let invalid = |e: crate::fusion::FusionError| CheckpointError::Card {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        };
-        let fusion = model.card.fusion().map_err(invalid)?;
-        let tap = fusion.tap(model.net.architecture()).map_err(invalid)?;
+        let fusion =
+            model
+                .card
+                .fusion(model.net.architecture())
+                .map_err(|e| CheckpointError::Card {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
         Ok(Self {
             net: FoldedNetwork::new(&model.net)?,
             card: model.card,
             max_pixels: DEFAULT_MAX_PIXELS,
             copy,
             fusion,
-            tap,
         })
     }
 
@@ -96,7 +96,9 @@ impl Classifier {
             return Ok(Vec::new());
         }
         let x = batch_tensor(images, &self.card.preprocessing, &Device::Cpu)?;
-        let (out, blocks) = self.net.forward_tapped(&x, self.tap.map(|t| t.blocks))?;
+        let (out, blocks) = self
+            .net
+            .forward_tapped(&x, self.fusion.tap().map(|t| t.blocks))?;
         let embeddings = out.embedding.to_vec2::<f32>()?;
         let embeddings = self
             .fusion

@@ -55,13 +55,15 @@ pub enum FusionError {
     },
 }
 
-/// The whole fusion of a model: which parts join the embedding, and their weights.
+/// The whole fusion of a model: which parts join the embedding, their weights, and where the
+/// block is tapped in the architecture it was checked against.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Fusion {
     /// The palette part.
     pub palette: Option<PaletteFusion>,
     /// The mid-level block part.
     pub block: Option<BlockFusion>,
+    tap: Option<BlockTap>,
 }
 
 /// Where a fused block sits in the network: what the forward pass taps.
@@ -74,11 +76,13 @@ pub struct BlockTap {
 }
 
 impl Fusion {
-    /// A fusion of these parts, or why their weights cannot make one. A zero-weight part is
-    /// dropped, so that "weight 0" and "no part" are the same vector and fingerprint.
+    /// A fusion of these parts for `architecture`, or why their weights or block cannot make
+    /// one. A zero-weight part is dropped, so that "weight 0" and "no part" are the same vector
+    /// and fingerprint.
     pub fn new(
         palette: Option<PaletteFusion>,
         block: Option<BlockFusion>,
+        architecture: &Architecture,
     ) -> Result<Self, FusionError> {
         let (wp, wb) = (
             palette.map_or(0.0, |p| p.weight),
@@ -91,24 +95,29 @@ impl Fusion {
                 block: wb,
             });
         }
+        let block = block.filter(|b| b.weight > 0.0);
+        let tap = match &block {
+            None => None,
+            Some(b) => match architecture.inception_block(&b.block) {
+                Some((blocks, channels)) => Some(BlockTap { blocks, channels }),
+                None => {
+                    return Err(FusionError::UnknownBlock {
+                        block: b.block.clone(),
+                        known: architecture.inception_blocks().join(", "),
+                    })
+                }
+            },
+        };
         Ok(Self {
             palette: palette.filter(|p| p.weight > 0.0),
-            block: block.filter(|b| b.weight > 0.0),
+            block,
+            tap,
         })
     }
 
-    /// Where the block is tapped in `architecture`; `None` without a block part.
-    pub fn tap(&self, architecture: &Architecture) -> Result<Option<BlockTap>, FusionError> {
-        let Some(block) = &self.block else {
-            return Ok(None);
-        };
-        match architecture.inception_block(&block.block) {
-            Some((blocks, channels)) => Ok(Some(BlockTap { blocks, channels })),
-            None => Err(FusionError::UnknownBlock {
-                block: block.block.clone(),
-                known: architecture.inception_blocks().join(", "),
-            }),
-        }
+    /// Where the block is tapped; `None` without a block part.
+    pub fn tap(&self) -> Option<BlockTap> {
+        self.tap
     }
 
     /// Share of the fused cosine left to the embedding.
@@ -118,14 +127,9 @@ impl Fusion {
         (1.0 - wp - wb).max(0.0)
     }
 
-    /// Length of the character vector for `architecture` (whose block is known, see
-    /// [`Fusion::tap`]).
+    /// Length of the character vector for `architecture` (the one the fusion was made for).
     pub fn dim(&self, architecture: &Architecture) -> usize {
-        let block = self
-            .tap(architecture)
-            .ok()
-            .flatten()
-            .map_or(0, |t| t.channels);
+        let block = self.tap.map_or(0, |t| t.channels);
         let palette = self.palette.map_or(0, |_| PALETTE_DIM);
         architecture.embedding_dim + block + palette
     }
@@ -241,24 +245,24 @@ mod tests {
     #[test]
     fn weights_must_be_shares_of_one() {
         let palette = |w| Some(PaletteFusion::new(w).unwrap());
-        assert!(Fusion::new(palette(0.5), block(0.2)).is_ok());
+        assert!(Fusion::new(palette(0.5), block(0.2), &GOOGLENET).is_ok());
         assert_eq!(
-            Fusion::new(palette(0.7), block(0.4)),
+            Fusion::new(palette(0.7), block(0.4), &GOOGLENET),
             Err(FusionError::Weights {
                 palette: 0.7,
                 block: 0.4
             })
         );
-        assert!(Fusion::new(None, block(-0.1)).is_err());
-        assert!(Fusion::new(None, block(1.5)).is_err());
-        let fusion = Fusion::new(palette(0.5), block(0.2)).unwrap();
+        assert!(Fusion::new(None, block(-0.1), &GOOGLENET).is_err());
+        assert!(Fusion::new(None, block(1.5), &GOOGLENET).is_err());
+        let fusion = Fusion::new(palette(0.5), block(0.2), &GOOGLENET).unwrap();
         assert!((fusion.embedding_weight() - 0.3).abs() < 1e-6);
     }
 
     #[test]
     fn the_block_is_found_in_the_architecture_and_sizes_the_vector() {
-        let fusion = Fusion::new(None, block(0.2)).unwrap();
-        let tap = fusion.tap(&GOOGLENET).unwrap().unwrap();
+        let fusion = Fusion::new(None, block(0.2), &GOOGLENET).unwrap();
+        let tap = fusion.tap().unwrap();
         let blocks = GOOGLENET.inception_blocks();
         assert_eq!(blocks[tap.blocks - 1], DEFAULT_BLOCK);
         assert_eq!(tap.channels, 512);
@@ -269,9 +273,9 @@ mod tests {
                 block: "inception9z".into(),
                 weight: 0.2,
             }),
-        )
-        .unwrap();
-        let error = wrong.tap(&GOOGLENET).unwrap_err().to_string();
+            &GOOGLENET,
+        );
+        let error = wrong.unwrap_err().to_string();
         assert!(error.contains("inception9z") && error.contains("inception4b"));
     }
 
@@ -279,15 +283,22 @@ mod tests {
     fn the_fingerprint_tag_names_every_part_and_keeps_the_palette_only_form() {
         let palette = Some(PaletteFusion::new(0.5).unwrap());
         assert_eq!(
-            Fusion::new(palette, None).unwrap().fingerprint_tag(),
+            Fusion::new(palette, None, &GOOGLENET)
+                .unwrap()
+                .fingerprint_tag(),
             format!("+palette{PALETTE_DIM}w0.500")
         );
         assert_eq!(
-            Fusion::new(palette, block(0.2)).unwrap().fingerprint_tag(),
+            Fusion::new(palette, block(0.2), &GOOGLENET)
+                .unwrap()
+                .fingerprint_tag(),
             format!("+inception4bw0.200+palette{PALETTE_DIM}w0.500")
         );
         assert_eq!(Fusion::default().fingerprint_tag(), "");
-        assert_eq!(Fusion::new(None, block(0.0)).unwrap(), Fusion::default());
+        assert_eq!(
+            Fusion::new(None, block(0.0), &GOOGLENET).unwrap(),
+            Fusion::default()
+        );
     }
 
     #[test]
@@ -295,7 +306,8 @@ mod tests {
         let pictures = vec![RgbImage::from_pixel(8, 8, image::Rgb([200, 40, 40])); 2];
         let embeddings = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
         let blocks = vec![vec![3.0, 4.0, 0.0], vec![3.0, 4.0, 0.0]];
-        let fusion = Fusion::new(Some(PaletteFusion::new(0.5).unwrap()), block(0.2)).unwrap();
+        let palette = Some(PaletteFusion::new(0.5).unwrap());
+        let fusion = Fusion::new(palette, block(0.2), &GOOGLENET).unwrap();
         let v = fusion.vectors(embeddings.clone(), blocks, &pictures);
         assert_eq!(v[0].len(), 2 + 3 + PALETTE_DIM);
         // Embeddings orthogonal, blocks and palettes identical: cosine 0.2 + 0.5.

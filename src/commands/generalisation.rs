@@ -91,7 +91,7 @@ fn embed(
         .cloned()
         .collect();
     let set = Arc::new(set);
-    let tap = fusion.tap(model.net.architecture())?.map(|t| t.blocks);
+    let tap = fusion.tap().map(|t| t.blocks);
     let outputs = run_set(&model.net, &set, pre, 32, tap)?;
     let vectors = fusion.vectors(outputs.embeddings, outputs.blocks, &set.images);
     Ok((vectors, kept))

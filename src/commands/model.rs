@@ -444,8 +444,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         }),
         None => model.card.block.clone(),
     };
-    let fusion = Fusion::new(palette, block)?;
-    let tap = fusion.tap(model.net.architecture())?;
+    let fusion = Fusion::new(palette, block, model.net.architecture())?;
     let full = args.data.load()?;
     let unseen = if args.unseen_characters.is_empty() {
         // A model trained on several datasets holds out characters of each: keep this data's.
@@ -508,7 +507,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         );
     }
     let set = Arc::new(set);
-    let outputs = run_set(&model.net, &set, pre, 32, tap.map(|t| t.blocks))?;
+    let outputs = run_set(&model.net, &set, pre, 32, fusion.tap().map(|t| t.blocks))?;
     let mut heads = Vec::new();
     for (h, head) in model.card.heads.iter().enumerate() {
         // Map dataset class indices to the model's label order by name.
