@@ -31,6 +31,9 @@ enum Command {
     Prune(model::PruneCommandArgs),
     /// Learn the copy descriptor's whitening for a checkpoint from background pictures.
     LearnCopyWhitening(commands::copy_whitening::LearnWhiteningArgs),
+    /// Learn the whitenings of the character vector's fused block and palette from pictures of
+    /// the catalogue's domain (no labels needed); marks them in the model card.
+    LearnWhitening(commands::part_whitening::LearnPartWhiteningArgs),
     /// Benchmark the network (default: training and inference speed) or the catalogue (`bench index`).
     Bench(bench::BenchArgs),
     /// Manage the image catalogue.
@@ -125,6 +128,7 @@ fn main() -> Result<()> {
         Command::Export(a) => model::run_export(a),
         Command::Prune(a) => model::run_prune(a),
         Command::LearnCopyWhitening(a) => commands::copy_whitening::run(a),
+        Command::LearnWhitening(a) => commands::part_whitening::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Index { place, cmd } => catalog::run(&place, cmd),
         Command::Search(a) => search::run_search(a),

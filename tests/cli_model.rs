@@ -222,6 +222,66 @@ fn train_eval_classify_embed_on_the_sample() {
         assert!(text(&o).contains(complaint), "{}", text(&o));
     }
 
+    // Whitening the fused parts, learned from the seen characters' training pictures: the card
+    // marks both parts, drops the calibration fitted on the raw vectors, and the vectors (same
+    // length) change; a missing whitening file is a clear error, not a panic.
+    let raw_vector = std::fs::read(&npy).unwrap();
+    let o = animelens(&[
+        "learn-whitening",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--without",
+        "gura,kronii",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("block-whitening.safetensors"),
+        "{}",
+        text(&o)
+    );
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.with_extension("json")).unwrap()).unwrap();
+    assert_eq!(card["block"]["whitened"], true);
+    assert_eq!(card["palette"]["whitened"], true);
+    assert!(card.get("similarity").is_none_or(|s| s.is_null()), "{card}");
+    let embed = || {
+        animelens(&[
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            npy.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ])
+    };
+    let o = embed();
+    assert!(text(&o).contains("dimension 1680"), "{}", text(&o));
+    assert_ne!(std::fs::read(&npy).unwrap(), raw_vector);
+    let o = animelens(&[
+        "learn-whitening",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--parts",
+        "colour",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("unknown part 'colour'"), "{}", text(&o));
+    let palette_whitening = dir.path().join("run/best.palette-whitening.safetensors");
+    let moved = dir.path().join("moved.safetensors");
+    std::fs::rename(&palette_whitening, &moved).unwrap();
+    let o = embed();
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("learn-whitening") && !t.contains("panicked"),
+        "{t}"
+    );
+    std::fs::rename(&moved, &palette_whitening).unwrap();
+
     // A corrupt image is reported by name; the command fails without a panic.
     let corrupt = dir.path().join("corrupt.jpg");
     std::fs::write(&corrupt, b"\xff\xd8\xff garbage").unwrap();

@@ -156,7 +156,10 @@ pub enum CheckpointError {
     Tensor(#[from] candle_core::Error),
     /// The copy descriptor's whitening beside the checkpoint is unusable.
     #[error("{0}. Write it again with `animelens learn-copy-whitening`, or delete it")]
-    CopyWhitening(#[from] crate::copies::whitening::WhiteningError),
+    CopyWhitening(#[from] crate::whitening::WhiteningError),
+    /// A fused part's whitening, which the card asks for, is missing or unusable.
+    #[error("{0}")]
+    PartWhitening(crate::whitening::WhiteningError),
 }
 
 fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {

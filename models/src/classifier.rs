@@ -7,7 +7,6 @@
 use crate::architecture::Architecture;
 use crate::checkpoint::{self, CheckpointError, ModelCard};
 use crate::copies::views::{catalogue_views, frame_view, query_views};
-use crate::copies::whitening::Whitening;
 use crate::copies::{CopyDescriber, CopyDescriptorSpec};
 use crate::data::EXEMPLAR_PREFIX;
 use crate::embedder::{CopyViews, EmbedError, Embedder, HeadPrediction, LabelScore, Prediction};
@@ -16,6 +15,7 @@ use crate::fusion::Fusion;
 use crate::generalisation::ScoreCalibration;
 use crate::metrics::top_k;
 use crate::preprocess::{batch_tensor, decode, DEFAULT_MAX_PIXELS};
+use crate::whitening::Whitening;
 use candle_core::{Device, Result, D};
 use image::RgbImage;
 use rayon::prelude::*;
@@ -38,18 +38,19 @@ impl Classifier {
         let model = checkpoint::load(path)?;
         let mut copy = CopyDescriber::new(CopyDescriptorSpec::default(), model.net.architecture())
             .expect("the default copy descriptor pools an Inception block");
-        let whitening = Whitening::path_for(path);
+        let whitening = Whitening::path_for(path, "copy");
         if whitening.exists() {
             copy = copy.with_whitening(Whitening::load(&whitening)?);
         }
-        let fusion =
-            model
-                .card
-                .fusion(model.net.architecture())
-                .map_err(|e| CheckpointError::Card {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?;
+        let fusion = model
+            .card
+            .fusion(model.net.architecture())
+            .map_err(|e| CheckpointError::Card {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?
+            .with_whitenings(path)
+            .map_err(CheckpointError::PartWhitening)?;
         Ok(Self {
             net: FoldedNetwork::new(&model.net)?,
             card: model.card,

@@ -33,6 +33,7 @@ pub mod preprocess;
 pub mod prune;
 pub mod schedule;
 pub mod train;
+pub mod whitening;
 
 pub use architecture::{Architecture, GOOGLENET};
 pub use classifier::Classifier;

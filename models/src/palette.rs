@@ -35,6 +35,10 @@ pub struct PaletteFusion {
     /// Share `w` of the fused cosine that the palette contributes, in `[0, 1]` (1: the palette
     /// alone, a baseline).
     pub weight: f32,
+    /// Whether the palette is whitened before it is fused (the whitening lives beside the
+    /// checkpoint; `animelens learn-whitening` writes it, see [`crate::whitening`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub whitened: bool,
 }
 
 /// A palette weight outside `[0, 1]`.
@@ -45,13 +49,18 @@ pub struct PaletteWeightError(pub f32);
 #[derive(Deserialize)]
 struct FusionFields {
     weight: f32,
+    #[serde(default)]
+    whitened: bool,
 }
 
 impl TryFrom<FusionFields> for PaletteFusion {
     type Error = PaletteWeightError;
 
     fn try_from(fields: FusionFields) -> Result<Self, Self::Error> {
-        Self::new(fields.weight)
+        Ok(Self {
+            whitened: fields.whitened,
+            ..Self::new(fields.weight)?
+        })
     }
 }
 
@@ -59,7 +68,10 @@ impl PaletteFusion {
     /// A fusion of weight `weight`, or why it cannot be one.
     pub fn new(weight: f32) -> Result<Self, PaletteWeightError> {
         if (0.0..=1.0).contains(&weight) {
-            Ok(Self { weight })
+            Ok(Self {
+                weight,
+                whitened: false,
+            })
         } else {
             Err(PaletteWeightError(weight))
         }

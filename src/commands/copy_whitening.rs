@@ -1,5 +1,5 @@
 //! `animelens learn-copy-whitening`: learns the copy descriptor's whitening for a checkpoint from
-//! background pictures (see `animelens_models::copies::whitening`) and writes it beside the
+//! background pictures (see `animelens_models::whitening`) and writes it beside the
 //! checkpoint, where `Classifier::load` finds it. The background should not be the pictures a
 //! benchmark then tests on (the shipped one is learned on malportraits, the benchmark runs on
 //! holoen).
@@ -8,9 +8,9 @@ use super::embedding::{load_model, progress_bar};
 use animelens_index::dot;
 use animelens_models::copies::edits::{standard_edits, Edit};
 use animelens_models::copies::views::{catalogue_views, query_views, CATALOGUE_VIEWS};
-use animelens_models::copies::whitening::Whitening;
 use animelens_models::data::unlabelled_images;
 use animelens_models::preprocess::{decode, DEFAULT_MAX_PIXELS};
+use animelens_models::whitening::Whitening;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use image::RgbImage;
@@ -98,8 +98,8 @@ pub fn run(args: LearnWhiteningArgs) -> Result<()> {
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    let whitening = Whitening::learn(&pairs, &unrelated, args.dim)?;
-    let path = Whitening::path_for(&args.model);
+    let whitening = Whitening::learn_from_pairs(&pairs, &unrelated, args.dim)?;
+    let path = Whitening::path_for(&args.model, "copy");
     whitening.save(&path)?;
     println!(
         "wrote {} ({} → {} dimensions, learned on {} pictures and their edited copies)",

@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod location;
 pub mod model;
 pub mod model_choice;
+pub mod part_whitening;
 pub mod reembed;
 pub mod search;
 pub mod serve;

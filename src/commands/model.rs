@@ -405,6 +405,10 @@ pub struct EvalArgs {
     /// The Inception block --block-weight fuses.
     #[arg(long, default_value = DEFAULT_BLOCK)]
     block: String,
+    /// Evaluate the fused parts raw even where the card marks them whitened (a before/after
+    /// comparison of `learn-whitening`); with --calibrate the card records them unwhitened.
+    #[arg(long)]
+    no_whitening: bool,
 }
 
 /// Everything `eval` measured.
@@ -433,18 +437,39 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     };
     let model = animelens_models::checkpoint::load(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
+    // Overridden weights keep the card's whitening of the same part.
     let palette = match args.palette_weight {
-        Some(w) => Some(PaletteFusion::new(w)?),
+        Some(w) => Some(PaletteFusion {
+            whitened: model.card.palette.is_some_and(|p| p.whitened),
+            ..PaletteFusion::new(w)?
+        }),
         None => model.card.palette,
     };
     let block = match args.block_weight {
         Some(weight) => Some(BlockFusion {
             block: args.block.clone(),
             weight,
+            whitened: (model.card.block.as_ref())
+                .is_some_and(|b| b.whitened && b.block == args.block),
         }),
         None => model.card.block.clone(),
     };
-    let fusion = Fusion::new(palette, block, model.net.architecture())?;
+    let (palette, block) = if args.no_whitening {
+        (
+            palette.map(|p| PaletteFusion {
+                whitened: false,
+                ..p
+            }),
+            block.map(|b| BlockFusion {
+                whitened: false,
+                ..b
+            }),
+        )
+    } else {
+        (palette, block)
+    };
+    let fusion =
+        Fusion::new(palette, block, model.net.architecture())?.with_whitenings(&args.model)?;
     let full = args.data.load()?;
     let unseen = if args.unseen_characters.is_empty() {
         // A model trained on several datasets holds out characters of each: keep this data's.

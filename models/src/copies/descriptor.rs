@@ -6,13 +6,13 @@
 //! pooling them tells two pictures of one character apart while surviving re-compression, resizing
 //! and colour changes. GeM (p = 3) sits between average and max pooling and is the usual choice
 //! for instance retrieval (Radenović et al., 2018). Greyscale input makes it blind to colour edits.
-//! A learned whitening (`whitening`), when the model has one, then spreads unrelated pictures
+//! A learned whitening (`crate::whitening`), when the model has one, then spreads unrelated pictures
 //! apart and shortens the descriptor.
 
-use super::whitening::Whitening;
 use crate::architecture::Architecture;
 use crate::folded::{FeatureMap, FoldedNetwork};
 use crate::preprocess::{batch_tensor, Preprocessing};
+use crate::whitening::Whitening;
 use candle_core::{Device, Result};
 use image::{buffer::ConvertBuffer, GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};

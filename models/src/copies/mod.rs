@@ -10,6 +10,5 @@ pub mod descriptor;
 pub mod edits;
 pub mod hint;
 pub mod views;
-pub mod whitening;
 
 pub use descriptor::{CopyDescriber, CopyDescriptorSpec};
