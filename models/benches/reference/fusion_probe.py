@@ -8,12 +8,14 @@ concatenation of unit vectors, `[sqrt(w1) f1, sqrt(w2) f2, ...]`, can be scored 
 it into the model first. Features: the network embedding and pooled Inception blocks written by
 the `pooled_blocks` example, and `pal`, the 144-bin palette of `models/src/palette.rs`
 recomputed here (Pillow's resize differs slightly from the image crate's: within 0.01 of
-`eval --palette-weight 1`).
+`eval --palette-weight 1`). A part written `name:weight:w` is whitened first, as
+`animelens learn-whitening` does (`Whitening::learn_principal`, shrinkage 1), with the whitening
+learned on the seen characters' training pictures.
 
     python fusion_probe.py list ../shared/data/holoen > /tmp/holoen.list
     cargo run --release -p animelens-models --example pooled_blocks -- MODEL /tmp/holoen.list /tmp/f inception4b
     python fusion_probe.py score ../shared/data/holoen biboo,gura,kronii,raora /tmp/f 64 \
-        emb:1 emb:0.5+pal:0.5 emb:0.25+inception4b:0.25+pal:0.5
+        emb:1 emb:0.5+pal:0.5 emb:0.25+inception4b:0.25+pal:0.5 emb:0.3+inception4b:0.2:w+pal:0.5:w
 
 Needs numpy and Pillow.
 """
@@ -69,6 +71,15 @@ def unit(x):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def whitened(X, fit, shrinkage=1.0):
+    """models/src/whitening.rs, learn_principal then apply: PCA whitening learned on X[fit]."""
+    mean = X[fit].mean(0)
+    Z = unit(X[fit] - mean)
+    eigenvalues, vectors = np.linalg.eigh(np.cov(Z.T))
+    eigenvalues = np.maximum(eigenvalues, 0)
+    return unit((X - mean) @ vectors / np.sqrt(eigenvalues + shrinkage * eigenvalues.mean()))
+
+
 def few_shot(E, y, train, unseen, k, episodes=20, seed=0):
     rng = np.random.default_rng(seed)
     accuracies = []
@@ -96,6 +107,14 @@ def open_set(E, y, train, unseen):
     return auroc, float((unknown < np.quantile(known, 0.05)).mean())
 
 
+def seen_recall_at_1(E, y, train, unseen):
+    """Leave-one-out recall@1 among the seen characters' non-training pictures (as `eval`)."""
+    q = np.where(~unseen[y] & ~train)[0]
+    S = E[q] @ E[q].T
+    np.fill_diagonal(S, -np.inf)
+    return float((y[q][S.argmax(1)] == y[q]).mean())
+
+
 def score(root, unseen_names, prefix, input_size, specs):
     rows = holoen_style_images(root)
     classes = sorted({r[1] for r in rows})
@@ -112,13 +131,18 @@ def score(root, unseen_names, prefix, input_size, specs):
                 features[name] = unit(np.load(f"{prefix}-{name}.npy").astype(np.float64))
         return features[name]
 
-    print("| vector | 1-shot | 5-shot | AUROC | rejected at 5% known |\n|---|---|---|---|---|")
+    seen_training = train & ~unseen[y]
+
+    def part(name, weight, *options):
+        f = whitened(feature(name), seen_training) if options == ("w",) else feature(name)
+        return np.sqrt(float(weight)) * f
+
+    print("| vector | 1-shot | 5-shot | AUROC | rejected at 5% known | seen recall@1 |\n|---|---|---|---|---|---|")
     for spec in specs:
-        parts = [p.split(":") for p in spec.split("+")]
-        E = np.hstack([np.sqrt(float(w)) * feature(name) for name, w in parts])
+        E = np.hstack([part(*p.split(":")) for p in spec.split("+")])
         auroc, rejected = open_set(E, y, train, unseen)
         print(f"| {spec} | {few_shot(E, y, train, unseen, 1):.3f} | {few_shot(E, y, train, unseen, 5):.3f} "
-              f"| {auroc:.3f} | {rejected:.3f} |", flush=True)
+              f"| {auroc:.3f} | {rejected:.3f} | {seen_recall_at_1(E, y, train, unseen):.3f} |", flush=True)
 
 
 if __name__ == "__main__":
