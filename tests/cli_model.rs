@@ -23,6 +23,19 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// Runs `command --model MODEL --data DATA EXTRA...`.
+fn on_model_and_data(command: &str, model: &Path, data: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        command,
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    animelens(&args)
+}
+
 /// Trains a 64 px model for `epochs` epochs of two batches of 8 images.
 fn train_tiny(data: &Path, run: &Path, epochs: &str, extra: &[&str]) -> Output {
     let mut args = vec![
@@ -126,6 +139,17 @@ fn train_eval_classify_embed_on_the_sample() {
     assert_eq!(line["heads"][0]["top"].as_array().unwrap().len(), 3);
 
     let npy = dir.path().join("v.npy");
+    // The character vector of `image`, written to `npy`.
+    let embed = || {
+        animelens(&[
+            "embed",
+            "--model",
+            model.to_str().unwrap(),
+            "--out",
+            npy.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ])
+    };
     let o = animelens(&[
         "embed",
         "--model",
@@ -178,25 +202,10 @@ fn train_eval_classify_embed_on_the_sample() {
     assert_eq!(card["palette"]["weight"], 0.5);
     assert_eq!(card["block"]["block"], "inception4b");
     assert!((card["block"]["weight"].as_f64().unwrap() - 0.2).abs() < 1e-6);
-    let o = animelens(&[
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        npy.to_str().unwrap(),
-        image.to_str().unwrap(),
-    ]);
+    let o = embed();
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("dimension 1680"), "{}", text(&o));
-    let o = animelens(&[
-        "eval",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--palette-weight",
-        "1.5",
-    ]);
+    let o = on_model_and_data("eval", &model, &data, &["--palette-weight", "1.5"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("between 0 and 1"), "{}", text(&o));
     for (weights, complaint) in [
@@ -206,18 +215,11 @@ fn train_eval_classify_embed_on_the_sample() {
             "no Inception block named \"inception9z\"",
         ),
     ] {
-        let mut args = vec![
-            "eval",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            data.to_str().unwrap(),
-        ];
-        args.extend(weights);
+        let mut args = weights.to_vec();
         if weights[0] == "--block" {
             args.extend(["--block-weight", "0.1"]);
         }
-        let o = animelens(&args);
+        let o = on_model_and_data("eval", &model, &data, &args);
         assert!(!o.status.success());
         assert!(text(&o).contains(complaint), "{}", text(&o));
     }
@@ -226,15 +228,12 @@ fn train_eval_classify_embed_on_the_sample() {
     // marks both parts, drops the calibration fitted on the raw vectors, and the vectors (same
     // length) change; a missing whitening file is a clear error, not a panic.
     let raw_vector = std::fs::read(&npy).unwrap();
-    let o = animelens(&[
+    let o = on_model_and_data(
         "learn-whitening",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--without",
-        "gura,kronii",
-    ]);
+        &model,
+        &data,
+        &["--without", "gura,kronii"],
+    );
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         text(&o).contains("block-whitening.safetensors"),
@@ -246,28 +245,10 @@ fn train_eval_classify_embed_on_the_sample() {
     assert_eq!(card["block"]["whitened"], true);
     assert_eq!(card["palette"]["whitened"], true);
     assert!(card.get("similarity").is_none_or(|s| s.is_null()), "{card}");
-    let embed = || {
-        animelens(&[
-            "embed",
-            "--model",
-            model.to_str().unwrap(),
-            "--out",
-            npy.to_str().unwrap(),
-            image.to_str().unwrap(),
-        ])
-    };
     let o = embed();
     assert!(text(&o).contains("dimension 1680"), "{}", text(&o));
     assert_ne!(std::fs::read(&npy).unwrap(), raw_vector);
-    let o = animelens(&[
-        "learn-whitening",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--parts",
-        "colour",
-    ]);
+    let o = on_model_and_data("learn-whitening", &model, &data, &["--parts", "colour"]);
     assert!(!o.status.success());
     assert!(text(&o).contains("unknown part 'colour'"), "{}", text(&o));
     let palette_whitening = dir.path().join("run/best.palette-whitening.safetensors");
