@@ -12,6 +12,11 @@ recomputed here (Pillow's resize differs slightly from the image crate's: within
 `animelens learn-whitening` does (`Whitening::learn_principal`, shrinkage 1), with the whitening
 learned on the seen characters' training pictures.
 
+With `COHORT=LIST:PREFIX` (a picture list and its `pooled_blocks` features, e.g. malportraits'
+training nine-tenths), two more columns score the open set cohort-normalised: a query's best
+centroid cosine minus its mean cosine to its 50 nearest cohort pictures (a research lead for the
+open set, not yet in the product).
+
     python fusion_probe.py list ../shared/data/holoen > /tmp/holoen.list
     cargo run --release -p animelens-models --example pooled_blocks -- MODEL /tmp/holoen.list /tmp/f inception4b
     python fusion_probe.py score ../shared/data/holoen biboo,gura,kronii,raora /tmp/f 64 \
@@ -71,13 +76,12 @@ def unit(x):
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def whitened(X, fit, shrinkage=1.0):
-    """models/src/whitening.rs, learn_principal then apply: PCA whitening learned on X[fit]."""
-    mean = X[fit].mean(0)
-    Z = unit(X[fit] - mean)
-    eigenvalues, vectors = np.linalg.eigh(np.cov(Z.T))
+def whitening(X, shrinkage=1.0):
+    """models/src/whitening.rs, learn_principal: the PCA whitening of X's rows, as a function."""
+    mean = X.mean(0)
+    eigenvalues, vectors = np.linalg.eigh(np.cov(unit(X - mean).T))
     eigenvalues = np.maximum(eigenvalues, 0)
-    return unit((X - mean) @ vectors / np.sqrt(eigenvalues + shrinkage * eigenvalues.mean()))
+    return lambda A: unit((A - mean) @ vectors / np.sqrt(eigenvalues + shrinkage * eigenvalues.mean()))
 
 
 def few_shot(E, y, train, unseen, k, episodes=20, seed=0):
@@ -97,10 +101,12 @@ def few_shot(E, y, train, unseen, k, episodes=20, seed=0):
     return float(np.mean(accuracies))
 
 
-def open_set(E, y, train, unseen):
+def open_set(E, y, train, unseen, cohort=None):
     seen = [c for c in range(len(unseen)) if not unseen[c]]
     centroids = unit(np.stack([E[(y == c) & train].sum(0) for c in seen]))
     best = (E @ centroids.T).max(1)
+    if cohort is not None:
+        best = best - np.sort(E @ cohort.T, 1)[:, -50:].mean(1)
     known, unknown = best[(~unseen[y]) & (~train)], best[unseen[y]]
     ranks = np.concatenate([known, unknown]).argsort().argsort() + 1
     auroc = (ranks[: len(known)].sum() - len(known) * (len(known) + 1) / 2) / (len(known) * len(unknown))
@@ -121,33 +127,52 @@ def score(root, unseen_names, prefix, input_size, specs):
     y = np.array([classes.index(r[1]) for r in rows])
     train = np.array([r[2] for r in rows])
     unseen = np.array([c in unseen_names for c in classes])
+    cohort_list, cohort_prefix = os.environ["COHORT"].split(":") if "COHORT" in os.environ else (None, None)
     features = {}
 
-    def feature(name):
-        if name not in features:
+    def feature(name, paths, prefix):
+        if (name, prefix) not in features:
             if name == "pal":
-                features[name] = np.stack([palette(r[0], input_size) for r in rows])
+                features[name, prefix] = np.stack([palette(p, input_size) for p in paths])
             else:
-                features[name] = unit(np.load(f"{prefix}-{name}.npy").astype(np.float64))
-        return features[name]
+                features[name, prefix] = unit(np.load(f"{prefix}-{name}.npy").astype(np.float64))
+        return features[name, prefix]
 
     seen_training = train & ~unseen[y]
+    cohort_paths = [l.strip() for l in open(cohort_list)] if cohort_list else None
 
     def part(name, weight, *options):
-        f = whitened(feature(name), seen_training) if options == ("w",) else feature(name)
-        return np.sqrt(float(weight)) * f
+        f = feature(name, [r[0] for r in rows], prefix)
+        c = feature(name, cohort_paths, cohort_prefix) if cohort_paths else None
+        if options == ("w",):
+            w = whitening(f[seen_training])
+            f, c = w(f), (w(c) if c is not None else None)
+        return np.sqrt(float(weight)) * f, (np.sqrt(float(weight)) * c if c is not None else None)
 
-    print("| vector | 1-shot | 5-shot | AUROC | rejected at 5% known | seen recall@1 |\n|---|---|---|---|---|---|")
+    extra = " AUROC, cohort | rejected, cohort |" if cohort_paths else ""
+    print(f"| vector | 1-shot | 5-shot | AUROC | rejected at 5% known | seen recall@1 |{extra}\n"
+          f"|---|---|---|---|---|---|{'---|---|' if cohort_paths else ''}")
     for spec in specs:
-        E = np.hstack([part(*p.split(":")) for p in spec.split("+")])
+        parts = [part(*p.split(":")) for p in spec.split("+")]
+        E = np.hstack([p[0] for p in parts])
         auroc, rejected = open_set(E, y, train, unseen)
-        print(f"| {spec} | {few_shot(E, y, train, unseen, 1):.3f} | {few_shot(E, y, train, unseen, 5):.3f} "
-              f"| {auroc:.3f} | {rejected:.3f} | {seen_recall_at_1(E, y, train, unseen):.3f} |", flush=True)
+        line = (f"| {spec} | {few_shot(E, y, train, unseen, 1):.3f} | {few_shot(E, y, train, unseen, 5):.3f} "
+                f"| {auroc:.3f} | {rejected:.3f} | {seen_recall_at_1(E, y, train, unseen):.3f} |")
+        if cohort_paths:
+            auroc, rejected = open_set(E, y, train, unseen, np.hstack([p[1] for p in parts]))
+            line += f" {auroc:.3f} | {rejected:.3f} |"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "list":
         print("\n".join(r[0] for r in holoen_style_images(sys.argv[2])))
+    elif len(sys.argv) >= 3 and sys.argv[1] == "list-training":
+        # An unlabelled folder's training nine-tenths (models/src/data/unlabelled.rs's hash rule).
+        import hashlib
+        names = sorted(os.listdir(sys.argv[2]))
+        print("\n".join(os.path.join(sys.argv[2], n) for n in names
+                        if hashlib.sha256(n.encode()).digest()[0] % 10 != 0))
     elif len(sys.argv) >= 7 and sys.argv[1] == "score":
         score(sys.argv[2], set(sys.argv[3].split(",")), sys.argv[4], int(sys.argv[5]), sys.argv[6:])
     else:
