@@ -186,7 +186,9 @@ pub fn checkpoint_paths(path: &Path) -> (PathBuf, PathBuf) {
     (with("safetensors"), with("json"))
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`: a killed
+/// process or a full disk leaves the old file or none, never half a file.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(write_error(dir))?;
     }

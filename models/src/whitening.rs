@@ -225,7 +225,7 @@ impl Whitening {
         checkpoint.with_file_name(format!("{name}.{kind}.safetensors"))
     }
 
-    /// Writes the whitening to `path`.
+    /// Writes the whitening to `path` (atomically: a killed process leaves the old file).
     pub fn save(&self, path: &Path) -> Result<(), WhiteningError> {
         let file_err = |message: String| WhiteningError::File {
             path: path.to_path_buf(),
@@ -249,7 +249,7 @@ impl Whitening {
             .map(|(n, v)| v.map(|v| (n, v)).map_err(|e| file_err(e.to_string())))
             .collect::<Result<_, _>>()?;
         let encoded = safetensors::serialize(views, None).map_err(|e| file_err(e.to_string()))?;
-        std::fs::write(path, encoded).map_err(|e| file_err(e.to_string()))
+        crate::checkpoint::write_atomically(path, &encoded).map_err(|e| file_err(e.to_string()))
     }
 
     /// Reads a whitening written by [`Whitening::save`].
