@@ -426,6 +426,37 @@ pub struct EvalReport {
     generalisation: Option<GeneralisationReport>,
 }
 
+/// The fusion `eval` measures: the card's, with --palette-weight / --block-weight overriding its
+/// weights (a part keeps the card's whitening) and --no-whitening turning the whitenings off.
+fn eval_fusion(
+    args: &EvalArgs,
+    model: &animelens_models::checkpoint::LoadedModel,
+) -> Result<Fusion> {
+    let card = &model.card;
+    let whiten = !args.no_whitening;
+    let palette = match args.palette_weight {
+        Some(w) => Some(PaletteFusion::new(w)?),
+        None => card.palette,
+    }
+    .map(|p| PaletteFusion {
+        whitened: whiten && card.palette.is_some_and(|c| c.whitened),
+        ..p
+    });
+    let block = match args.block_weight {
+        Some(weight) => Some(BlockFusion {
+            block: args.block.clone(),
+            weight,
+            whitened: false,
+        }),
+        None => card.block.clone(),
+    }
+    .map(|b| BlockFusion {
+        whitened: whiten && (card.block.as_ref()).is_some_and(|c| c.whitened && c.block == b.block),
+        ..b
+    });
+    Ok(Fusion::new(palette, block, model.net.architecture())?.with_whitenings(&args.model)?)
+}
+
 /// Runs `animelens eval`.
 pub fn run_eval(args: EvalArgs) -> Result<()> {
     let split = match args.split.as_str() {
@@ -437,39 +468,7 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     };
     let model = animelens_models::checkpoint::load(&args.model)
         .with_context(|| format!("loading model {}", args.model.display()))?;
-    // Overridden weights keep the card's whitening of the same part.
-    let palette = match args.palette_weight {
-        Some(w) => Some(PaletteFusion {
-            whitened: model.card.palette.is_some_and(|p| p.whitened),
-            ..PaletteFusion::new(w)?
-        }),
-        None => model.card.palette,
-    };
-    let block = match args.block_weight {
-        Some(weight) => Some(BlockFusion {
-            block: args.block.clone(),
-            weight,
-            whitened: (model.card.block.as_ref())
-                .is_some_and(|b| b.whitened && b.block == args.block),
-        }),
-        None => model.card.block.clone(),
-    };
-    let (palette, block) = if args.no_whitening {
-        (
-            palette.map(|p| PaletteFusion {
-                whitened: false,
-                ..p
-            }),
-            block.map(|b| BlockFusion {
-                whitened: false,
-                ..b
-            }),
-        )
-    } else {
-        (palette, block)
-    };
-    let fusion =
-        Fusion::new(palette, block, model.net.architecture())?.with_whitenings(&args.model)?;
+    let fusion = eval_fusion(&args, &model)?;
     let full = args.data.load()?;
     let unseen = if args.unseen_characters.is_empty() {
         // A model trained on several datasets holds out characters of each: keep this data's.
