@@ -186,15 +186,8 @@ pub fn checkpoint_paths(path: &Path) -> (PathBuf, PathBuf) {
     (with("safetensors"), with("json"))
 }
 
-/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`: a killed
-/// process or a full disk leaves the old file or none, never half a file.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(write_error(dir))?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(write_error(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(write_error(path))
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    crate::atomic_file::write_atomically(path, bytes).map_err(write_error(path))
 }
 
 /// SHA-256 (hex, first 16 bytes) of a weights file's bytes.

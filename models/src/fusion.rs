@@ -27,6 +27,7 @@
 
 use crate::architecture::Architecture;
 use crate::palette::{palette, PaletteFusion, PALETTE_DIM};
+use crate::unit_vector::normalised;
 use crate::whitening::{Whitening, WhiteningError};
 use image::RgbImage;
 use rayon::prelude::*;
@@ -317,15 +318,6 @@ pub fn fuse(parts: &[(Vec<f32>, f32)]) -> Vec<f32> {
             })
             .collect(),
     )
-}
-
-/// `v / |v|` (a zero vector stays zero).
-pub(crate) fn normalised(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-    v
 }
 
 #[cfg(test)]

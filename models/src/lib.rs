@@ -6,6 +6,7 @@
 //! [`Embedder`] and [`Prediction`].
 
 pub mod architecture;
+mod atomic_file;
 pub mod augment;
 pub mod bench;
 pub mod checkpoint;
@@ -33,6 +34,7 @@ pub mod preprocess;
 pub mod prune;
 pub mod schedule;
 pub mod train;
+mod unit_vector;
 pub mod whitening;
 
 pub use architecture::{Architecture, GOOGLENET};

@@ -96,7 +96,7 @@ pub fn palette(picture: &RgbImage) -> Vec<f32> {
         band.iter_mut()
             .for_each(|c| *c = (*c / total.max(1.0)).sqrt());
     }
-    crate::fusion::normalised(hist)
+    crate::unit_vector::normalised(hist)
 }
 
 /// Hue (turns), saturation and value, each in `[0, 1]`; hue 0 for greys.

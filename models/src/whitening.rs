@@ -19,6 +19,7 @@
 //! `NAME.block-whitening.safetensors` and `NAME.palette-whitening.safetensors`
 //! (`animelens learn-whitening`).
 
+use crate::unit_vector::normalised;
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
 use safetensors::tensor::TensorView;
 use std::path::{Path, PathBuf};
@@ -199,16 +200,12 @@ impl Whitening {
     /// The whitened, L2-normalised descriptor of `x` (of length [`Whitening::input_dim`]).
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
         let centred: Vec<f32> = x.iter().zip(&self.mean).map(|(v, m)| v - m).collect();
-        let mut out: Vec<f32> = self
-            .projection
-            .chunks_exact(self.mean.len())
-            .map(|row| row.iter().zip(&centred).map(|(a, b)| a * b).sum())
-            .collect();
-        let norm = out.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            out.iter_mut().for_each(|v| *v /= norm);
-        }
-        out
+        normalised(
+            self.projection
+                .chunks_exact(self.mean.len())
+                .map(|row| row.iter().zip(&centred).map(|(a, b)| a * b).sum())
+                .collect(),
+        )
     }
 
     /// Where a checkpoint's whitening of `kind` lives: `NAME.KIND.safetensors` beside
@@ -249,7 +246,7 @@ impl Whitening {
             .map(|(n, v)| v.map(|v| (n, v)).map_err(|e| file_err(e.to_string())))
             .collect::<Result<_, _>>()?;
         let encoded = safetensors::serialize(views, None).map_err(|e| file_err(e.to_string()))?;
-        crate::checkpoint::write_atomically(path, &encoded).map_err(|e| file_err(e.to_string()))
+        crate::atomic_file::write_atomically(path, &encoded).map_err(|e| file_err(e.to_string()))
     }
 
     /// Reads a whitening written by [`Whitening::save`].
