@@ -139,26 +139,19 @@ fn train_eval_classify_embed_on_the_sample() {
     assert_eq!(line["heads"][0]["top"].as_array().unwrap().len(), 3);
 
     let npy = dir.path().join("v.npy");
-    // The character vector of `image`, written to `npy`.
-    let embed = || {
-        animelens(&[
+    // The character vectors of `images`, written to `npy`.
+    let embed = |images: &[&Path]| {
+        let mut args = vec![
             "embed",
             "--model",
             model.to_str().unwrap(),
             "--out",
             npy.to_str().unwrap(),
-            image.to_str().unwrap(),
-        ])
+        ];
+        args.extend(images.iter().map(|p| p.to_str().unwrap()));
+        animelens(&args)
     };
-    let o = animelens(&[
-        "embed",
-        "--model",
-        model.to_str().unwrap(),
-        "--out",
-        npy.to_str().unwrap(),
-        image.to_str().unwrap(),
-        image.to_str().unwrap(),
-    ]);
+    let o = embed(&[&image, &image]);
     assert!(o.status.success(), "{}", text(&o));
     let bytes = std::fs::read(&npy).unwrap();
     assert!(bytes.starts_with(b"\x93NUMPY"));
@@ -202,7 +195,7 @@ fn train_eval_classify_embed_on_the_sample() {
     assert_eq!(card["palette"]["weight"], 0.5);
     assert_eq!(card["block"]["block"], "inception4b");
     assert!((card["block"]["weight"].as_f64().unwrap() - 0.2).abs() < 1e-6);
-    let o = embed();
+    let o = embed(&[&image]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("dimension 1680"), "{}", text(&o));
     let o = on_model_and_data("eval", &model, &data, &["--palette-weight", "1.5"]);
@@ -245,7 +238,7 @@ fn train_eval_classify_embed_on_the_sample() {
     assert_eq!(card["block"]["whitened"], true);
     assert_eq!(card["palette"]["whitened"], true);
     assert!(card.get("similarity").is_none_or(|s| s.is_null()), "{card}");
-    let o = embed();
+    let o = embed(&[&image]);
     assert!(text(&o).contains("dimension 1680"), "{}", text(&o));
     assert_ne!(std::fs::read(&npy).unwrap(), raw_vector);
     let o = on_model_and_data("learn-whitening", &model, &data, &["--parts", "colour"]);
@@ -254,7 +247,7 @@ fn train_eval_classify_embed_on_the_sample() {
     let palette_whitening = dir.path().join("run/best.palette-whitening.safetensors");
     let moved = dir.path().join("moved.safetensors");
     std::fs::rename(&palette_whitening, &moved).unwrap();
-    let o = embed();
+    let o = embed(&[&image]);
     assert!(!o.status.success());
     let t = text(&o);
     assert!(
