@@ -86,11 +86,11 @@ pub struct Fusion {
 
 /// The learned whitenings of the parts a card marks `whitened`.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct PartWhitenings {
+struct PartWhitenings {
     /// Of the pooled block (input: its channels).
-    pub block: Option<Arc<Whitening>>,
+    block: Option<Arc<Whitening>>,
     /// Of the palette (input: [`PALETTE_DIM`]).
-    pub palette: Option<Arc<Whitening>>,
+    palette: Option<Arc<Whitening>>,
 }
 
 /// File kinds of the parts' whitenings beside a checkpoint ([`Whitening::path_for`]).
@@ -188,28 +188,11 @@ impl Fusion {
         })
     }
 
-    /// The same fusion with these whitenings (for a whitening just learned).
-    pub fn with_part_whitenings(self, whitenings: PartWhitenings) -> Self {
-        Self { whitenings, ..self }
-    }
-
-    /// The parts as they enter the fusion before whitening, one row per picture: the block's
-    /// pooled activation (unit length; empty without a block part) and the palette (empty
-    /// without a palette part). What `learn-whitening` learns from.
-    pub fn raw_parts(
-        &self,
-        blocks: Vec<Vec<f32>>,
-        pictures: &[RgbImage],
-    ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-        let blocks = match self.block {
-            Some(_) => blocks.into_par_iter().map(normalised).collect(),
-            None => Vec::new(),
-        };
-        let palettes = match self.palette {
-            Some(_) => pictures.par_iter().map(palette).collect(),
-            None => Vec::new(),
-        };
-        (blocks, palettes)
+    /// A block's pooled activation as it enters the fusion before whitening (unit length): what
+    /// `learn-whitening` learns the block's whitening from. The palette part is
+    /// [`palette`] itself.
+    pub fn block_part(pooled: Vec<f32>) -> Vec<f32> {
+        normalised(pooled)
     }
 
     /// Where the block is tapped; `None` without a block part.
@@ -294,7 +277,7 @@ impl Fusion {
                 };
                 let mut parts = vec![(e, we)];
                 if self.block.is_some() {
-                    let block = normalised(block.unwrap_or_default());
+                    let block = Self::block_part(block.unwrap_or_default());
                     parts.push((whiten(block, &self.whitenings.block), wb));
                 }
                 if let Some(p) = self.palette {

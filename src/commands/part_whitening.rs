@@ -8,15 +8,16 @@
 use super::model::DataArgs;
 use animelens_models::checkpoint::{self, write_card};
 use animelens_models::data::{decode_all, unlabelled_images, Sample, Split};
-use animelens_models::fusion::{BlockFusion, PartWhitenings, BLOCK_WHITENING, PALETTE_WHITENING};
+use animelens_models::fusion::{BlockFusion, Fusion, BLOCK_WHITENING, PALETTE_WHITENING};
 use animelens_models::metrics::run_set;
-use animelens_models::palette::PaletteFusion;
+use animelens_models::palette::{palette as palette_of, PaletteFusion};
 use animelens_models::whitening::Whitening;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rayon::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -110,13 +111,26 @@ pub fn run(args: LearnPartWhiteningArgs) -> Result<()> {
         );
     }
     let set = Arc::new(set);
-    tracing::info!("describing {} pictures", set.images.len());
-    let outputs = run_set(&model.net, &set, pre, 32, fusion.tap().map(|t| t.blocks))?;
-    let (blocks, palettes) = fusion.raw_parts(outputs.blocks, &set.images);
+    // Only the parts asked for are computed: the palette alone needs no forward pass.
+    let blocks: Vec<Vec<f32>> = if block {
+        tracing::info!("describing {} pictures", set.images.len());
+        let outputs = run_set(&model.net, &set, pre, 32, fusion.tap().map(|t| t.blocks))?;
+        outputs
+            .blocks
+            .into_par_iter()
+            .map(Fusion::block_part)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let palettes: Vec<Vec<f32>> = if palette {
+        set.images.par_iter().map(palette_of).collect()
+    } else {
+        Vec::new()
+    };
 
     let mut card = model.card.clone();
-    let mut learned = PartWhitenings::default();
-    let learn = |rows: &[Vec<f32>], kind: &str| -> Result<Arc<Whitening>> {
+    let learn = |rows: &[Vec<f32>], kind: &str| -> Result<()> {
         let whitening = Whitening::learn_principal(rows, args.shrinkage)?;
         let path = Whitening::path_for(&args.model, kind);
         whitening.save(&path)?;
@@ -126,17 +140,17 @@ pub fn run(args: LearnPartWhiteningArgs) -> Result<()> {
             whitening.dim,
             rows.len()
         );
-        Ok(Arc::new(whitening))
+        Ok(())
     };
     if block {
-        learned.block = Some(learn(&blocks, BLOCK_WHITENING)?);
+        learn(&blocks, BLOCK_WHITENING)?;
         card.block = card.block.map(|b| BlockFusion {
             whitened: true,
             ..b
         });
     }
     if palette {
-        learned.palette = Some(learn(&palettes, PALETTE_WHITENING)?);
+        learn(&palettes, PALETTE_WHITENING)?;
         card.palette = card.palette.map(|p| PaletteFusion {
             whitened: true,
             ..p
@@ -149,7 +163,11 @@ pub fn run(args: LearnPartWhiteningArgs) -> Result<()> {
         );
     }
     write_card(&args.model, &card)?;
-    let tag = fusion.with_part_whitenings(learned).fingerprint_tag();
+    // The tag as the model now loads: every whitened part, this run's and any earlier one's.
+    let tag = card
+        .fusion(model.net.architecture())?
+        .with_whitenings(&args.model)?
+        .fingerprint_tag();
     println!("the card now marks {} whitened (vectors tagged {tag}); re-index catalogues built with this model (`animelens index rebuild --reembed`)", args.parts.join(" and "));
     Ok(())
 }
