@@ -38,7 +38,7 @@ impl Classifier {
         let model = checkpoint::load(path)?;
         let mut copy = CopyDescriber::new(CopyDescriptorSpec::default(), model.net.architecture())
             .expect("the default copy descriptor pools an Inception block");
-        let whitening = Whitening::path_for(path, "copy");
+        let whitening = Whitening::path_for(path, crate::copies::COPY_WHITENING);
         if whitening.exists() {
             copy = copy.with_whitening(Whitening::load(&whitening)?);
         }

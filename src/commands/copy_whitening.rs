@@ -99,7 +99,7 @@ pub fn run(args: LearnWhiteningArgs) -> Result<()> {
     }
     bar.finish_and_clear();
     let whitening = Whitening::learn_from_pairs(&pairs, &unrelated, args.dim)?;
-    let path = Whitening::path_for(&args.model, "copy");
+    let path = Whitening::path_for(&args.model, animelens_models::copies::COPY_WHITENING);
     whitening.save(&path)?;
     println!(
         "wrote {} ({} → {} dimensions, learned on {} pictures and their edited copies)",

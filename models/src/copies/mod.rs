@@ -12,3 +12,7 @@ pub mod hint;
 pub mod views;
 
 pub use descriptor::{CopyDescriber, CopyDescriptorSpec};
+
+/// File kind of the copy descriptor's whitening beside a checkpoint
+/// ([`crate::whitening::Whitening::path_for`]: `NAME.copy.safetensors`).
+pub const COPY_WHITENING: &str = "copy";
