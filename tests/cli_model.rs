@@ -389,3 +389,36 @@ fn pruned_weights_stay_zero_through_fine_tuning() {
     assert!(!o.status.success());
     assert!(text(&o).contains("--prune-threshold 0.01"), "{}", text(&o));
 }
+
+#[test]
+fn bench_stages_times_every_stage_of_a_batch_1_pass() {
+    let out = animelens(&[
+        "bench",
+        "--stages",
+        "--batch",
+        "1",
+        "--sizes",
+        "48",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let line: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON object for the one size");
+    assert_eq!(
+        (line["size"].as_u64(), line["batch"].as_u64()),
+        (Some(48), Some(1))
+    );
+    let stages = line["stages"].as_array().expect("stages");
+    let names: Vec<&str> = stages.iter().filter_map(|s| s["stage"].as_str()).collect();
+    assert_eq!(
+        names.len(),
+        16,
+        "conv1 … inception5b, without the average pool: {names:?}"
+    );
+    assert_eq!((names[0], names[15]), ("conv1", "inception5b"));
+    assert!(stages
+        .iter()
+        .all(|s| s["ms"].as_f64().is_some_and(|ms| ms > 0.0)));
+}

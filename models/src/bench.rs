@@ -1,4 +1,5 @@
-//! Speed of the network on this machine: training steps and inference, images per second.
+//! Speed of the network on this machine: training steps and inference, images per second, and
+//! where an inference pass spends its time, stage by stage.
 
 use crate::architecture::GOOGLENET;
 use crate::folded::FoldedNetwork;
@@ -40,13 +41,7 @@ fn timed<F: FnMut() -> Result<()>>(repeats: usize, mut f: F) -> Result<f64> {
 /// `training` adds the training-step measurement.
 pub fn measure(size: usize, batch: usize, repeats: usize, training: bool) -> Result<SpeedRow> {
     let dev = Device::Cpu;
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-    let heads = [HeadSpec {
-        level: "character".into(),
-        classes: 1000,
-    }];
-    let net = Network::new(&GOOGLENET, &heads, HeadKind::Linear, 0.5, vb)?;
+    let (varmap, net) = random_network()?;
     let mut opt = adamw(&varmap, &[], 1e-3, 1e-4)?;
     let x = Tensor::randn(0f32, 1., (batch, 3, size, size), &dev)?;
     let labels: Vec<u32> = (0..batch as u32).map(|i| i * 7 % 1000).collect();
@@ -74,6 +69,43 @@ pub fn measure(size: usize, batch: usize, repeats: usize, training: bool) -> Res
         infer_img_s: batch as f64 / infer,
         latency_ms: latency * 1e3,
     })
+}
+
+/// A randomly initialised 1000-class GoogLeNet and its variables.
+fn random_network() -> Result<(VarMap, Network)> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let heads = [HeadSpec {
+        level: "character".into(),
+        classes: 1000,
+    }];
+    let net = Network::new(&GOOGLENET, &heads, HeadKind::Linear, 0.5, vb)?;
+    Ok((varmap, net))
+}
+
+/// Milliseconds one stage of the folded network takes.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageTime {
+    /// torchvision's module name (`conv1`, `inception4e`).
+    pub stage: &'static str,
+    /// Mean wall time per pass, in milliseconds.
+    pub ms: f64,
+}
+
+/// The folded random GoogLeNet's time per stage for a batch of `batch` images of `size` px,
+/// the mean of `repeats` passes after one warm-up (see [`FoldedNetwork::stage_times`]).
+pub fn stage_profile(size: usize, batch: usize, repeats: usize) -> Result<Vec<StageTime>> {
+    let (_varmap, net) = random_network()?;
+    let folded = FoldedNetwork::new(&net)?;
+    let x = Tensor::randn(0f32, 1., (batch, 3, size, size), &Device::Cpu)?;
+    Ok(folded
+        .stage_times(&x, repeats)?
+        .into_iter()
+        .map(|(stage, spent)| StageTime {
+            stage,
+            ms: spent.as_secs_f64() * 1e3,
+        })
+        .collect())
 }
 
 /// Renders rows as a markdown table.

@@ -13,7 +13,7 @@
 //!
 //! Results equal [`Network::forward_t`] in eval mode up to float rounding (tested).
 
-use crate::architecture::Architecture;
+use crate::architecture::{Architecture, Op};
 use crate::head::Head;
 use crate::layers::{l2_normalise, BasicConv2d, InceptionBranch};
 use crate::network::{Layer, Network, Output};
@@ -24,6 +24,7 @@ use crate::ops::{
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Shape `(C, N, H, W)` of a channel-major activation held at the front of a buffer.
 #[derive(Debug, Clone, Copy)]
@@ -376,11 +377,13 @@ impl FoldedNetwork {
         blocks: usize,
         tap: Option<usize>,
         ws: &mut Workspace,
+        mut timings: Option<&mut [Duration]>,
     ) -> Result<(Activation, Option<Vec<f32>>)> {
         let mut a = x;
         let mut blocks_run = 0;
         let mut tapped = None;
         for (i, stage) in self.stages.iter().enumerate() {
+            let started = Instant::now();
             let source = if i == 0 { input } else { &ws.current[..] };
             let mut block_ended = false;
             a = match stage {
@@ -397,6 +400,9 @@ impl FoldedNetwork {
                 }
                 FoldedStage::GlobalAveragePool => break,
             };
+            if let Some(spent) = timings.as_deref_mut().and_then(|t| t.get_mut(i)) {
+                *spent += started.elapsed();
+            }
             ws.advance();
             if block_ended && tap == Some(blocks_run) {
                 tapped = Some(average_pool(a, &ws.current));
@@ -434,8 +440,14 @@ impl FoldedNetwork {
         let (n, c, h, w) = x.dims4()?;
         let input = channel_major(x)?;
         self.with_workspace(|ws| {
-            let (a, _) =
-                self.run_stages(&input, Activation { c, n, h, w }, blocks.max(1), None, ws)?;
+            let (a, _) = self.run_stages(
+                &input,
+                Activation { c, n, h, w },
+                blocks.max(1),
+                None,
+                ws,
+                None,
+            )?;
             Ok(FeatureMap {
                 values: ws.current[..a.len()].to_vec(),
                 channels: a.c,
@@ -444,6 +456,31 @@ impl FoldedNetwork {
                 width: a.w,
             })
         })
+    }
+
+    /// Where a forward pass of `(N, 3, S, S)` images spends its time: the mean wall time of
+    /// each stage of the architecture table up to the global average pool (the heads and the
+    /// input's reordering are left out), over `repeats` passes after one warm-up.
+    pub fn stage_times(&self, x: &Tensor, repeats: usize) -> Result<Vec<(&'static str, Duration)>> {
+        let (n, c, h, w) = x.dims4()?;
+        let input = channel_major(x)?;
+        let shape = Activation { c, n, h, w };
+        let mut spent = vec![Duration::ZERO; self.stages.len()];
+        self.with_workspace(|ws| {
+            self.run_stages(&input, shape, usize::MAX, None, ws, None)?;
+            for _ in 0..repeats {
+                self.run_stages(&input, shape, usize::MAX, None, ws, Some(&mut spent))?;
+            }
+            Ok(())
+        })?;
+        Ok(self
+            .architecture
+            .stages
+            .iter()
+            .zip(spent)
+            .filter(|(stage, _)| stage.op != Op::GlobalAveragePool)
+            .map(|(stage, total)| (stage.name, total / repeats.max(1) as u32))
+            .collect())
     }
 
     /// The pooled features, `(N, embedding_dim)` row-major, and the tapped block's (see
@@ -455,7 +492,7 @@ impl FoldedNetwork {
         tap: Option<usize>,
         ws: &mut Workspace,
     ) -> Result<(Vec<f32>, Option<TappedRows>)> {
-        let (a, tapped) = self.run_stages(input, x, usize::MAX, tap, ws)?;
+        let (a, tapped) = self.run_stages(input, x, usize::MAX, tap, ws, None)?;
         let dim = self.architecture.embedding_dim;
         if a.c != dim {
             candle_core::bail!("folded network ends with {} channels, expected {dim}", a.c);
@@ -524,7 +561,8 @@ mod tests {
     #[test]
     fn matches_the_plain_network_in_eval_mode() -> Result<()> {
         let kinds = [HeadKind::Linear, HeadKind::Cosine { scale: 30.0 }];
-        for ((batch, size), kind) in [(3, 64), (1, 75), (2, 97)]
+        // (1, 64): inception5 at 2×2 px runs the 4-column products of `ops/narrow.rs`.
+        for ((batch, size), kind) in [(3, 64), (1, 75), (2, 97), (1, 64)]
             .into_iter()
             .zip(kinds.iter().cycle())
         {
@@ -549,6 +587,22 @@ mod tests {
 
     /// The feature map after every block, averaged, is the pooled embedding before
     /// normalisation; after fewer blocks it has that block's channels and size.
+    #[test]
+    fn stage_times_cover_every_stage_before_the_average_pool() -> Result<()> {
+        let folded = FoldedNetwork::new(&trained_looking_net(HeadKind::Linear)?)?;
+        let x = Tensor::randn(0f32, 1., (1, 3, 64, 64), &Device::Cpu)?;
+        let times = folded.stage_times(&x, 2)?;
+        let names: Vec<&str> = GOOGLENET
+            .stages
+            .iter()
+            .filter(|s| s.op != Op::GlobalAveragePool)
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(times.iter().map(|t| t.0).collect::<Vec<_>>(), names);
+        assert!(times.iter().all(|(_, spent)| *spent > Duration::ZERO));
+        Ok(())
+    }
+
     #[test]
     fn feature_maps_match_the_pooled_features() -> Result<()> {
         let net = trained_looking_net(HeadKind::Linear)?;

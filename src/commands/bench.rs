@@ -1,7 +1,7 @@
 //! `animelens bench [model|index]`: speed of the network (training and inference img/s per input
 //! size; the default) or of the catalogue (`bench index`, see [`super::bench_index`]).
 
-use animelens_models::bench::{markdown_table, measure};
+use animelens_models::bench::{markdown_table, measure, stage_profile};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
@@ -60,10 +60,17 @@ pub struct ModelBenchArgs {
     /// Print one JSON object per size (for models/benches/reference/compare.sh) instead of a table.
     #[arg(long)]
     json: bool,
+    /// Time each stage of the folded network instead (conv1 … inception5b, at `--batch`; 1 is
+    /// the single-upload case), for a side-by-side with models/benches/reference/ort_stages.py.
+    #[arg(long)]
+    stages: bool,
 }
 
 /// Runs the model benchmark and prints a markdown table.
 pub fn run_model(args: ModelBenchArgs) -> Result<()> {
+    if args.stages {
+        return run_stages(&args);
+    }
     let mut rows = Vec::new();
     for size in args.sizes {
         let row = measure(size, args.batch, args.repeats, !args.inference_only)?;
@@ -77,6 +84,36 @@ pub fn run_model(args: ModelBenchArgs) -> Result<()> {
     }
     if !args.json {
         println!("threads: {}\n\n{}", rayon_threads(), markdown_table(&rows));
+    }
+    Ok(())
+}
+
+/// `bench --stages`: per size, the time of every stage, as a table or one JSON object per size.
+fn run_stages(args: &ModelBenchArgs) -> Result<()> {
+    for &size in &args.sizes {
+        let stages = stage_profile(size, args.batch, args.repeats)?;
+        let total: f64 = stages.iter().map(|s| s.ms).sum();
+        if args.json {
+            let value = serde_json::json!({
+                "engine": "animelens", "size": size, "batch": args.batch, "stages": stages,
+            });
+            println!("{value}");
+            continue;
+        }
+        println!(
+            "{size} px, batch {}, threads {}:\n\n| stage | ms | share |\n|---|---|---|",
+            args.batch,
+            rayon_threads()
+        );
+        for s in &stages {
+            println!(
+                "| {} | {:.3} | {:.1}% |",
+                s.stage,
+                s.ms,
+                100.0 * s.ms / total
+            );
+        }
+        println!("| all stages | {total:.3} | |\n");
     }
     Ok(())
 }

@@ -1,15 +1,23 @@
 //! The f32 inference convolution with BatchNorm folded in: one matrix product with bias + ReLU
-//! fused into its epilogue, the non-pointwise ones unfolded block by block while in cache. (The
+//! fused into its epilogue, the non-pointwise ones unfolded block by block while in cache, the
+//! narrowest (a batch-1 pass's last blocks) as dot products on the unpacked weights. (The
 //! 3×3 "same" convolutions run as Winograd, `winograd.rs`; further inference kernels, int8 or
 //! depthwise, belong beside this file.)
 
 use super::gemm::{column_block, gemm_into, matmul_then, with_scratch, Mat};
 use super::im2col::{columns, unfold_channel, Conv2dGeometry, Dims};
+use super::narrow::narrow_bias_relu;
 use super::prefix;
+use super::transpose::transpose;
 use candle_core::Result;
 use gemm::Parallelism;
 use multiversion::multiversion;
 use rayon::prelude::*;
+
+/// Products with at most this many columns run as dot products (`narrow.rs`): inception5 at
+/// 2×2 px (a 64 px upload) took 0.6–0.9 ms there against 1.0–1.1 ms through gemm; at 9 or 16
+/// columns gemm was as fast or faster (`animelens bench --stages --batch 1`, BENCHMARKS.md).
+const NARROW_COLUMNS: usize = 4;
 
 /// Unfolded values per block of [`unfolded_blocks_bias_relu`] (1 MiB: half a core's L2).
 const BLOCK_COLUMNS: usize = 1 << 18;
@@ -44,7 +52,17 @@ pub(crate) fn conv_bias_relu(
             g.kernel
         );
     }
-    if g.is_pointwise() || column_block(d.o, l, rayon::current_num_threads()).is_none() {
+    if l <= NARROW_COLUMNS {
+        with_scratch(|buffer| {
+            with_scratch(|transposed| {
+                let cols = columns(g, d, x, buffer);
+                let xt = prefix(transposed, l * k);
+                // SAFETY: `cols` holds k×l values and `xt` l×k; they are distinct buffers.
+                unsafe { transpose(cols.as_ptr(), l, (k, l), xt.as_mut_ptr(), k) };
+                narrow_bias_relu(weight, xt, bias, (d.o, l, k), out);
+            })
+        });
+    } else if g.is_pointwise() || column_block(d.o, l, rayon::current_num_threads()).is_none() {
         // Pointwise (the input is the column matrix), or too few columns to share out by
         // blocks (batch-1 late layers): one product, threaded by gemm across the outputs.
         with_scratch(|buffer| {

@@ -16,8 +16,8 @@
 //! Convolution lives in four files, one job each: `im2col.rs` (geometry, unfolding),
 //! `gemm.rs` (the matrix products and scratch buffers both paths share), `conv_train.rs` (the
 //! differentiable op) and `conv_infer.rs` (the folded inference kernel), with `winograd.rs` for
-//! the 3×3 "same" convolutions at inference; int8 and depthwise kernels get files of their own
-//! beside `conv_infer.rs`.
+//! the 3×3 "same" convolutions at inference and `narrow.rs` for products of a few columns; int8
+//! and depthwise kernels get files of their own beside `conv_infer.rs`.
 
 mod batchnorm;
 mod conv_infer;
@@ -25,6 +25,7 @@ mod conv_train;
 mod gemm;
 mod im2col;
 mod maxpool;
+mod narrow;
 mod transpose;
 mod winograd;
 
