@@ -14,8 +14,8 @@ learned on the seen characters' training pictures.
 
 With `COHORT=LIST:PREFIX` (a picture list and its `pooled_blocks` features, e.g. malportraits'
 training nine-tenths), two more columns score the open set cohort-normalised: a query's best
-centroid cosine minus its mean cosine to its 50 nearest cohort pictures (a research lead for the
-open set, not yet in the product).
+centroid cosine minus its mean cosine to its 50 nearest cohort pictures (a research probe for the
+open set; on the shipped model it does not help: `cohort_probe.py`).
 
     python fusion_probe.py list ../shared/data/holoen > /tmp/holoen.list
     cargo run --release -p animelens-models --example pooled_blocks -- MODEL /tmp/holoen.list /tmp/f inception4b
