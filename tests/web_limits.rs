@@ -3,7 +3,8 @@
 //! a burst of 6300 × 6300 PNGs keeps the process's peak resident memory (VmHWM from
 //! /proc/PID/status) under the `memory_budget_mib` setting; oversized recommendation lists and
 //! unsafe names are refused; `HEAD /healthz`, the favicon and the UI's security headers answer;
-//! logs sent to a pipe carry no ANSI colour.
+//! logs sent to a pipe carry no ANSI colour; a body that does not arrive within
+//! `request_timeout_secs` is answered 408.
 
 mod web_support;
 
@@ -123,4 +124,38 @@ fn no_upload_crashes_the_server_or_passes_the_memory_budget() {
         server.lines.iter().all(|l| !l.contains('\u{1b}')),
         "ANSI colour codes in piped logs"
     );
+}
+
+#[test]
+fn a_body_sent_too_slowly_is_answered_408_and_the_server_lives_on() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let gallery = small_gallery(&tmp.path().join("gallery"), 2, 2);
+    let config = tmp.path().join("serve.toml");
+    std::fs::write(&config, "request_timeout_secs = 1\n").unwrap();
+    let server = Server::start_on(&tmp.path().join("data"), &model, &gallery, Some(&config));
+
+    // Headers promise 1,000 bytes; 10 arrive, then nothing.
+    let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /api/v1/search HTTP/1.1\r\nHost: {}\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n0123456789",
+        server.addr
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("1 s"),
+        "the answer names the limit: {answer}"
+    );
+
+    let r = server.post_image("/api/v1/search", "image/png", &black_png(8, 8));
+    assert_eq!(r.status, 200, "{}", r.error());
 }

@@ -11,6 +11,7 @@ use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::storage::open_storage;
 use crate::ui;
+use crate::upload::BodyDeadline;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{from_fn, DefaultHeaders, Next};
@@ -153,6 +154,9 @@ impl Service {
         let bind = self.settings.bind.clone();
         let http_workers = self.settings.http_workers;
         let timeout = Duration::from_secs(self.settings.request_timeout_secs);
+        let deadline = BodyDeadline {
+            secs: self.settings.request_timeout_secs,
+        };
         let max_connections = self.settings.max_connections;
         let state = web::Data::new(AppState {
             catalog: self.catalog,
@@ -164,6 +168,7 @@ impl Service {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(deadline)
                 .wrap(from_fn(observe))
                 .wrap(security_headers())
                 .configure(api::configure)

@@ -132,14 +132,20 @@ pub async fn read(
     Ok(upload)
 }
 
-/// Runs a body read, failing with 408 past the service's `request_timeout_secs`.
+/// How long a client may take to send a body (the service's `request_timeout_secs`), as the
+/// server registers it in the app's data; 30 s where none is registered.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline {
+    /// Seconds.
+    pub secs: u64,
+}
+
+/// Runs a body read, failing with 408 past the [`BodyDeadline`].
 async fn within_deadline<T>(
     req: &HttpRequest,
     read: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
-    let secs = req
-        .app_data::<actix_web::web::Data<crate::state::AppState>>()
-        .map_or(30, |s| s.settings.request_timeout_secs);
+    let secs = req.app_data::<BodyDeadline>().map_or(30, |d| d.secs);
     actix_web::rt::time::timeout(Duration::from_secs(secs), read)
         .await
         .map_err(|_| ApiError::RequestTimeout { secs })?
