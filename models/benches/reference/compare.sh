@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Side-by-side speed of AnimeLens, PyTorch and ONNX Runtime on GoogLeNet (batch 32, 2 threads).
 # Usage: models/benches/reference/compare.sh [SIZES]   (default 64,96,128,224)
-# ROUNDS (default 3) alternating rounds of both scripts; each figure is the best of its rounds (highest
+# ROUNDS (default 3) alternating rounds (each engine and figure in its own process); each figure is the best of its rounds (highest
 # throughput, lowest latency), which filters out the slowdowns that other tenants of a shared machine cause.
 # Installs torch, torchvision, onnx, onnxruntime into $ANIMELENS_REF_VENV (default ~/.cache/animelens-ref-venv)
 # on first use; nothing here is needed by the tests or CI.
@@ -19,15 +19,27 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/animelens-target}"
 bin="$CARGO_TARGET_DIR/release/animelens"
 out="$(mktemp -d)"
 rounds="${ROUNDS:-3}"
+# Each engine and each kind of figure in its own process, the rounds interleaved: AnimeLens's
+# training figure comes from a run that trains, its inference figures from a fresh process.
 for round in $(seq "$rounds"); do
   echo "round $round of $rounds" >&2
-  RAYON_NUM_THREADS=2 "$bin" bench --sizes "$sizes" --json >> "$out/animelens.jsonl"
-  OMP_NUM_THREADS=2 "$venv/bin/python" "$here/torch_googlenet.py" --sizes "$sizes" --threads 2 >> "$out/reference.jsonl"
+  RAYON_NUM_THREADS=2 "$bin" bench --sizes "$sizes" --json >> "$out/animelens-training.jsonl"
+  RAYON_NUM_THREADS=2 "$bin" bench --sizes "$sizes" --inference-only --json >> "$out/animelens.jsonl"
+  for engine in pytorch onnxruntime; do
+    OMP_NUM_THREADS=2 "$venv/bin/python" "$here/torch_googlenet.py" --sizes "$sizes" --threads 2 \
+      --engines "$engine" >> "$out/reference.jsonl"
+  done
 done
 echo "raw results (every round): $out" >&2
-"$venv/bin/python" - "$out/animelens.jsonl" "$out/reference.jsonl" <<'PY'
+model="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')"
+flags="$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512f|avx512_vnni|avx_vnni|amx_tile)$' | tr '\n' ' ')"
+echo "CPU: $model ($(nproc) cores here; flags: ${flags:-none of avx2/fma/avx512}), $rounds rounds"
+"$venv/bin/python" - "$out/animelens-training.jsonl" "$out/animelens.jsonl" "$out/reference.jsonl" <<'PY'
 import json, sys
-rows = [json.loads(l) for f in sys.argv[1:] for l in open(f) if l.strip()]
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for r in rows:  # the training process's inference figures are not used
+    r["infer_img_s"] = r["latency_ms"] = None
+rows += [json.loads(l) for f in sys.argv[2:] for l in open(f) if l.strip()]
 # Best of the rounds per engine, size and figure.
 by = {}
 for r in rows:

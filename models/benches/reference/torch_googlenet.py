@@ -1,6 +1,7 @@
 """Reference speed of torchvision's GoogLeNet (PyTorch CPU) and of the same network exported to ONNX and run by
 ONNX Runtime, measured like `animelens bench`: batch 32, random input, training step = forward + backward +
 AdamW, 2 threads. Prints one JSON object per line: {"engine", "size", "train_img_s", "infer_img_s", "latency_ms"}.
+`--engines pytorch` or `--engines onnxruntime` measures one engine per process (compare.sh does so).
 
 Run through compare.sh, which installs torch, torchvision, onnx and onnxruntime into a local virtual environment.
 """
@@ -25,7 +26,9 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--engines", default="pytorch,onnxruntime")
     a = p.parse_args()
+    engines = set(a.engines.split(","))
     torch.set_num_threads(a.threads)
     import onnxruntime as ort
 
@@ -42,15 +45,19 @@ def main():
             loss_fn(net(x), y).backward()
             opt.step()
 
-        train = timed(train_step, a.repeats)
-        net.eval()
-        with torch.no_grad():
-            infer = timed(lambda: net(x), a.repeats)
-            one = x[:1]
-            latency = timed(lambda: net(one), a.repeats * 4)
-        print(json.dumps({"engine": "pytorch", "size": size, "train_img_s": a.batch / train,
-                          "infer_img_s": a.batch / infer, "latency_ms": latency * 1e3}), flush=True)
+        if "pytorch" in engines:
+            train = timed(train_step, a.repeats)
+            net.eval()
+            with torch.no_grad():
+                infer = timed(lambda: net(x), a.repeats)
+                one = x[:1]
+                latency = timed(lambda: net(one), a.repeats * 4)
+            print(json.dumps({"engine": "pytorch", "size": size, "train_img_s": a.batch / train,
+                              "infer_img_s": a.batch / infer, "latency_ms": latency * 1e3}), flush=True)
 
+        if "onnxruntime" not in engines:
+            continue
+        net.eval()
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "googlenet.onnx")
             torch.onnx.export(net, x, path, input_names=["x"], output_names=["y"],
