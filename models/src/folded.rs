@@ -411,7 +411,7 @@ impl FoldedNetwork {
         let mut blocks_run = 0;
         let mut tapped = None;
         for (i, stage) in self.stages.iter().enumerate() {
-            let started = Instant::now();
+            let started = timings.is_some().then(Instant::now);
             let source = if i == 0 { input } else { &ws.current[..] };
             let mut block_ended = false;
             a = match stage {
@@ -428,7 +428,9 @@ impl FoldedNetwork {
                 }
                 FoldedStage::GlobalAveragePool => break,
             };
-            if let Some(spent) = timings.as_deref_mut().and_then(|t| t.get_mut(i)) {
+            if let (Some(spent), Some(started)) =
+                (timings.as_deref_mut().and_then(|t| t.get_mut(i)), started)
+            {
                 *spent += started.elapsed();
             }
             ws.advance();
@@ -613,8 +615,6 @@ mod tests {
         Ok(())
     }
 
-    /// The feature map after every block, averaged, is the pooled embedding before
-    /// normalisation; after fewer blocks it has that block's channels and size.
     #[test]
     fn stage_times_cover_every_stage_before_the_average_pool() -> Result<()> {
         let folded = FoldedNetwork::new(&trained_looking_net(HeadKind::Linear)?)?;
@@ -631,6 +631,8 @@ mod tests {
         Ok(())
     }
 
+    /// The feature map after every block, averaged, is the pooled embedding before
+    /// normalisation; after fewer blocks it has that block's channels and size.
     #[test]
     fn feature_maps_match_the_pooled_features() -> Result<()> {
         let net = trained_looking_net(HeadKind::Linear)?;
