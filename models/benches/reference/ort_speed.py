@@ -7,16 +7,16 @@
 
 Needs numpy and onnxruntime.
 """
+import os
 import sys
 import time
 
 import numpy as np
-import onnxruntime as ort
 
-options = ort.SessionOptions()
-options.intra_op_num_threads = 2
-options.inter_op_num_threads = 1
-s = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ort_stages import session
+
+s = session(sys.argv[1], threads=2, profile=False)
 
 
 def seconds(x):
