@@ -392,6 +392,12 @@ fn pruned_weights_stay_zero_through_fine_tuning() {
 
 #[test]
 fn bench_stages_times_every_stage_of_a_batch_1_pass() {
+    for precision in ["f32", "int8"] {
+        bench_stages_at(precision);
+    }
+}
+
+fn bench_stages_at(precision: &str) {
     let out = animelens(&[
         "bench",
         "--stages",
@@ -401,6 +407,8 @@ fn bench_stages_times_every_stage_of_a_batch_1_pass() {
         "48",
         "--repeats",
         "1",
+        "--precision",
+        precision,
         "--json",
     ]);
     assert!(out.status.success(), "{}", text(&out));
@@ -421,4 +429,95 @@ fn bench_stages_times_every_stage_of_a_batch_1_pass() {
     assert!(stages
         .iter()
         .all(|s| s["ms"].as_f64().is_some_and(|ms| ms > 0.0)));
+}
+
+/// `export --dtype int8 --calibrate` writes a quarter-size checkpoint of the shipped model whose
+/// answers match the original's, with its own fingerprint; missing calibration is a clear error.
+#[test]
+fn an_int8_export_answers_like_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/demo/holoen");
+    let int8 = dir.path().join("int8");
+    let calibration = sample().join("train");
+    let export = |extra: &[&str]| {
+        let mut args = vec![
+            "export",
+            "--model",
+            source.to_str().unwrap(),
+            "--out",
+            int8.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        animelens(&args)
+    };
+    let o = export(&["--dtype", "int8"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("--calibrate"), "{}", text(&o));
+    let o = export(&["--dtype", "int8", "--calibrate", "/no/such/folder"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no calibration pictures"), "{}", text(&o));
+    let o = export(&[
+        "--dtype",
+        "int8",
+        "--calibrate",
+        calibration.to_str().unwrap(),
+        "--calibration-pictures",
+        "40",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("int8: 56 of 57 convolutions"),
+        "{}",
+        text(&o)
+    );
+    let size = |p: &Path| {
+        std::fs::metadata(p.with_extension("safetensors"))
+            .unwrap()
+            .len()
+    };
+    // The shipped model is f16: int8 codes are half of it (a quarter of f32).
+    let ratio = size(&int8) as f64 / size(&source) as f64;
+    assert!((0.45..0.56).contains(&ratio), "int8 / f16 size {ratio}");
+    let card = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(p.with_extension("json")).unwrap()).unwrap()
+    };
+    let (a, b) = (card(&source), card(&int8));
+    assert_ne!(a["fingerprint"], b["fingerprint"]);
+    assert_eq!(b["int8"]["pictures"], 40);
+    assert!(
+        int8.with_extension("copy.safetensors").is_file(),
+        "whitenings copied"
+    );
+
+    let images: Vec<String> = sample()
+        .join("val")
+        .read_dir()
+        .unwrap()
+        .filter_map(|d| d.ok()?.path().read_dir().ok()?.next()?.ok())
+        .map(|e| e.path().to_string_lossy().into_owned())
+        .collect();
+    let top = |model: &Path| -> Vec<String> {
+        let mut args = vec!["classify", "--model", model.to_str().unwrap(), "--json"];
+        args.extend(images.iter().map(String::as_str));
+        let o = animelens(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["heads"][0]["top"][0]["label"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let (want, got) = (top(&source), top(&int8));
+    assert_eq!(want.len(), images.len());
+    let same = want.iter().zip(&got).filter(|(a, b)| a == b).count();
+    assert!(
+        same + 1 >= want.len(),
+        "int8 named {same} of {} pictures as the source did",
+        want.len()
+    );
 }

@@ -12,6 +12,7 @@ use crate::head::HeadKind;
 use crate::network::{HeadSpec, Network};
 use crate::palette::PaletteFusion;
 use crate::preprocess::Preprocessing;
+use crate::quantise::Int8Card;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
@@ -64,6 +65,10 @@ pub struct ModelCard {
     /// (`animelens eval --block-weight W --calibrate` records it; see [`crate::fusion`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block: Option<BlockFusion>,
+    /// Whether the network runs in int8, with the calibrated input scales
+    /// (`animelens export --dtype int8 --calibrate DIR` writes it; see [`crate::quantise`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<Int8Card>,
 }
 
 impl ModelCard {
@@ -83,6 +88,7 @@ impl ModelCard {
             similarity: None,
             palette: None,
             block: None,
+            int8: None,
         }
     }
 
@@ -206,14 +212,104 @@ pub fn save(
     card: &ModelCard,
     dtype: DType,
 ) -> Result<ModelCard, CheckpointError> {
-    let (weights_path, card_path) = checkpoint_paths(path);
     let tensors: HashMap<String, Tensor> = {
         let data = varmap.data().lock().expect("varmap lock poisoned");
         data.iter()
             .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(dtype)?)))
             .collect::<candle_core::Result<_>>()?
     };
-    let bytes = safetensors::serialize(&tensors, None).map_err(|e| CheckpointError::Mismatch {
+    write_checkpoint(&tensors, path, card)
+}
+
+/// Saves `varmap` as an int8 checkpoint for `card` (which must carry the calibration,
+/// [`ModelCard::int8`]): every convolution kernel as 7-bit codes stored in u8 with an offset of
+/// 128 (`NAME.int8`) and one f32 scale per output channel (`NAME.int8_scale`), the rest
+/// (BatchNorm, heads) as f16. [`load`] turns the codes back into f32 weights; the int8
+/// kernels re-derive the same codes from them after BatchNorm folding, because per-channel
+/// symmetric codes do not change when a row is scaled.
+pub fn save_int8(
+    varmap: &VarMap,
+    path: &Path,
+    card: &ModelCard,
+) -> Result<ModelCard, CheckpointError> {
+    let Some(int8) = &card.int8 else {
+        return Err(CheckpointError::Card {
+            path: path.to_path_buf(),
+            message: "an int8 checkpoint needs a calibration in its card".into(),
+        });
+    };
+    // The activation scales go into the file too (0: f32), so that the fingerprint, which
+    // catalogues compare, changes with the calibration.
+    let scales: Vec<f32> = int8.input_scales.iter().map(|s| s.unwrap_or(0.0)).collect();
+    let count = scales.len();
+    let mut tensors = HashMap::from([(
+        INT8_INPUT_SCALES.to_string(),
+        Tensor::from_vec(scales, count, &Device::Cpu)?,
+    )]);
+    {
+        let data = varmap.data().lock().expect("varmap lock poisoned");
+        for (name, var) in data.iter() {
+            let t = var.as_tensor();
+            if t.rank() == 4 {
+                let (codes, scales) = weight_codes(t)?;
+                tensors.insert(format!("{name}{INT8_CODES}"), codes);
+                tensors.insert(format!("{name}{INT8_SCALES}"), scales);
+            } else {
+                tensors.insert(name.clone(), t.to_dtype(DType::F16)?);
+            }
+        }
+    }
+    write_checkpoint(&tensors, path, card)
+}
+
+/// The int8 card's activation scales, stored in the weights file as well.
+const INT8_INPUT_SCALES: &str = "int8.input_scales";
+/// Suffix of a convolution kernel's int8 codes in an int8 checkpoint.
+const INT8_CODES: &str = ".int8";
+/// Suffix of its per-output-channel scales.
+const INT8_SCALES: &str = ".int8_scale";
+/// The offset that stores an i8 code in a u8 (candle has no i8 tensors).
+const CODE_OFFSET: f32 = 128.0;
+
+/// A kernel `(O, ...)` as u8-stored 7-bit codes (same shape) and `(O)` f32 scales.
+fn weight_codes(t: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let shape = t.shape().clone();
+    let rows = t.dim(0)?;
+    let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let k = values.len() / rows.max(1);
+    let mut codes = Vec::with_capacity(values.len());
+    let mut scales = Vec::with_capacity(rows);
+    for row in values.chunks_exact(k) {
+        let scale = crate::ops::weight_scale(row);
+        codes.extend(
+            row.iter()
+                .map(|&w| (f32::from(crate::ops::weight_code(w, scale)) + CODE_OFFSET) as u8),
+        );
+        scales.push(scale);
+    }
+    Ok((
+        Tensor::from_vec(codes, shape, &Device::Cpu)?,
+        Tensor::from_vec(scales, rows, &Device::Cpu)?,
+    ))
+}
+
+/// The f32 kernel an int8 checkpoint's codes and scales stand for.
+fn dequantised(codes: &Tensor, scales: &Tensor) -> candle_core::Result<Tensor> {
+    let rows = codes.dim(0)?;
+    let mut shape = vec![rows];
+    shape.extend(std::iter::repeat_n(1, codes.rank() - 1));
+    let centred = (codes.to_dtype(DType::F32)? - f64::from(CODE_OFFSET))?;
+    centred.broadcast_mul(&scales.to_dtype(DType::F32)?.reshape(shape)?)
+}
+
+/// Serialises `tensors`, fills in `card`'s fingerprint and writes both files.
+fn write_checkpoint(
+    tensors: &HashMap<String, Tensor>,
+    path: &Path,
+    card: &ModelCard,
+) -> Result<ModelCard, CheckpointError> {
+    let (weights_path, card_path) = checkpoint_paths(path);
+    let bytes = safetensors::serialize(tensors, None).map_err(|e| CheckpointError::Mismatch {
         path: weights_path.clone(),
         message: e.to_string(),
     })?;
@@ -260,6 +356,13 @@ pub struct LoadedModel {
     pub card: ModelCard,
 }
 
+impl LoadedModel {
+    /// The network as served: BatchNorm folded, and quantised if the card says int8.
+    pub fn serving(&self) -> candle_core::Result<crate::folded::FoldedNetwork> {
+        crate::quantise::serving_network(&self.net, self.card.int8.as_ref())
+    }
+}
+
 /// Builds a fresh network for `card` with randomly initialised variables.
 pub fn build(card: &ModelCard) -> Result<LoadedModel, CheckpointError> {
     let varmap = VarMap::new();
@@ -302,14 +405,20 @@ pub fn load(path: &Path) -> Result<LoadedModel, CheckpointError> {
         .cloned()
         .collect();
     for name in names {
-        let t = tensors
-            .get(&name)
-            .ok_or_else(|| CheckpointError::Mismatch {
-                path: weights_path.clone(),
-                message: format!("tensor {name} is missing"),
-            })?;
+        let codes = tensors.get(&format!("{name}{INT8_CODES}"));
+        let scales = tensors.get(&format!("{name}{INT8_SCALES}"));
+        let t = match (tensors.get(&name), codes, scales) {
+            (Some(t), _, _) => t.to_dtype(DType::F32)?,
+            (None, Some(codes), Some(scales)) => dequantised(codes, scales)?,
+            _ => {
+                return Err(CheckpointError::Mismatch {
+                    path: weights_path.clone(),
+                    message: format!("tensor {name} is missing"),
+                })
+            }
+        };
         varmap
-            .set_one(&name, t.to_dtype(DType::F32)?)
+            .set_one(&name, t)
             .map_err(|e| CheckpointError::Mismatch {
                 path: weights_path.clone(),
                 message: format!("{name}: {e}"),

@@ -52,7 +52,7 @@ impl Classifier {
             .with_whitenings(path)
             .map_err(CheckpointError::PartWhitening)?;
         Ok(Self {
-            net: FoldedNetwork::new(&model.net)?,
+            net: model.serving()?,
             card: model.card,
             max_pixels: DEFAULT_MAX_PIXELS,
             copy,

@@ -18,12 +18,13 @@ use crate::head::Head;
 use crate::layers::{l2_normalise, BasicConv2d, InceptionBranch};
 use crate::network::{Layer, Network, Output};
 use crate::ops::{
-    conv3x3_bias_relu, conv_bias_relu, max_pool_planes, on_pool, prefix, winograd_variant,
-    Conv2dGeometry, PoolGeometry, WinogradWeights,
+    conv3x3_bias_relu, conv_bias_relu, conv_int8_bias_relu, max_pool_planes, on_pool, prefix,
+    winograd_variant, Conv2dGeometry, Int8Weights, PoolGeometry, WinogradWeights,
 };
+use crate::quantise::ActivationHistogram;
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Shape `(C, N, H, W)` of a channel-major activation held at the front of a buffer.
@@ -79,6 +80,26 @@ pub(crate) struct FoldedConv {
     pub(crate) geometry: Conv2dGeometry,
     /// The same weights in the Winograd domain, for a 3×3 stride-1 "same" convolution.
     winograd: Option<WinogradWeights>,
+    /// When quantised: the int8 weights and the input's scale; the convolution then runs in
+    /// int8 (`ops::int8`), Winograd or not.
+    int8: Option<Int8Conv>,
+    /// While calibrating: the histogram of every input this convolution sees.
+    observer: Option<Arc<Mutex<ActivationHistogram>>>,
+}
+
+/// From this many pixels over the batch on, a quantised 3×3 "same" convolution still runs as
+/// f32 Winograd: its 2.25–4× fewer multiplies beat int8's cheaper ones on AVX2. Measured per
+/// stage (`bench --stages --precision int8`, 96 px, medians of interleaved rounds): at batch 32
+/// inception4 (1,152 pixels) took 9.0–11.4 ms with Winograd against 9.1–13.0 in int8, inception5
+/// (288) 5.5 ms in int8 against 5.9; at batch 1 every size up to conv3's 576 pixels ran faster
+/// in int8 (BENCHMARKS.md).
+const WINOGRAD_OVER_INT8_PLANE: usize = 1024;
+
+/// A convolution's int8 form.
+#[derive(Debug, Clone)]
+struct Int8Conv {
+    weights: Int8Weights,
+    input_scale: f32,
 }
 
 impl FoldedConv {
@@ -100,6 +121,8 @@ impl FoldedConv {
             bias: shift,
             geometry,
             winograd,
+            int8: None,
+            observer: None,
         })
     }
 
@@ -121,6 +144,26 @@ impl FoldedConv {
     /// Runs on `input` (shape `x`), writing exactly `self.output(x).len()` values to `out`.
     fn run(&self, input: &[f32], x: Activation, out: &mut [f32]) -> Result<()> {
         let input = &input[..x.len()];
+        if let Some(observer) = &self.observer {
+            if let Ok(mut histogram) = observer.lock() {
+                histogram.record(input);
+            }
+        }
+        let plane = x.n * x.h * x.w;
+        let winograd = self.winograd.is_some() && winograd_variant(x.dims()).is_some();
+        if let (Some(q), false) = (&self.int8, winograd && plane >= WINOGRAD_OVER_INT8_PLANE) {
+            let (weights, scale) = (&q.weights, q.input_scale);
+            return conv_int8_bias_relu(
+                self.geometry,
+                input,
+                x.dims(),
+                weights,
+                scale,
+                &self.bias,
+                out,
+            )
+            .map(drop);
+        }
         if let (Some(weights), Some(variant)) = (&self.winograd, winograd_variant(x.dims())) {
             let kernel = weights.kernel(variant, &self.weight, self.out_channels(), x.c);
             return conv3x3_bias_relu(kernel, input, x.dims(), &self.bias, out);
@@ -345,6 +388,74 @@ impl FoldedNetwork {
             heads: net.heads().to_vec(),
             workspaces: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Every convolution, in the order of the architecture table (an Inception block's
+    /// branches in concatenation order, each branch's convolutions in order): the order of
+    /// [`crate::quantise::Int8Card::input_scales`].
+    fn convs_mut(&mut self) -> Vec<&mut FoldedConv> {
+        let mut convs = Vec::new();
+        for stage in &mut self.stages {
+            match stage {
+                FoldedStage::Conv(conv) => convs.push(&mut **conv),
+                FoldedStage::Inception(block) => convs.extend(
+                    block
+                        .branches
+                        .iter_mut()
+                        .flat_map(|branch| branch.convs.iter_mut()),
+                ),
+                FoldedStage::MaxPool(_) | FoldedStage::GlobalAveragePool => {}
+            }
+        }
+        convs
+    }
+
+    /// Starts recording a histogram of every convolution's inputs (calibration); later passes
+    /// add to it until [`FoldedNetwork::take_histograms`].
+    pub fn observe_inputs(&mut self) {
+        for conv in self.convs_mut() {
+            conv.observer = Some(Arc::default());
+        }
+    }
+
+    /// The histograms recorded since [`FoldedNetwork::observe_inputs`], one per convolution in
+    /// [`FoldedNetwork::convs_mut`]'s order; recording stops.
+    pub fn take_histograms(&mut self) -> Vec<ActivationHistogram> {
+        self.convs_mut()
+            .into_iter()
+            .map(|conv| {
+                conv.observer
+                    .take()
+                    .and_then(|o| Arc::try_unwrap(o).ok())
+                    .and_then(|m| m.into_inner().ok())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Runs every convolution with a scale in int8 (per-channel 7-bit weights, its input
+    /// quantised to u8 with that scale); `None` keeps a convolution in f32 (an input that can
+    /// be negative, as the first convolution's).
+    pub fn quantise(&mut self, input_scales: &[Option<f32>]) -> Result<()> {
+        let mut convs = self.convs_mut();
+        if convs.len() != input_scales.len() {
+            candle_core::bail!(
+                "{} int8 input scales for a network of {} convolutions",
+                input_scales.len(),
+                convs.len()
+            );
+        }
+        for (conv, scale) in convs.iter_mut().zip(input_scales) {
+            conv.int8 = match scale {
+                Some(s) if s.is_finite() && *s > 0.0 => Some(Int8Conv {
+                    weights: Int8Weights::quantise(&conv.weight, conv.out_channels()),
+                    input_scale: *s,
+                }),
+                Some(s) => candle_core::bail!("int8 input scale {s} is not a positive number"),
+                None => None,
+            };
+        }
+        Ok(())
     }
 
     /// The table this network was built from.

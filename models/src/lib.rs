@@ -32,6 +32,7 @@ pub mod palette;
 pub mod plots;
 pub mod preprocess;
 pub mod prune;
+pub mod quantise;
 pub mod schedule;
 pub mod train;
 mod unit_vector;

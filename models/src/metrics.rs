@@ -3,7 +3,7 @@
 
 use crate::data::{BatchLoader, DecodedSet, LoaderConfig};
 use crate::folded::FoldedNetwork;
-use crate::network::Network;
+
 use crate::preprocess::Preprocessing;
 use candle_core::{Device, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -20,11 +20,11 @@ pub struct SetOutputs {
     pub blocks: Vec<Vec<f32>>,
 }
 
-/// Runs the network in eval mode (BatchNorm folded) over `set` (no augmentation), `batch_size`
+/// Runs the serving network (BatchNorm folded; int8 if the checkpoint is) over `set` (no augmentation), `batch_size`
 /// images at a time, pooling the block after `tap` Inception blocks too when asked (see
 /// [`FoldedNetwork::forward_tapped`]).
 pub fn run_set(
-    net: &Network,
+    net: &FoldedNetwork,
     set: &Arc<DecodedSet>,
     pre: &Preprocessing,
     batch_size: usize,
@@ -40,7 +40,6 @@ pub fn run_set(
         shuffle: false,
         instances: None,
     };
-    let net = FoldedNetwork::new(net)?;
     let mut out = SetOutputs::default();
     for batch in BatchLoader::start(set.clone(), cfg, 0) {
         let (o, blocks) = net.forward_tapped(&batch.images, tap)?;

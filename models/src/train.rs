@@ -9,6 +9,7 @@ use crate::checkpoint::{
     self, CheckpointError, HeadCard, InitReport, LoadedModel, ModelCard, ARCHITECTURE,
 };
 use crate::data::{decode_all, BatchLoader, Dataset, DecodedSet, LoaderConfig, Sample, Split};
+use crate::folded::FoldedNetwork;
 use crate::head::HeadKind;
 use crate::instance_views::ViewConfig;
 use crate::loss::{mix_targets, smoothed_targets, soft_cross_entropy};
@@ -257,6 +258,7 @@ fn card_for(dataset: &Dataset, cfg: &TrainConfig) -> ModelCard {
         similarity: None,
         palette: None,
         block: None,
+        int8: None,
     }
 }
 
@@ -602,7 +604,7 @@ pub fn train(
         bar.finish_and_clear();
         let train_img_s = images as f64 / started.elapsed().as_secs_f64();
         let outputs = run_set(
-            &net,
+            &FoldedNetwork::new(&net)?,
             &val_set,
             &card.preprocessing,
             cfg.batch_size.max(32),

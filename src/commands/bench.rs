@@ -1,7 +1,7 @@
 //! `animelens bench [model|index]`: speed of the network (training and inference img/s per input
 //! size; the default) or of the catalogue (`bench index`, see [`super::bench_index`]).
 
-use animelens_models::bench::{markdown_table, measure, stage_profile};
+use animelens_models::bench::{markdown_table, measure, stage_profile, Precision};
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
@@ -64,6 +64,9 @@ pub struct ModelBenchArgs {
     /// the single-upload case), for a side-by-side with models/benches/reference/ort_stages.py.
     #[arg(long)]
     stages: bool,
+    /// Inference arithmetic: f32, or int8 convolutions calibrated on random pictures.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 /// Runs the model benchmark and prints a markdown table.
@@ -73,7 +76,13 @@ pub fn run_model(args: ModelBenchArgs) -> Result<()> {
     }
     let mut rows = Vec::new();
     for size in args.sizes {
-        let row = measure(size, args.batch, args.repeats, !args.inference_only)?;
+        let row = measure(
+            size,
+            args.batch,
+            args.repeats,
+            !args.inference_only,
+            args.precision,
+        )?;
         eprintln!("{size} px: {row:?}");
         if args.json {
             let mut value = serde_json::to_value(&row)?;
@@ -91,7 +100,7 @@ pub fn run_model(args: ModelBenchArgs) -> Result<()> {
 /// `bench --stages`: per size, the time of every stage, as a table or one JSON object per size.
 fn run_stages(args: &ModelBenchArgs) -> Result<()> {
     for &size in &args.sizes {
-        let stages = stage_profile(size, args.batch, args.repeats)?;
+        let stages = stage_profile(size, args.batch, args.repeats, args.precision)?;
         let total: f64 = stages.iter().map(|s| s.ms).sum();
         if args.json {
             let value = serde_json::json!({

@@ -92,7 +92,7 @@ fn embed(
         .collect();
     let set = Arc::new(set);
     let tap = fusion.tap().map(|t| t.blocks);
-    let outputs = run_set(&model.net, &set, pre, 32, tap)?;
+    let outputs = run_set(&model.serving()?, &set, pre, 32, tap)?;
     let vectors = fusion.vectors(outputs.embeddings, outputs.blocks, &set.images);
     Ok((vectors, kept))
 }

@@ -16,6 +16,7 @@ pub mod embedding_cache;
 pub mod export;
 pub mod generalisation;
 pub mod ingest;
+pub mod int8_export;
 pub mod location;
 pub mod model;
 pub mod model_choice;

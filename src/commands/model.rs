@@ -531,7 +531,13 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
         );
     }
     let set = Arc::new(set);
-    let outputs = run_set(&model.net, &set, pre, 32, fusion.tap().map(|t| t.blocks))?;
+    let outputs = run_set(
+        &model.serving()?,
+        &set,
+        pre,
+        32,
+        fusion.tap().map(|t| t.blocks),
+    )?;
     let mut heads = Vec::new();
     for (h, head) in model.card.heads.iter().enumerate() {
         // Map dataset class indices to the model's label order by name.
@@ -667,8 +673,20 @@ pub struct ExportArgs {
     #[arg(long, value_enum, default_value = "safetensors")]
     format: ExportFormat,
     /// Storage precision of the weights (default: f16 for a checkpoint; ONNX files are f32).
+    /// `int8` also makes the network run in int8 and needs `--calibrate`.
     #[arg(long, value_enum)]
     dtype: Option<DtypeArg>,
+    /// With `--dtype int8`: folders or CSV manifests of pictures of the domain whose
+    /// activations set the int8 scales (a few hundred are enough).
+    #[arg(long, num_args = 1.., value_name = "DIR")]
+    calibrate: Vec<PathBuf>,
+    /// With `--dtype int8`: calibration pictures used (a seeded sample).
+    #[arg(long, default_value_t = 300)]
+    calibration_pictures: usize,
+    /// With `--dtype int8`: each activation's range, `max` (the largest value seen) or a
+    /// percentile of its values such as `99.99`.
+    #[arg(long, default_value = "max")]
+    calibration: String,
     /// With `--format onnx`: also write a parity sample to this folder, seeded random images
     /// at the model's input size and 1.5× that size, with this engine's outputs for them, as
     /// `.npy` files named after the graph's inputs and outputs (`size-<S>/images.npy`, ...), for
@@ -695,6 +713,9 @@ pub enum DtypeArg {
     F16,
     /// bfloat16.
     Bf16,
+    /// 7-bit convolution codes with per-channel scales, run by the int8 kernels: a quarter of
+    /// the size (needs `--calibrate`).
+    Int8,
 }
 
 /// Runs `animelens export`: rewrites a checkpoint's weights at another precision, with a new
@@ -705,12 +726,28 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
     if args.format == ExportFormat::Onnx {
         return export_onnx(&model, &args);
     }
-    let dtype = match args.dtype.unwrap_or(DtypeArg::F16) {
+    let dtype = args.dtype.unwrap_or(DtypeArg::F16);
+    if (dtype == DtypeArg::Int8) == args.calibrate.is_empty() {
+        bail!("--dtype int8 and --calibrate DIR go together: int8 needs calibration pictures");
+    }
+    if model.card.int8.is_some() {
+        bail!("the model is int8: its weights are already quantised; export its original instead");
+    }
+    let dtype = match dtype {
         DtypeArg::F32 => candle_core::DType::F32,
         DtypeArg::F16 => candle_core::DType::F16,
         DtypeArg::Bf16 => candle_core::DType::BF16,
+        DtypeArg::Int8 => {
+            let calibration = super::int8_export::Calibration {
+                sources: &args.calibrate,
+                pictures: args.calibration_pictures,
+                rule: &args.calibration,
+            };
+            return super::int8_export::export_int8(&model, &args.model, &calibration, &args.out);
+        }
     };
     let card = animelens_models::checkpoint::save(&model.varmap, &args.out, &model.card, dtype)?;
+    copy_whitenings(&args.model, &args.out)?;
     let (weights, _) = animelens_models::checkpoint::checkpoint_paths(&args.out);
     let size = std::fs::metadata(&weights)?.len();
     println!(
@@ -723,11 +760,33 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// Copies the whitenings learned for checkpoint `from` (copy descriptor, fused block and
+/// palette) to sit beside `to`, so that the exported checkpoint describes pictures the same way.
+pub(super) fn copy_whitenings(from: &Path, to: &Path) -> Result<()> {
+    use animelens_models::whitening::Whitening;
+    let kinds = [
+        animelens_models::copies::COPY_WHITENING,
+        animelens_models::fusion::BLOCK_WHITENING,
+        animelens_models::fusion::PALETTE_WHITENING,
+    ];
+    for kind in kinds {
+        let (source, target) = (
+            Whitening::path_for(from, kind),
+            Whitening::path_for(to, kind),
+        );
+        if source.exists() && source != target {
+            std::fs::copy(&source, &target)
+                .with_context(|| format!("copying the {kind} whitening beside {}", to.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// `export --format onnx`: the folded network as one ONNX file, and the parity sample if asked.
 fn export_onnx(model: &animelens_models::checkpoint::LoadedModel, args: &ExportArgs) -> Result<()> {
     use animelens_models::onnx;
-    if args.dtype.is_some_and(|d| d != DtypeArg::F32) {
-        bail!("ONNX files are written in f32: drop --dtype or pass --dtype f32");
+    if args.dtype.is_some_and(|d| d != DtypeArg::F32) || model.card.int8.is_some() {
+        bail!("ONNX files are written in f32 from an f32 or f16 checkpoint: drop --dtype or pass --dtype f32");
     }
     let net = animelens_models::folded::FoldedNetwork::new(&model.net)?;
     let bytes = onnx::export(&net, &model.card)?;

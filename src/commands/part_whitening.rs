@@ -114,7 +114,13 @@ pub fn run(args: LearnPartWhiteningArgs) -> Result<()> {
     // Only the parts asked for are computed: the palette alone needs no forward pass.
     let blocks: Vec<Vec<f32>> = if block {
         tracing::info!("describing {} pictures", set.images.len());
-        let outputs = run_set(&model.net, &set, pre, 32, fusion.tap().map(|t| t.blocks))?;
+        let outputs = run_set(
+            &model.serving()?,
+            &set,
+            pre,
+            32,
+            fusion.tap().map(|t| t.blocks),
+        )?;
         outputs
             .blocks
             .into_par_iter()

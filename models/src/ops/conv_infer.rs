@@ -1,8 +1,7 @@
 //! The f32 inference convolution with BatchNorm folded in: one matrix product with bias + ReLU
 //! fused into its epilogue, the non-pointwise ones unfolded block by block while in cache, the
 //! narrowest (a batch-1 pass's last blocks) as dot products on the unpacked weights. (The
-//! 3×3 "same" convolutions run as Winograd, `winograd.rs`; further inference kernels, int8 or
-//! depthwise, belong beside this file.)
+//! 3×3 "same" convolutions run as Winograd, `winograd.rs`; the int8 convolution is `int8.rs`.)
 
 use super::gemm::{column_block, gemm_into, matmul_then, with_scratch, Mat};
 use super::im2col::{columns, unfold_channel, Conv2dGeometry, Dims};

@@ -16,14 +16,15 @@
 //! Convolution lives in four files, one job each: `im2col.rs` (geometry, unfolding),
 //! `gemm.rs` (the matrix products and scratch buffers both paths share), `conv_train.rs` (the
 //! differentiable op) and `conv_infer.rs` (the folded inference kernel), with `winograd.rs` for
-//! the 3×3 "same" convolutions at inference and `narrow.rs` for products of a few columns; int8
-//! and depthwise kernels get files of their own beside `conv_infer.rs`.
+//! the 3×3 "same" convolutions at inference, `narrow.rs` for products of a few columns and
+//! `int8.rs` for the int8 inference convolution; depthwise kernels would get a file of their own.
 
 mod batchnorm;
 mod conv_infer;
 mod conv_train;
 mod gemm;
 mod im2col;
+mod int8;
 mod maxpool;
 mod narrow;
 mod transpose;
@@ -33,6 +34,9 @@ pub use batchnorm::{batch_norm_relu, channel_stats};
 pub(crate) use conv_infer::conv_bias_relu;
 pub use conv_train::conv2d;
 pub use im2col::Conv2dGeometry;
+pub(crate) use int8::{
+    conv_int8_bias_relu, weight_code, weight_scale, Int8Weights, ACTIVATION_LEVELS,
+};
 pub use maxpool::max_pool_planes;
 pub use maxpool::{max_pool2d, PoolGeometry};
 pub(crate) use winograd::{conv3x3_bias_relu, winograd_variant, WinogradWeights};
