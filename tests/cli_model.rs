@@ -466,7 +466,7 @@ fn an_int8_export_answers_like_its_source() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
-        text(&o).contains("int8: 56 of 57 convolutions"),
+        text(&o).contains("int8: 57 of 57 convolutions"),
         "{}",
         text(&o)
     );

@@ -238,13 +238,17 @@ pub fn save_int8(
             message: "an int8 checkpoint needs a calibration in its card".into(),
         });
     };
-    // The activation scales go into the file too (0: f32), so that the fingerprint, which
+    // The activation codes go into the file too (scale 0: f32), so that the fingerprint, which
     // catalogues compare, changes with the calibration.
-    let scales: Vec<f32> = int8.input_scales.iter().map(|s| s.unwrap_or(0.0)).collect();
-    let count = scales.len();
+    let codes: Vec<f32> = int8
+        .inputs
+        .iter()
+        .flat_map(|c| c.map_or([0.0, 0.0], |c| [c.scale, f32::from(c.zero_point)]))
+        .collect();
+    let count = int8.inputs.len();
     let mut tensors = HashMap::from([(
-        INT8_INPUT_SCALES.to_string(),
-        Tensor::from_vec(scales, count, &Device::Cpu)?,
+        INT8_INPUTS.to_string(),
+        Tensor::from_vec(codes, (count, 2), &Device::Cpu)?,
     )]);
     {
         let data = varmap.data().lock().expect("varmap lock poisoned");
@@ -262,8 +266,9 @@ pub fn save_int8(
     write_checkpoint(&tensors, path, card)
 }
 
-/// The int8 card's activation scales, stored in the weights file as well.
-const INT8_INPUT_SCALES: &str = "int8.input_scales";
+/// The int8 card's input codes (scale, zero point per convolution), stored in the weights file
+/// as well.
+const INT8_INPUTS: &str = "int8.inputs";
 /// Suffix of a convolution kernel's int8 codes in an int8 checkpoint.
 const INT8_CODES: &str = ".int8";
 /// Suffix of its per-output-channel scales.

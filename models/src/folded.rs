@@ -21,7 +21,7 @@ use crate::ops::{
     conv3x3_bias_relu, conv_bias_relu, conv_int8_bias_relu, max_pool_planes, on_pool, prefix,
     winograd_variant, Conv2dGeometry, Int8Weights, PoolGeometry, WinogradWeights,
 };
-use crate::quantise::ActivationHistogram;
+use crate::quantise::{ActivationHistogram, InputCodes};
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -80,8 +80,8 @@ pub(crate) struct FoldedConv {
     pub(crate) geometry: Conv2dGeometry,
     /// The same weights in the Winograd domain, for a 3×3 stride-1 "same" convolution.
     winograd: Option<WinogradWeights>,
-    /// When quantised: the int8 weights and the input's scale; the convolution then runs in
-    /// int8 (`ops::int8`), Winograd or not.
+    /// When quantised: the int8 weights and the input's codes; the convolution then runs in
+    /// int8 (`ops::int8`), except as Winograd on large planes.
     int8: Option<Int8Conv>,
     /// While calibrating: the histogram of every input this convolution sees.
     observer: Option<Arc<Mutex<ActivationHistogram>>>,
@@ -99,7 +99,7 @@ const WINOGRAD_OVER_INT8_PLANE: usize = 1024;
 #[derive(Debug, Clone)]
 struct Int8Conv {
     weights: Int8Weights,
-    input_scale: f32,
+    input: InputCodes,
 }
 
 impl FoldedConv {
@@ -152,13 +152,13 @@ impl FoldedConv {
         let plane = x.n * x.h * x.w;
         let winograd = self.winograd.is_some() && winograd_variant(x.dims()).is_some();
         if let (Some(q), false) = (&self.int8, winograd && plane >= WINOGRAD_OVER_INT8_PLANE) {
-            let (weights, scale) = (&q.weights, q.input_scale);
+            let (weights, codes) = (&q.weights, q.input);
             return conv_int8_bias_relu(
                 self.geometry,
                 input,
                 x.dims(),
                 weights,
-                scale,
+                codes,
                 &self.bias,
                 out,
             )
@@ -392,7 +392,7 @@ impl FoldedNetwork {
 
     /// Every convolution, in the order of the architecture table (an Inception block's
     /// branches in concatenation order, each branch's convolutions in order): the order of
-    /// [`crate::quantise::Int8Card::input_scales`].
+    /// [`crate::quantise::Int8Card::inputs`].
     fn convs_mut(&mut self) -> Vec<&mut FoldedConv> {
         let mut convs = Vec::new();
         for stage in &mut self.stages {
@@ -433,25 +433,26 @@ impl FoldedNetwork {
             .collect()
     }
 
-    /// Runs every convolution with a scale in int8 (per-channel 7-bit weights, its input
-    /// quantised to u8 with that scale); `None` keeps a convolution in f32 (an input that can
-    /// be negative, as the first convolution's).
-    pub fn quantise(&mut self, input_scales: &[Option<f32>]) -> Result<()> {
+    /// Runs every convolution given input codes in int8 (per-channel 7-bit weights, its input
+    /// coded as given); `None` keeps a convolution in f32.
+    pub fn quantise(&mut self, inputs: &[Option<InputCodes>]) -> Result<()> {
         let mut convs = self.convs_mut();
-        if convs.len() != input_scales.len() {
+        if convs.len() != inputs.len() {
             candle_core::bail!(
-                "{} int8 input scales for a network of {} convolutions",
-                input_scales.len(),
+                "{} int8 input codes for a network of {} convolutions",
+                inputs.len(),
                 convs.len()
             );
         }
-        for (conv, scale) in convs.iter_mut().zip(input_scales) {
-            conv.int8 = match scale {
-                Some(s) if s.is_finite() && *s > 0.0 => Some(Int8Conv {
+        for (conv, codes) in convs.iter_mut().zip(inputs) {
+            conv.int8 = match codes {
+                Some(c) if c.scale.is_finite() && c.scale > 0.0 => Some(Int8Conv {
                     weights: Int8Weights::quantise(&conv.weight, conv.out_channels()),
-                    input_scale: *s,
+                    input: *c,
                 }),
-                Some(s) => candle_core::bail!("int8 input scale {s} is not a positive number"),
+                Some(c) => {
+                    candle_core::bail!("int8 input scale {} is not a positive number", c.scale)
+                }
                 None => None,
             };
         }

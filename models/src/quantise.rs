@@ -5,9 +5,9 @@
 //! convolution records a histogram of its inputs ([`ActivationHistogram`]); each input's range
 //! is then its largest value ([`RangeRule::Max`]) or a percentile of its values
 //! ([`RangeRule::Percentile`], which ignores a few outliers and keeps finer steps for the rest),
-//! and its u8 scale that range over 255. A convolution whose input can be negative (the first
-//! one, which sees the normalised picture) stays in f32. The scales go into the card
-//! ([`Int8Card`]); the weights go into the checkpoint as 7-bit codes with one scale per output
+//! and its u8 scale that range over 255. An input that can be negative (the first convolution's,
+//! which sees the normalised picture) takes the zero point 128 and the scale of its largest
+//! magnitude over 127. The codes go into the card ([`Int8Card`]); the weights go into the checkpoint as 7-bit codes with one scale per output
 //! channel (`checkpoint::save_int8`), so the file shrinks about 4× and the network the loader
 //! rebuilds is exactly the one the int8 kernels run.
 
@@ -29,6 +29,8 @@ pub struct ActivationHistogram {
     zeros: u64,
     negatives: u64,
     max: f32,
+    /// The most negative value seen (0 if none).
+    min: f32,
 }
 
 impl ActivationHistogram {
@@ -43,6 +45,7 @@ impl ActivationHistogram {
                 self.max = self.max.max(v);
             } else if v < 0.0 {
                 self.negatives += 1;
+                self.min = self.min.min(v);
             } else {
                 self.zeros += 1;
             }
@@ -82,6 +85,38 @@ impl ActivationHistogram {
     }
 }
 
+/// How a convolution's input becomes u8 codes: `code = round(x / scale) + zero_point`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct InputCodes {
+    /// The value of one code step.
+    pub scale: f32,
+    /// The code of 0: 0 for a post-ReLU input, 128 for a signed one.
+    pub zero_point: u8,
+}
+
+impl InputCodes {
+    /// The codes for what `histogram` saw under `rule`: unsigned inputs over 0..=255, signed
+    /// ones (any negative seen) around 128 over their largest magnitude.
+    pub fn for_histogram(histogram: &ActivationHistogram, rule: RangeRule) -> Self {
+        let (range, levels, zero_point) = if histogram.has_negatives() {
+            (
+                histogram.max.max(-histogram.min),
+                SIGNED_LEVELS,
+                SIGNED_ZERO_POINT,
+            )
+        } else {
+            (histogram.range(rule), ACTIVATION_LEVELS, 0)
+        };
+        let scale = if range > 0.0 { range / levels } else { 1.0 };
+        Self { scale, zero_point }
+    }
+}
+
+/// Code steps either side of a signed input's zero point.
+const SIGNED_LEVELS: f32 = 127.0;
+/// The code of 0 for a signed input.
+const SIGNED_ZERO_POINT: u8 = 128;
+
 /// How a calibration turns a histogram into a range.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RangeRule {
@@ -113,7 +148,7 @@ impl RangeRule {
     }
 }
 
-/// The card's record of an int8 checkpoint: how it was calibrated, and the input scale of
+/// The card's record of an int8 checkpoint: how it was calibrated, and the input codes of
 /// every convolution in the network's order (`None`: that convolution runs in f32).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Int8Card {
@@ -122,7 +157,7 @@ pub struct Int8Card {
     /// Calibration pictures.
     pub pictures: usize,
     /// One per convolution, in [`FoldedNetwork`]'s order.
-    pub input_scales: Vec<Option<f32>>,
+    pub inputs: Vec<Option<InputCodes>>,
 }
 
 /// Calibrates `net` on `batches` of normalised `(N, 3, S, S)` pictures with `rule`.
@@ -141,24 +176,15 @@ pub fn calibrate(
     if pictures == 0 {
         candle_core::bail!("calibration needs at least one picture");
     }
-    let input_scales = folded
+    let inputs = folded
         .take_histograms()
         .iter()
-        .map(|h| {
-            (!h.has_negatives()).then(|| {
-                let range = h.range(rule);
-                if range > 0.0 {
-                    range / ACTIVATION_LEVELS
-                } else {
-                    1.0
-                }
-            })
-        })
+        .map(|h| Some(InputCodes::for_histogram(h, rule)))
         .collect();
     Ok(Int8Card {
         calibration: rule.describe(),
         pictures,
-        input_scales,
+        inputs,
     })
 }
 
@@ -166,7 +192,7 @@ pub fn calibrate(
 pub fn serving_network(net: &Network, card: Option<&Int8Card>) -> Result<FoldedNetwork> {
     let mut folded = FoldedNetwork::new(net)?;
     if let Some(card) = card {
-        folded.quantise(&card.input_scales)?;
+        folded.quantise(&card.inputs)?;
     }
     Ok(folded)
 }
@@ -211,16 +237,17 @@ mod tests {
     }
 
     /// Calibrated on a few batches, the int8 network's embeddings stay within a small angle of
-    /// the f32 network's, with the first convolution (negative inputs) left in f32.
+    /// the f32 network's; the first convolution (a signed input) takes the zero point 128.
     #[test]
     fn the_int8_network_follows_the_f32_one() -> Result<()> {
         let model = model();
         let card = calibrate(&model.net, (0..3).map(|_| pictures(4)), RangeRule::Max)?;
         assert_eq!(card.pictures, 12);
-        assert_eq!(card.input_scales[0], None, "conv1 sees negative inputs");
-        assert!(card.input_scales[1..]
+        let codes: Vec<InputCodes> = card.inputs.iter().map(|c| c.unwrap()).collect();
+        assert_eq!(codes[0].zero_point, 128, "conv1 sees negative inputs");
+        assert!(codes[1..]
             .iter()
-            .all(|s| s.is_some_and(|s| s > 0.0)));
+            .all(|c| c.zero_point == 0 && c.scale > 0.0));
         let int8 = serving_network(&model.net, Some(&card))?;
         let f32 = FoldedNetwork::new(&model.net)?;
         let x = pictures(3);
@@ -228,12 +255,8 @@ mod tests {
         for c in cosines(&a.embedding, &b.embedding) {
             assert!(c > 0.99, "int8 embedding at cosine {c} of the f32 one");
         }
-        assert!(
-            card.input_scales.len() == 57,
-            "{} convolutions",
-            card.input_scales.len()
-        );
-        let wrong = FoldedNetwork::new(&model.net)?.quantise(&card.input_scales[1..]);
+        assert_eq!(card.inputs.len(), 57, "one entry per convolution");
+        let wrong = FoldedNetwork::new(&model.net)?.quantise(&card.inputs[1..]);
         assert!(wrong.is_err());
         Ok(())
     }
@@ -270,10 +293,15 @@ mod tests {
         assert!(ratio < 0.3, "int8 file is {ratio} of the f32 one");
         let other = ModelCard {
             int8: Some(Int8Card {
-                input_scales: card
-                    .input_scales
+                inputs: card
+                    .inputs
                     .iter()
-                    .map(|s| s.map(|s| s * 2.0))
+                    .map(|c| {
+                        c.map(|c| InputCodes {
+                            scale: c.scale * 2.0,
+                            ..c
+                        })
+                    })
                     .collect(),
                 ..card.clone()
             }),
@@ -293,7 +321,7 @@ mod tests {
         let x = pictures(2);
         let (a, b) = (reloaded.forward(&x)?, in_memory.forward(&x)?);
         let d = crate::ops::max_abs_diff(&a.embedding, &b.embedding);
-        // conv1 runs in f32 on 7-bit weights after reloading and on the originals in memory.
+        // BatchNorm and heads are f16 in the file.
         for c in cosines(&a.embedding, &b.embedding) {
             assert!(c > 0.999, "reloaded at cosine {c} (max difference {d})");
         }
@@ -317,6 +345,15 @@ mod tests {
         assert!(!h.has_negatives());
         h.record(&[-0.5]);
         assert!(h.has_negatives());
+        // Signed: around 128, over the largest magnitude (here the max, 100).
+        let codes = InputCodes::for_histogram(&h, RangeRule::Percentile(99.0));
+        assert_eq!((codes.zero_point, codes.scale), (128, 100.0 / 127.0));
+        let mut small = ActivationHistogram::default();
+        small.record(&[-3.0, 1.0]);
+        assert_eq!(
+            InputCodes::for_histogram(&small, RangeRule::Max).scale,
+            3.0 / 127.0
+        );
     }
 
     #[test]

@@ -50,8 +50,8 @@ pub fn export_int8(
     let batches: Vec<_> = batches.collect::<candle_core::Result<_>>()?;
     let int8 = calibrate(&model.net, batches, rule)?;
     bar.finish_and_clear();
-    let quantised = int8.input_scales.iter().filter(|s| s.is_some()).count();
-    let total = int8.input_scales.len();
+    let quantised = int8.inputs.iter().filter(|s| s.is_some()).count();
+    let total = int8.inputs.len();
     let card = ModelCard {
         int8: Some(int8),
         ..model.card.clone()

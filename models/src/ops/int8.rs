@@ -1,9 +1,10 @@
 //! The int8 inference convolution: u8 activations × int8 per-output-channel weights, int32
 //! accumulation, dequantised with bias + ReLU fused, written as f32.
 //!
-//! Why f32 between layers: every input of a quantised convolution is post-ReLU, so it needs
-//! one scale and no zero point (`u8 = round(x / scale)`), and quantising it while the columns
-//! are packed costs one read of the column matrix, which the product reads `O / 4` times over.
+//! Why f32 between layers: quantising an input while its columns are packed costs one read of
+//! the column matrix, which the product reads `O / 4` times over. A post-ReLU input needs one
+//! scale and no zero point (`u8 = round(x / scale)`); the first convolution's signed input takes
+//! the zero point 128, subtracted from the sums as `128 · Σ codes` of each weight row.
 //! Keeping f32 between layers leaves the pools, the Inception concatenation and the taps as
 //! they are, and each branch needs no common output scale.
 //!
@@ -24,6 +25,7 @@
 
 use super::im2col::{unfold_channel, Conv2dGeometry, Dims};
 use super::prefix;
+use crate::quantise::InputCodes;
 use candle_core::Result;
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -48,6 +50,8 @@ pub(crate) struct Int8Weights {
     codes: Vec<i8>,
     /// One per output channel: weight = code · scale.
     scales: Vec<f32>,
+    /// One per output channel: the sum of its codes (for an input's zero point).
+    row_sums: Vec<i32>,
     k: usize,
     padded_k: usize,
 }
@@ -60,16 +64,19 @@ impl Int8Weights {
         let padded_rows = rows.div_ceil(ROWS) * ROWS;
         let mut codes = vec![0i8; padded_rows * padded_k];
         let mut scales = Vec::with_capacity(rows);
+        let mut row_sums = Vec::with_capacity(rows);
         for (row, dst) in weight.chunks_exact(k).zip(codes.chunks_exact_mut(padded_k)) {
             let scale = weight_scale(row);
             for (c, &w) in dst.iter_mut().zip(row) {
                 *c = weight_code(w, scale);
             }
             scales.push(scale);
+            row_sums.push(dst.iter().map(|&c| i32::from(c)).sum());
         }
         Self {
             codes,
             scales,
+            row_sums,
             k,
             padded_k,
         }
@@ -107,12 +114,11 @@ pub(crate) fn weight_code(w: f32, scale: f32) -> i8 {
     (w / scale).round().clamp(-WEIGHT_LEVELS, WEIGHT_LEVELS) as i8
 }
 
-/// The u8 code of a post-ReLU activation.
+/// The u8 code of an activation: `round(v / scale) + zero_point`, saturated to 0..=255.
 #[inline(always)]
-fn activation_code(v: f32, inverse_scale: f32) -> u8 {
-    // Ties to even, as the AVX2 packing rounds; `as u8` saturates: negatives (and NaN)
-    // become 0, large values 255.
-    (v * inverse_scale).round_ties_even() as u8
+fn activation_code(v: f32, inverse_scale: f32, zero_point: u8) -> u8 {
+    // Ties to even, as the AVX2 packing rounds; `as u8` saturates (NaN becomes 0).
+    ((v * inverse_scale).round_ties_even() + f32::from(zero_point)) as u8
 }
 
 /// The u8 activation codes of a convolution's column matrix, packed in panels.
@@ -139,7 +145,7 @@ unsafe fn pack_columns(
     stride: usize,
     (k, padded_k): (usize, usize),
     (j0, width): (usize, usize),
-    inverse_scale: f32,
+    (inverse_scale, zero_point): (f32, u8),
     dst: *mut u8,
 ) {
     let panel_bytes = padded_k * PANEL;
@@ -151,35 +157,43 @@ unsafe fn pack_columns(
         };
         let quads = [row(0), row(1), row(2), row(3)];
         let at = |j: usize| (j / PANEL) * panel_bytes + group * GROUP_BYTES + (j % PANEL) * 4;
-        let mut c = 0;
-        while c < width {
-            let j = j0 + c;
-            if avx2 && j % 8 == 0 && c + 8 <= width {
-                // SAFETY: AVX2 is present; 8 columns from an 8-aligned j share one 32-byte run
-                // of their panel's group, inside `dst` (caller's contract), and the rows hold
-                // columns c..c + 8.
-                unsafe { avx2::pack_8_columns(quads, c, inverse_scale, dst.add(at(j))) };
-                c += 8;
-                continue;
-            }
-            let code = |t: usize| quads[t].map_or(0, |r| activation_code(r[c], inverse_scale));
+        let scalar = |c: usize| {
+            let code =
+                |t: usize| quads[t].map_or(0, |r| activation_code(r[c], inverse_scale, zero_point));
             let word = u32::from_le_bytes([code(0), code(1), code(2), code(3)]);
             // SAFETY: `at(j) + 4` lies inside column j's slot of its panel (caller's contract).
-            unsafe { dst.add(at(j)).cast::<u32>().write_unaligned(word) };
-            c += 1;
+            unsafe { dst.add(at(j0 + c)).cast::<u32>().write_unaligned(word) };
+        };
+        // Scalar up to an 8-aligned column, then runs of 8 in SIMD, then the scalar tail.
+        let head = if avx2 {
+            ((8 - j0 % 8) % 8).min(width)
+        } else {
+            width
+        };
+        let body = head + (width - head) / 8 * 8;
+        (0..head).for_each(scalar);
+        if body > head {
+            // SAFETY: AVX2 is present; columns head..body start 8-aligned, so each run of 8
+            // shares one 32-byte stretch of its panel's group, inside `dst` (caller's
+            // contract); the rows hold those columns.
+            unsafe {
+                let codes = (inverse_scale, zero_point);
+                avx2::pack_runs(quads, head..body, codes, dst, |c| at(j0 + c));
+            }
         }
+        (body..width).for_each(scalar);
     }
 }
 
 /// Inference convolution in int8: `out = ReLU(dequantise(codes(weight) · codes(cols(x))) +
-/// bias)`, with `x` `(C, N, H, W)` channel-major and non-negative (post-ReLU), quantised with
-/// `input_scale`; `out` receives `(O, N, OH, OW)` f32. Returns `(OH, OW)`.
+/// bias)`, with `x` `(C, N, H, W)` channel-major, quantised as `input` says; `out` receives
+/// `(O, N, OH, OW)` f32. Returns `(OH, OW)`.
 pub(crate) fn conv_int8_bias_relu(
     g: Conv2dGeometry,
     x: &[f32],
     x_dims: [usize; 4],
     weights: &Int8Weights,
-    input_scale: f32,
+    input: InputCodes,
     bias: &[f32],
     out: &mut [f32],
 ) -> Result<(usize, usize)> {
@@ -197,7 +211,7 @@ pub(crate) fn conv_int8_bias_relu(
         );
     }
     let panels = l.div_ceil(PANEL);
-    let inverse_scale = 1.0 / input_scale;
+    let codes = (1.0 / input.scale, input.zero_point);
     with_bytes(|buffer| {
         let size = panels * weights.padded_k * PANEL;
         if buffer.len() < size {
@@ -207,13 +221,13 @@ pub(crate) fn conv_int8_bias_relu(
         // Columns past `l` in the last panel must read as zero.
         let tail = (panels - 1) * weights.padded_k * PANEL;
         bytes[tail..].fill(0);
-        pack(g, d, x, weights, inverse_scale, bytes);
+        pack(g, d, x, weights, codes, bytes);
         let packed = Packed {
             bytes,
             padded_k: weights.padded_k,
             panels,
         };
-        multiply(&packed, weights, input_scale, bias, l, out);
+        multiply(&packed, weights, input, bias, l, out);
     });
     Ok((d.oh, d.ow))
 }
@@ -232,7 +246,7 @@ fn pack(
     d: Dims,
     x: &[f32],
     w: &Int8Weights,
-    inverse_scale: f32,
+    codes: (f32, u8),
     bytes: &mut [u8],
 ) {
     let (k, l) = (d.k(g), d.l());
@@ -249,7 +263,7 @@ fn pack(
                     l,
                     (k, w.padded_k),
                     (j0, width),
-                    inverse_scale,
+                    codes,
                     dst as *mut u8,
                 )
             };
@@ -279,7 +293,7 @@ fn pack(
                         width,
                         (k, w.padded_k),
                         (j0, width),
-                        inverse_scale,
+                        codes,
                         dst as *mut u8,
                     )
                 };
@@ -292,7 +306,7 @@ fn pack(
 fn multiply(
     packed: &Packed,
     w: &Int8Weights,
-    input_scale: f32,
+    input: InputCodes,
     bias: &[f32],
     l: usize,
     out: &mut [f32],
@@ -306,7 +320,12 @@ fn multiply(
     let panels_per_run = packed.panels.div_ceil(panel_runs);
     let groups_per_run = groups.div_ceil(row_runs);
     let out_addr = out.as_mut_ptr() as usize;
-    let scales: Vec<f32> = w.scales.iter().map(|s| s * input_scale).collect();
+    let scales: Vec<f32> = w.scales.iter().map(|s| s * input.scale).collect();
+    let offsets: Vec<i32> = w
+        .row_sums
+        .iter()
+        .map(|s| s * i32::from(input.zero_point))
+        .collect();
     let avx2 = has_avx2();
     (0..panel_runs * row_runs).into_par_iter().for_each(|task| {
         let (pr, rr) = (task / row_runs, task % row_runs);
@@ -337,10 +356,10 @@ fn multiply(
                     };
                     if avx2 && columns == PANEL {
                         // SAFETY: AVX2 is present; `dst` holds a whole panel's 16 columns.
-                        unsafe { avx2::dequantise_16(row, scales[o], bias[o], dst) };
+                        unsafe { avx2::dequantise_16(row, offsets[o], scales[o], bias[o], dst) };
                     } else {
                         for (v, &a) in dst.iter_mut().zip(row) {
-                            *v = (a as f32 * scales[o] + bias[o]).max(0.0);
+                            *v = ((a - offsets[o]) as f32 * scales[o] + bias[o]).max(0.0);
                         }
                     }
                 }
@@ -423,53 +442,67 @@ mod avx2 {
         }
     }
 
-    /// Packs columns `c..c + 8` of four rows (`None`: a padding row of zeros) as 8 words of 4
-    /// codes, row `t` in byte `t`: the lanes stay where they are, no shuffle needed.
+    /// Packs the runs of 8 columns in `columns` of four rows (`None`: a padding row of zeros),
+    /// each as 8 words of 4 codes, row `t` in byte `t` (the lanes stay where they are, no
+    /// shuffle needed), at `dst + offset(first column of the run)`.
     ///
     /// # Safety
-    /// The CPU must have AVX2; every row must hold columns `c..c + 8`; `dst` must be valid
-    /// for 32 bytes.
+    /// The CPU must have AVX2; every row must hold `columns`, whose length is a multiple of 8;
+    /// `dst + offset(c)` must be valid for 32 bytes for each run's first column `c`.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn pack_8_columns(
+    pub(super) unsafe fn pack_runs(
         rows: [Option<&[f32]>; 4],
-        c: usize,
-        inverse_scale: f32,
+        columns: std::ops::Range<usize>,
+        (inverse_scale, zero_point): (f32, u8),
         dst: *mut u8,
+        offset: impl Fn(usize) -> usize,
     ) {
         let scale = _mm256_set1_ps(inverse_scale);
         let (zero, top) = (_mm256_setzero_si256(), _mm256_set1_epi32(255));
-        let mut word = zero;
-        for (t, row) in rows.iter().enumerate() {
-            let Some(row) = row else { continue };
-            let values = &row[c..c + 8];
-            // SAFETY: `values` holds 8 floats.
-            let v = unsafe { _mm256_loadu_ps(values.as_ptr()) };
-            // Round to nearest, clamp to 0..=255 (NaN converts to i32::MIN, clamped to 0).
-            let q = _mm256_cvtps_epi32(_mm256_mul_ps(v, scale));
-            let q = _mm256_min_epi32(_mm256_max_epi32(q, zero), top);
-            let shifted = _mm256_sllv_epi32(q, _mm256_set1_epi32(8 * t as i32));
-            word = _mm256_or_si256(word, shifted);
+        let zero_code = _mm256_set1_epi32(i32::from(zero_point));
+        let rows = rows.map(|r| r.map(|r| &r[columns.clone()]));
+        for run in 0..columns.len() / 8 {
+            let mut word = zero;
+            for (t, row) in rows.iter().enumerate() {
+                let Some(row) = row else { continue };
+                // SAFETY: the row holds this run's 8 floats.
+                let v = unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * run)) };
+                // Round to nearest, add the zero point, clamp to 0..=255 (NaN converts to
+                // i32::MIN, clamped to 0).
+                let q = _mm256_cvtps_epi32(_mm256_mul_ps(v, scale));
+                let q = _mm256_add_epi32(q, zero_code);
+                let q = _mm256_min_epi32(_mm256_max_epi32(q, zero), top);
+                word = _mm256_or_si256(word, _mm256_sllv_epi32(q, _mm256_set1_epi32(8 * t as i32)));
+            }
+            // SAFETY: valid for 32 bytes (caller's contract).
+            unsafe { _mm256_storeu_si256(dst.add(offset(columns.start + 8 * run)).cast(), word) };
         }
-        // SAFETY: `dst` is valid for 32 bytes (caller's contract).
-        unsafe { _mm256_storeu_si256(dst.cast(), word) };
     }
 
-    /// `dst[i] = max(acc[i] · scale + bias, 0)` for a panel's 16 columns.
+    /// `dst[i] = max((acc[i] − offset) · scale + bias, 0)` for a panel's 16 columns.
     ///
     /// # Safety
     /// The CPU must have AVX2; `dst` must hold 16 values.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dequantise_16(acc: &[i32; PANEL], scale: f32, bias: f32, dst: &mut [f32]) {
+    pub(super) unsafe fn dequantise_16(
+        acc: &[i32; PANEL],
+        offset: i32,
+        scale: f32,
+        bias: f32,
+        dst: &mut [f32],
+    ) {
         debug_assert!(dst.len() >= PANEL);
         let (s, b, zero) = (
             _mm256_set1_ps(scale),
             _mm256_set1_ps(bias),
             _mm256_setzero_ps(),
         );
+        let offset = _mm256_set1_epi32(offset);
         for half in 0..2 {
             // SAFETY: both arrays hold 16 values.
             unsafe {
                 let a = _mm256_loadu_si256(acc.as_ptr().add(8 * half).cast());
+                let a = _mm256_sub_epi32(a, offset);
                 let v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), s, b);
                 _mm256_storeu_ps(dst.as_mut_ptr().add(8 * half), _mm256_max_ps(v, zero));
             }
@@ -502,21 +535,23 @@ mod tests {
 
     /// Codes whose products are exact in f32, so the int8 convolution must equal the f32
     /// convolution of the dequantised weights and inputs up to the f32 sum's rounding.
-    fn case(g: Conv2dGeometry, dims: [usize; 4], o: usize, seed: u64) {
+    fn case(g: Conv2dGeometry, dims: [usize; 4], o: usize, seed: u64, zero_point: u8) {
         let mut s = seed;
         let [c, n, h, w] = dims;
         let kk = c * g.kernel * g.kernel;
         let weight: Vec<f32> = (0..o * kk).map(|_| lcg(&mut s) * 2.0 - 1.0).collect();
         let bias: Vec<f32> = (0..o).map(|_| lcg(&mut s) - 0.5).collect();
-        // Inputs on the u8 grid of scale 0.02 (some zeros, some at the top code).
+        // Inputs on the code grid of scale 0.02 (some at the lowest code, some at the top one).
         let scale = 0.02;
+        let zp = f32::from(zero_point);
         let x: Vec<f32> = (0..c * n * h * w)
-            .map(|_| (lcg(&mut s) * 300.0 - 20.0).clamp(0.0, 255.0).round() * scale)
+            .map(|_| ((lcg(&mut s) * 300.0 - 20.0).clamp(0.0, 255.0).round() - zp) * scale)
             .collect();
         let q = Int8Weights::quantise(&weight, o);
         let (oh, ow) = g.output_hw(h, w);
         let mut got = vec![0f32; o * n * oh * ow];
-        conv_int8_bias_relu(g, &x, dims, &q, scale, &bias, &mut got).unwrap();
+        let input = InputCodes { scale, zero_point };
+        conv_int8_bias_relu(g, &x, dims, &q, input, &bias, &mut got).unwrap();
         let mut want = vec![0f32; got.len()];
         conv_bias_relu(g, &x, dims, &q.dequantised(), &bias, &mut want).unwrap();
         let top = want.iter().fold(1f32, |m, v| m.max(v.abs()));
@@ -535,13 +570,15 @@ mod tests {
             stride,
             pad,
         };
-        // Pointwise with ragged rows / k / columns, a 3×3 "same", a strided 7×7 (conv1's shape),
-        // a 5×5, and a product of one column (batch 1 at 1×1).
-        case(conv(1, 1, 0), [13, 2, 5, 7], 9, 1);
-        case(conv(3, 1, 1), [6, 1, 9, 9], 8, 2);
-        case(conv(7, 2, 3), [3, 2, 17, 15], 5, 3);
-        case(conv(5, 1, 2), [4, 1, 6, 6], 17, 4);
-        case(conv(1, 1, 0), [32, 1, 1, 1], 7, 5);
+        // Pointwise with ragged rows / k / columns, a 3×3 "same", a strided 7×7 with a signed
+        // input (conv1: zero point 128, its padding at the zero point), a 5×5, and products of
+        // one column (batch 1 at 1×1) and of a signed pointwise input.
+        case(conv(1, 1, 0), [13, 2, 5, 7], 9, 1, 0);
+        case(conv(3, 1, 1), [6, 1, 9, 9], 8, 2, 0);
+        case(conv(7, 2, 3), [3, 2, 17, 15], 5, 3, 128);
+        case(conv(5, 1, 2), [4, 1, 6, 6], 17, 4, 0);
+        case(conv(1, 1, 0), [32, 1, 1, 1], 7, 5, 0);
+        case(conv(1, 1, 0), [5, 1, 7, 9], 6, 6, 128);
     }
 
     #[test]
