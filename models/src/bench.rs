@@ -1,6 +1,7 @@
 //! Speed of the network on this machine: training steps and inference, images per second, and
 //! where an inference pass spends its time, stage by stage.
 
+use crate::activation_codes::RangeRule;
 use crate::architecture::GOOGLENET;
 use crate::folded::FoldedNetwork;
 use crate::head::HeadKind;
@@ -8,7 +9,7 @@ use crate::loss::{smoothed_targets, soft_cross_entropy};
 use crate::network::{HeadSpec, Network};
 use crate::ops::on_pool;
 use crate::optimiser::adamw;
-use crate::quantise::{calibrate, serving_network, RangeRule};
+use crate::quantise::{calibrate, serving_network};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use serde::Serialize;

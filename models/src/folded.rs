@@ -13,6 +13,7 @@
 //!
 //! Results equal [`Network::forward_t`] in eval mode up to float rounding (tested).
 
+use crate::activation_codes::{ActivationHistogram, InputCodes};
 use crate::architecture::{Architecture, Op};
 use crate::head::Head;
 use crate::layers::{l2_normalise, BasicConv2d, InceptionBranch};
@@ -21,7 +22,6 @@ use crate::ops::{
     conv3x3_bias_relu, conv_bias_relu, conv_int8_bias_relu, max_pool_planes, on_pool, prefix,
     winograd_variant, Conv2dGeometry, Int8Weights, PoolGeometry, WinogradWeights,
 };
-use crate::quantise::{ActivationHistogram, InputCodes};
 use candle_core::{DType, Device, Result, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};

@@ -5,6 +5,7 @@
 //! This crate knows nothing of sled, HNSW or HTTP; the rest of AnimeLens sees it through
 //! [`Embedder`] and [`Prediction`].
 
+pub mod activation_codes;
 pub mod architecture;
 mod atomic_file;
 pub mod augment;

@@ -2,12 +2,13 @@
 //! pictures of the domain and writes it as an int8 checkpoint (see
 //! `animelens_models::quantise`), which every command loads like any other.
 
+use super::checkpoint_files::copy_whitenings;
 use super::embedding::progress_bar;
-use super::model::copy_whitenings;
+use animelens_models::activation_codes::RangeRule;
 use animelens_models::checkpoint::{self, LoadedModel, ModelCard};
 use animelens_models::data::unlabelled_images;
 use animelens_models::preprocess::{batch_tensor, decode, DEFAULT_MAX_PIXELS};
-use animelens_models::quantise::{calibrate, RangeRule};
+use animelens_models::quantise::calibrate;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use image::RgbImage;

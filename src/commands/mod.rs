@@ -9,6 +9,7 @@ pub mod bench_index;
 pub mod bench_scenes;
 pub mod catalog;
 pub mod characters;
+pub mod checkpoint_files;
 pub mod colour_layout;
 pub mod copy_whitening;
 pub mod embedding;

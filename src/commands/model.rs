@@ -747,7 +747,7 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
         }
     };
     let card = animelens_models::checkpoint::save(&model.varmap, &args.out, &model.card, dtype)?;
-    copy_whitenings(&args.model, &args.out)?;
+    super::checkpoint_files::copy_whitenings(&args.model, &args.out)?;
     let (weights, _) = animelens_models::checkpoint::checkpoint_paths(&args.out);
     let size = std::fs::metadata(&weights)?.len();
     println!(
@@ -757,28 +757,6 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
         dtype,
         card.fingerprint
     );
-    Ok(())
-}
-
-/// Copies the whitenings learned for checkpoint `from` (copy descriptor, fused block and
-/// palette) to sit beside `to`, so that the exported checkpoint describes pictures the same way.
-pub(super) fn copy_whitenings(from: &Path, to: &Path) -> Result<()> {
-    use animelens_models::whitening::Whitening;
-    let kinds = [
-        animelens_models::copies::COPY_WHITENING,
-        animelens_models::fusion::BLOCK_WHITENING,
-        animelens_models::fusion::PALETTE_WHITENING,
-    ];
-    for kind in kinds {
-        let (source, target) = (
-            Whitening::path_for(from, kind),
-            Whitening::path_for(to, kind),
-        );
-        if source.exists() && source != target {
-            std::fs::copy(&source, &target)
-                .with_context(|| format!("copying the {kind} whitening beside {}", to.display()))?;
-        }
-    }
     Ok(())
 }
 

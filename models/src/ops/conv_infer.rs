@@ -4,7 +4,7 @@
 //! 3×3 "same" convolutions run as Winograd, `winograd.rs`; the int8 convolution is `int8.rs`.)
 
 use super::gemm::{column_block, gemm_into, matmul_then, with_scratch, Mat};
-use super::im2col::{columns, unfold_channel, Conv2dGeometry, Dims};
+use super::im2col::{columns, unfold_rows, Conv2dGeometry, Dims};
 use super::narrow::narrow_bias_relu;
 use super::prefix;
 use super::transpose::transpose;
@@ -104,13 +104,7 @@ fn unfolded_blocks_bias_relu(
             let (j0, width) = (block.start * d.ow, block.len() * d.ow);
             with_scratch(|buffer| {
                 let cols = prefix(buffer, k * width);
-                let channels = x.chunks_exact(d.n * d.h * d.w);
-                for (taps, xc) in cols
-                    .chunks_exact_mut(g.kernel * g.kernel * width)
-                    .zip(channels)
-                {
-                    unfold_channel(g, d, xc, block.clone(), taps);
-                }
+                unfold_rows(g, d, x, block, cols);
                 // SAFETY: each task writes columns [j0, j0 + width) of `out` (O×l), disjoint
                 // from the other tasks' and in bounds; the views hold O×k and k×width values.
                 unsafe {

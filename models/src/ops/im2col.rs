@@ -89,6 +89,26 @@ pub(crate) fn im2col(g: Conv2dGeometry, d: Dims, x: &[f32], cols: &mut [f32]) {
         .for_each(|(taps, xc)| unfold_channel(g, d, xc, 0..d.n * d.oh, taps));
 }
 
+/// The columns of the output rows `rows` (counted over the batch, `image·OH + oy`): every
+/// channel's `k·k` rows, `rows.len()·OW` columns each, into `cols` (what a block of a
+/// convolution multiplies while it is in cache).
+pub(crate) fn unfold_rows(
+    g: Conv2dGeometry,
+    d: Dims,
+    x: &[f32],
+    rows: Range<usize>,
+    cols: &mut [f32],
+) {
+    let width = rows.len() * d.ow;
+    let channels = x.chunks_exact(d.n * d.h * d.w);
+    for (taps, xc) in cols
+        .chunks_exact_mut(g.kernel * g.kernel * width)
+        .zip(channels)
+    {
+        unfold_channel(g, d, xc, rows.clone(), taps);
+    }
+}
+
 /// The `k·k` im2col rows of one channel's planes `xc` for the output rows `rows` (counted over
 /// the batch, `image·OH + oy`), laid end to end in `taps`, `rows.len()·OW` columns each. A
 /// size-keeping convolution unfolding every row takes each tap as one shifted copy.

@@ -23,18 +23,15 @@
 //! dot products of 4. Panels are packed first, all threads at once; then tasks of panels ×
 //! row groups multiply them, so that a batch-1 layer of one panel still shares its rows out.
 
-use super::im2col::{unfold_channel, Conv2dGeometry, Dims};
+use super::im2col::{unfold_rows, Conv2dGeometry, Dims};
 use super::prefix;
-use crate::quantise::InputCodes;
+use crate::activation_codes::InputCodes;
 use candle_core::Result;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Largest weight magnitude: 7 bits, so that `vpmaddubsw`'s i16 pair sums cannot saturate.
 pub(crate) const WEIGHT_LEVELS: f32 = 63.0;
-
-/// Largest activation code (u8).
-pub(crate) const ACTIVATION_LEVELS: f32 = 255.0;
 
 /// Output rows per kernel step.
 const ROWS: usize = 4;
@@ -279,13 +276,7 @@ fn pack(
             let (j0, width) = (block.start * d.ow, block.len() * d.ow);
             super::gemm::with_scratch(|buffer| {
                 let cols = prefix(buffer, k * width);
-                let channels = x.chunks_exact(d.n * d.h * d.w);
-                for (taps, xc) in cols
-                    .chunks_exact_mut(g.kernel * g.kernel * width)
-                    .zip(channels)
-                {
-                    unfold_channel(g, d, xc, block.clone(), taps);
-                }
+                unfold_rows(g, d, x, block, cols);
                 // SAFETY: each task packs its own columns; `bytes` holds every panel.
                 unsafe {
                     pack_columns(

@@ -34,9 +34,7 @@ pub use batchnorm::{batch_norm_relu, channel_stats};
 pub(crate) use conv_infer::conv_bias_relu;
 pub use conv_train::conv2d;
 pub use im2col::Conv2dGeometry;
-pub(crate) use int8::{
-    conv_int8_bias_relu, weight_code, weight_scale, Int8Weights, ACTIVATION_LEVELS,
-};
+pub(crate) use int8::{conv_int8_bias_relu, weight_code, weight_scale, Int8Weights};
 pub use maxpool::max_pool_planes;
 pub use maxpool::{max_pool2d, PoolGeometry};
 pub(crate) use winograd::{conv3x3_bias_relu, winograd_variant, WinogradWeights};
