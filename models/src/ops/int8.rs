@@ -14,7 +14,9 @@
 //! `vpmaddubsw` saturates at ±32,767, so the weights keep 7 bits (±[`WEIGHT_LEVELS`]):
 //! 2 · 255 · 63 = 32,130 cannot overflow, as ONNX Runtime's `reduce_range` does on CPUs
 //! without VNNI. (AVX512-VNNI's `vpdpbusd` needs neither the i16 step nor the 7-bit limit; it
-//! is not built, as this project's machines so far could not run it for the tests.)
+//! is not built: the AVX2-only machine this was written on could not run its tests.)
+//! The price of f32 between layers is the packing: 18–38% of an int8 convolution's time on that
+//! machine (BENCHMARKS.md), the first thing to remove for more speed.
 //!
 //! Layout: the weights are `(O rounded up to 4) × (K rounded up to 4)` row-major with zero
 //! padding; the column matrix is packed into panels of 16 columns, each panel holding, for
