@@ -149,24 +149,29 @@ impl FoldedConv {
                 histogram.record(input);
             }
         }
-        let plane = x.n * x.h * x.w;
-        let winograd = self.winograd.is_some() && winograd_variant(x.dims()).is_some();
-        if let (Some(q), false) = (&self.int8, winograd && plane >= WINOGRAD_OVER_INT8_PLANE) {
-            let (weights, codes) = (&q.weights, q.input);
-            return conv_int8_bias_relu(
-                self.geometry,
-                input,
-                x.dims(),
-                weights,
-                codes,
-                &self.bias,
-                out,
-            )
-            .map(drop);
-        }
-        if let (Some(weights), Some(variant)) = (&self.winograd, winograd_variant(x.dims())) {
-            let kernel = weights.kernel(variant, &self.weight, self.out_channels(), x.c);
-            return conv3x3_bias_relu(kernel, input, x.dims(), &self.bias, out);
+        // Winograd where it applies (for a quantised convolution only on large planes), else
+        // int8 if quantised, else im2col in f32.
+        let winograd = self.winograd.as_ref().zip(winograd_variant(x.dims()));
+        let large = x.n * x.h * x.w >= WINOGRAD_OVER_INT8_PLANE;
+        match (winograd, &self.int8) {
+            (Some((weights, variant)), q) if q.is_none() || large => {
+                let kernel = weights.kernel(variant, &self.weight, self.out_channels(), x.c);
+                return conv3x3_bias_relu(kernel, input, x.dims(), &self.bias, out);
+            }
+            (_, Some(q)) => {
+                let (weights, codes) = (&q.weights, q.input);
+                return conv_int8_bias_relu(
+                    self.geometry,
+                    input,
+                    x.dims(),
+                    weights,
+                    codes,
+                    &self.bias,
+                    out,
+                )
+                .map(drop);
+            }
+            _ => {}
         }
         conv_bias_relu(
             self.geometry,
